@@ -1,0 +1,141 @@
+//! Metadata → message payloads in DeepStream's nvmsgconv schemas, so existing DeepStream back
+//! ends parse vidmesh's events unchanged.
+//!
+//! * `minimal`: one payload per frame with every object as
+//!   `"trackingId|left|top|right|bottom|label"` (DeepStream's minimal schema); untracked
+//!   objects carry DeepStream's `UNTRACKED_OBJECT_ID` (2^64-1).
+//! * `native`: vidmesh's own frame metadata as JSON, with full-precision confidences and boxes,
+//!   for consumers that want everything.
+
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use vidmesh_protocol::{FrameMeta, ObjectMeta};
+
+/// DeepStream's id for an object no tracker has claimed.
+pub const UNTRACKED_OBJECT_ID: u64 = u64::MAX;
+
+/// Payload schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Schema {
+    #[default]
+    Minimal,
+    Native,
+}
+
+#[derive(Serialize)]
+struct MinimalPayload<'a> {
+    version: &'static str,
+    id: String,
+    #[serde(rename = "@timestamp")]
+    timestamp: String,
+    #[serde(rename = "sensorId")]
+    sensor_id: &'a str,
+    objects: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct NativePayload<'a> {
+    source_id: u32,
+    source_name: &'a str,
+    frame_num: u64,
+    pts_ns: u64,
+    ntp_ns: Option<u64>,
+    width: u32,
+    height: u32,
+    objects: &'a [ObjectMeta],
+}
+
+/// ISO 8601 UTC with milliseconds, as nvmsgconv writes `@timestamp`.
+fn timestamp(frame: &FrameMeta) -> String {
+    let ns = frame.ntp_ns.unwrap_or(frame.ingest_ns) as i128;
+    let t = OffsetDateTime::from_unix_timestamp_nanos(ns).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn minimal_object(o: &ObjectMeta) -> String {
+    let b = o.bbox;
+    let mut s = format!(
+        "{}|{}|{}|{}|{}|{}",
+        o.track_id.unwrap_or(UNTRACKED_OBJECT_ID),
+        b.left,
+        b.top,
+        b.right(),
+        b.bottom(),
+        o.label
+    );
+    // Secondary classifier labels follow a `#`, as in DeepStream's minimal schema.
+    let labels: Vec<&str> = o.classifiers.iter().flat_map(|c| c.labels.iter().map(|l| l.label.as_str())).collect();
+    if !labels.is_empty() {
+        s.push_str("|#|");
+        s.push_str(&labels.join("|"));
+    }
+    s
+}
+
+/// The payload for one frame.
+pub fn frame_payload(schema: Schema, frame: &FrameMeta) -> String {
+    let json = match schema {
+        Schema::Minimal => serde_json::to_string(&MinimalPayload {
+            version: "4.0",
+            id: frame.frame_num.to_string(),
+            timestamp: timestamp(frame),
+            sensor_id: &frame.source_name,
+            objects: frame.objects.iter().map(minimal_object).collect(),
+        }),
+        Schema::Native => serde_json::to_string(&NativePayload {
+            source_id: frame.source_id,
+            source_name: &frame.source_name,
+            frame_num: frame.frame_num,
+            pts_ns: frame.pts_ns,
+            ntp_ns: frame.ntp_ns,
+            width: frame.width,
+            height: frame.height,
+            objects: &frame.objects,
+        }),
+    };
+    // Serialising plain structs of strings and numbers cannot fail.
+    json.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vidmesh_protocol::BBox;
+
+    fn frame() -> FrameMeta {
+        FrameMeta {
+            source_name: "cam0".into(),
+            frame_num: 12,
+            ingest_ns: 1_700_000_000_123_456_789,
+            objects: vec![
+                ObjectMeta { label: "person".into(), track_id: Some(5), bbox: BBox::from_corners(1.5, 2.0, 11.5, 22.0), ..Default::default() },
+                ObjectMeta { label: "person".into(), bbox: BBox::from_corners(0.0, 0.0, 1.0, 1.0), ..Default::default() },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn minimal_schema_matches_deepstream_layout() {
+        let v: serde_json::Value = serde_json::from_str(&frame_payload(Schema::Minimal, &frame())).unwrap();
+        assert_eq!(v["version"], "4.0");
+        assert_eq!(v["id"], "12");
+        assert_eq!(v["sensorId"], "cam0");
+        assert_eq!(v["@timestamp"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["objects"][0], "5|1.5|2|11.5|22|person");
+        assert_eq!(v["objects"][1], "18446744073709551615|0|0|1|1|person");
+    }
+
+    #[test]
+    fn native_schema_keeps_full_precision() {
+        let mut f = frame();
+        f.objects[0].confidence = 0.123_456_78;
+        let v: serde_json::Value = serde_json::from_str(&frame_payload(Schema::Native, &f)).unwrap();
+        assert_eq!(v["frame_num"], 12);
+        assert!((v["objects"][0]["confidence"].as_f64().unwrap() - 0.123_456_78).abs() < 1e-7);
+        assert_eq!(v["objects"][0]["track_id"], 5);
+    }
+}

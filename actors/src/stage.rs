@@ -1,0 +1,133 @@
+//! The stage trait every actor implements, and what the runner hands it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use thiserror::Error;
+use vidmesh_protocol::{Batch, DataMessage};
+use vidmesh_transport::{LinkClosed, LinkSender};
+
+/// Why a stage failed. The runner prints it as one line prefixed with the stage's name.
+#[derive(Debug, Error)]
+pub enum StageError {
+    /// The stage's settings are wrong (caught at validation time where possible).
+    #[error("{0}")]
+    Settings(String),
+    /// Data arrived that this stage cannot process (wrong tensor shape, missing pixels...).
+    #[error("{0}")]
+    Input(String),
+    /// A library or system call failed (GStreamer, ONNX Runtime, file I/O).
+    #[error("{0}")]
+    Runtime(String),
+    /// A downstream stage stopped; this is a consequence of another failure, not a cause.
+    #[error(transparent)]
+    Downstream(#[from] LinkClosed),
+}
+
+impl StageError {
+    pub fn runtime(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
+        StageError::Runtime(format!("{context}: {err}"))
+    }
+}
+
+/// Facts a stage may need when it is built: where relative paths start, and which sources
+/// exist (names in topology order, index = `source_id`).
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub stage_name: String,
+    pub base_dir: PathBuf,
+    pub sources: Vec<String>,
+}
+
+impl BuildContext {
+    /// Resolves a path from the topology against the base directory.
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// Lines a stage contributes to the end-of-run summary, e.g. ("tracks", "17").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageReport {
+    pub facts: Vec<(String, String)>,
+}
+
+impl StageReport {
+    pub fn with(mut self, key: &str, value: impl ToString) -> Self {
+        self.facts.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// An actor in the pipeline. Calls arrive one at a time on the stage's own thread.
+pub trait Stage: Send {
+    /// Processes one batch and emits what follows from it.
+    fn on_batch(&mut self, batch: Batch, out: &mut Outputs) -> Result<(), StageError>;
+
+    /// Source `source_id` ended. The default forwards the notice.
+    fn on_end_of_stream(&mut self, source_id: u32, source_name: &str, out: &mut Outputs) -> Result<(), StageError> {
+        out.end_of_stream(source_id, source_name)
+    }
+
+    /// When the stage next wants [`Stage::on_timer`] called even without input (batch timeouts).
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    fn on_timer(&mut self, _now: Instant, _out: &mut Outputs) -> Result<(), StageError> {
+        Ok(())
+    }
+
+    /// Every input has ended: flush, finalise files, and report.
+    fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
+        Ok(StageReport::default())
+    }
+
+    /// State from which a replacement replica can resume; `None` for stateless stages.
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// The links a stage writes to. A batch goes to every downstream stage; frames are shared by
+/// reference count, so fan-out does not copy pixels.
+pub struct Outputs {
+    links: Vec<LinkSender>,
+    frames_out: u64,
+}
+
+impl Outputs {
+    pub fn new(links: Vec<LinkSender>) -> Self {
+        Self { links, frames_out: 0 }
+    }
+
+    /// Sends a batch downstream; waits while a downstream queue is full.
+    pub fn emit(&mut self, batch: Batch) -> Result<(), StageError> {
+        self.frames_out += batch.frames.len() as u64;
+        self.send(DataMessage::Batch(batch))
+    }
+
+    pub fn end_of_stream(&mut self, source_id: u32, source_name: &str) -> Result<(), StageError> {
+        self.send(DataMessage::EndOfStream { source_id, source_name: source_name.to_string() })
+    }
+
+    /// Frames emitted so far.
+    pub fn frames_out(&self) -> u64 {
+        self.frames_out
+    }
+
+    fn send(&mut self, message: DataMessage) -> Result<(), StageError> {
+        if let Some((last, rest)) = self.links.split_last() {
+            for link in rest {
+                link.send_blocking(message.clone())?;
+            }
+            last.send_blocking(message)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! The IoU tracker for one stream.
+
+use vidmesh_protocol::{BBox, ObjectMeta};
+
+use super::Settings;
+
+#[derive(Debug, Clone)]
+struct TrackState {
+    id: u64,
+    class_id: i32,
+    bbox: BBox,
+    hits: u32,
+    misses: u32,
+}
+
+/// Tracks of one source.
+#[derive(Debug)]
+pub struct IouTracker {
+    settings: Settings,
+    tracks: Vec<TrackState>,
+}
+
+impl IouTracker {
+    pub fn new(settings: Settings) -> Self {
+        Self { settings, tracks: Vec::new() }
+    }
+
+    /// Associates this frame's objects with tracks, sets their `track_id`s, and returns how many
+    /// tracks became confirmed in this frame.
+    pub fn update(&mut self, objects: &mut [ObjectMeta], next_id: &mut u64) -> u64 {
+        // All candidate pairs above the threshold, best overlap first: greedy matching by IoU
+        // is what DeepStream's IOU tracker does and is stable under equal scores.
+        let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
+        for (t, track) in self.tracks.iter().enumerate() {
+            for (o, object) in objects.iter().enumerate() {
+                if object.class_id != track.class_id {
+                    continue;
+                }
+                let iou = track.bbox.iou(&object.bbox);
+                if iou >= self.settings.iou_threshold {
+                    pairs.push((iou, t, o));
+                }
+            }
+        }
+        pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut track_taken = vec![false; self.tracks.len()];
+        let mut object_track: Vec<Option<usize>> = vec![None; objects.len()];
+        for (_, t, o) in pairs {
+            if !track_taken[t] && object_track[o].is_none() {
+                track_taken[t] = true;
+                object_track[o] = Some(t);
+            }
+        }
+        let mut newly_confirmed = 0;
+        for (t, track) in self.tracks.iter_mut().enumerate() {
+            if !track_taken[t] {
+                track.misses += 1;
+            }
+        }
+        for (o, object) in objects.iter_mut().enumerate() {
+            let t = match object_track[o] {
+                Some(t) => {
+                    let track = &mut self.tracks[t];
+                    track.bbox = object.bbox;
+                    track.hits += 1;
+                    track.misses = 0;
+                    if track.hits == self.settings.min_hits {
+                        newly_confirmed += 1;
+                    }
+                    t
+                }
+                None => {
+                    self.tracks.push(TrackState { id: *next_id, class_id: object.class_id, bbox: object.bbox, hits: 1, misses: 0 });
+                    *next_id += 1;
+                    if self.settings.min_hits == 1 {
+                        newly_confirmed += 1;
+                    }
+                    self.tracks.len() - 1
+                }
+            };
+            let track = &self.tracks[t];
+            if track.hits >= self.settings.min_hits {
+                object.track_id = Some(track.id);
+                object.tracker_confidence = Some(1.0);
+            }
+        }
+        let max_age = self.settings.max_age;
+        self.tracks.retain(|t| t.misses <= max_age);
+        newly_confirmed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(l: f32) -> ObjectMeta {
+        ObjectMeta { class_id: 0, bbox: BBox::from_corners(l, 0.0, l + 10.0, 20.0), ..Default::default() }
+    }
+
+    fn settings(min_hits: u32, max_age: u32) -> Settings {
+        Settings { min_hits, max_age, ..Settings::default() }
+    }
+
+    #[test]
+    fn moving_object_keeps_its_id_once_confirmed() {
+        let mut t = IouTracker::new(settings(2, 5));
+        let mut next = 1;
+        let mut f0 = vec![obj(0.0)];
+        assert_eq!(t.update(&mut f0, &mut next), 0);
+        assert_eq!(f0[0].track_id, None, "tentative on the first hit");
+        let mut ids = Vec::new();
+        for step in 1..10 {
+            let mut f = vec![obj(step as f32 * 2.0)];
+            t.update(&mut f, &mut next);
+            ids.push(f[0].track_id);
+        }
+        assert!(ids.iter().all(|id| *id == Some(1)), "{ids:?}");
+    }
+
+    #[test]
+    fn two_objects_get_two_ids_and_a_lost_track_expires() {
+        let mut t = IouTracker::new(settings(1, 1));
+        let mut next = 1;
+        let mut f = vec![obj(0.0), obj(100.0)];
+        t.update(&mut f, &mut next);
+        assert_eq!((f[0].track_id, f[1].track_id), (Some(1), Some(2)));
+        // The second object disappears for two frames: beyond max_age, so it comes back new.
+        for _ in 0..2 {
+            let mut f = vec![obj(0.0)];
+            t.update(&mut f, &mut next);
+            assert_eq!(f[0].track_id, Some(1));
+        }
+        let mut f = vec![obj(0.0), obj(100.0)];
+        t.update(&mut f, &mut next);
+        assert_eq!(f[1].track_id, Some(3));
+    }
+}

@@ -1,0 +1,26 @@
+//! The vidmesh protocol: what flows between stages, and how it looks on a wire.
+//!
+//! * [`meta`] is the metadata model. It mirrors DeepStream's `NvDsBatchMeta` tree so that a
+//!   DeepStream user recognises it: a [`Batch`] holds [`FrameMeta`]s, a frame holds
+//!   [`ObjectMeta`]s (with classifier results, masks and user meta) and [`DisplayMeta`].
+//! * [`payload`] says where a frame's pixels live ([`PayloadRef`]); pixels are never part of the
+//!   metadata itself, so the same metadata can travel with an in-process buffer, a shared-memory
+//!   slot, a CUDA IPC handle or an encoded blob.
+//! * [`envelope`] is the versioned binary framing (magic, version, kind, length, body). Decoding
+//!   untrusted bytes never panics and never allocates more than the input justifies.
+//! * Messages are grouped by who sends them to whom, one module per direction
+//!   ([`stage_to_stage`]), so the file tree tells who may send what.
+
+pub mod envelope;
+pub mod meta;
+pub mod payload;
+pub mod stage_to_stage;
+
+pub use envelope::{decode, encode, DecodeError, EncodeError, Envelope, Limits, MessageKind};
+pub use meta::*;
+pub use payload::{ImageLayout, PayloadRef, PixelFormat};
+pub use stage_to_stage::DataMessage;
+
+/// The protocol version this build speaks. Bumped whenever the body encoding of any message
+/// kind changes incompatibly; a peer with a newer version is rejected with both versions named.
+pub const PROTOCOL_VERSION: u16 = 1;
