@@ -9,7 +9,9 @@ use crate::stage::StageError;
 pub fn parse<T: DeserializeOwned>(table: &toml::Table) -> Result<T, StageError> {
     let mut table = table.clone();
     table.remove("kind");
-    T::deserialize(toml::Value::Table(table)).map_err(|e| StageError::Settings(e.message().to_string()))
+    // The error text ends with "in `key`" when a key is at fault; keep it on one line.
+    T::deserialize(toml::Value::Table(table))
+        .map_err(|e| StageError::Settings(e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")))
 }
 
 /// A `file://` URI or plain path from a topology, as a path string.

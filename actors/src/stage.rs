@@ -1,7 +1,7 @@
 //! The stage trait every actor implements, and what the runner hands it.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vidmesh_protocol::{Batch, DataMessage};
@@ -99,11 +99,19 @@ pub trait Stage: Send {
 pub struct Outputs {
     links: Vec<LinkSender>,
     frames_out: u64,
+    /// Time spent in sends since the last [`Outputs::take_send_time`]: mostly waiting for a
+    /// full downstream queue, which the runner must not count as this stage's work.
+    send_time: Duration,
 }
 
 impl Outputs {
     pub fn new(links: Vec<LinkSender>) -> Self {
-        Self { links, frames_out: 0 }
+        Self { links, frames_out: 0, send_time: Duration::ZERO }
+    }
+
+    /// Time spent sending since the previous call.
+    pub fn take_send_time(&mut self) -> Duration {
+        std::mem::take(&mut self.send_time)
     }
 
     /// Sends a batch downstream; waits while a downstream queue is full.
@@ -122,12 +130,17 @@ impl Outputs {
     }
 
     fn send(&mut self, message: DataMessage) -> Result<(), StageError> {
-        if let Some((last, rest)) = self.links.split_last() {
-            for link in rest {
-                link.send_blocking(message.clone())?;
+        let started = Instant::now();
+        let result = (|| {
+            if let Some((last, rest)) = self.links.split_last() {
+                for link in rest {
+                    link.send_blocking(message.clone())?;
+                }
+                last.send_blocking(message)?;
             }
-            last.send_blocking(message)?;
-        }
-        Ok(())
+            Ok(())
+        })();
+        self.send_time += started.elapsed();
+        result
     }
 }

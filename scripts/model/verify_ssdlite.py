@@ -7,7 +7,7 @@ ONNX model was cut at.  Then:
 
   (a) ssdlite_preprocess.preprocess() must reproduce TF's preprocessed tensor;
   (b) onnxruntime, fed the *numpy*-preprocessed images, must reproduce TF's
-      boxes/scores, both one image at a time and as one mixed batch (which also
+      boxes/scores, both one image at a time and in mixed batches (which also
       proves that the batch dimension is really dynamic).
 
 It also counts person detections (score > 0.5) the way the original graph does
@@ -177,8 +177,10 @@ def main():
         # Declared shapes are only annotations; check what actually comes out
         # before numpy broadcasting could blur a mismatch.
         if ort_boxes.shape != (1,) + tf_boxes.shape or ort_scores.shape != (1,) + tf_scores.shape:
-            sys.exit(f"ONNX output shapes {ort_boxes.shape}, {ort_scores.shape} differ from TF's "
-                     f"{tf_boxes.shape}, {tf_scores.shape}")
+            sys.exit(
+                f"ONNX output shapes {ort_boxes.shape}, {ort_scores.shape} differ from TF's "
+                f"{tf_boxes.shape}, {tf_scores.shape}"
+            )
         # Same model on TF's own preprocessed tensor: isolates the converter's
         # error from the preprocessing's, for diagnosis only.
         tfin_boxes, tfin_scores = session.run(["boxes", "scores"], {"image": tf_pre[None]})
@@ -189,24 +191,40 @@ def main():
         worst["pre"] = max(worst["pre"], d_pre)
         worst["boxes"] = max(worst["boxes"], d_boxes)
         worst["scores"] = max(worst["scores"], d_scores)
-        worst["boxes_tfin"] = max(worst["boxes_tfin"], float(np.max(np.abs(tfin_boxes[0] - tf_boxes))))
-        worst["scores_tfin"] = max(worst["scores_tfin"], float(np.max(np.abs(tfin_scores[0] - tf_scores))))
+        worst["boxes_tfin"] = max(
+            worst["boxes_tfin"], float(np.max(np.abs(tfin_boxes[0] - tf_boxes)))
+        )
+        worst["scores_tfin"] = max(
+            worst["scores_tfin"], float(np.max(np.abs(tfin_scores[0] - tf_scores)))
+        )
 
         onnx_persons = count_persons(ort_boxes[0], ort_scores[0])
         if onnx_persons != tf_persons:
             failures.append(f"{label}: person count")
-        rows.append((label, rgb.shape, check(f"{label}: preprocess", d_pre, TOL_PREPROCESS),
-                     check(f"{label}: boxes", d_boxes, TOL_BOXES),
-                     check(f"{label}: scores", d_scores, TOL_SCORES), tf_persons, onnx_persons))
+        rows.append(
+            (
+                label,
+                rgb.shape,
+                check(f"{label}: preprocess", d_pre, TOL_PREPROCESS),
+                check(f"{label}: boxes", d_boxes, TOL_BOXES),
+                check(f"{label}: scores", d_scores, TOL_SCORES),
+                tf_persons,
+                onnx_persons,
+            )
+        )
         references.append((tf_boxes, tf_scores))
         batch.append(np_pre)
 
-    print(f"{'image':<16} {'HxWxC':<12} {'preprocess':<14} {'boxes':<14} {'scores':<14} persons>0.5 (TF graph / ONNX+NMS)")
+    print(
+        f"{'image':<16} {'HxWxC':<12} {'preprocess':<14} {'boxes':<14} {'scores':<14} "
+        "persons>0.5 (TF graph / ONNX+NMS)"
+    )
     for label, shape, pre, boxes, scores, tf_persons, onnx_persons in rows:
         dims = "x".join(map(str, shape))
-        print(f"{label:<16} {dims:<12} {pre:<14} {boxes:<14} {scores:<14} {tf_persons} / {onnx_persons}")
+        counts = f"{tf_persons} / {onnx_persons}"
+        print(f"{label:<16} {dims:<12} {pre:<14} {boxes:<14} {scores:<14} {counts}")
 
-    # One mixed batch through the model: images of different source sizes
+    # Mixed batches through the model: images of different source sizes
     # share a batch once preprocessed, as in the pipeline.
     for size in (2, len(batch)):
         ort_boxes, ort_scores = session.run(["boxes", "scores"], {"image": np.stack(batch[:size])})
@@ -214,12 +232,16 @@ def main():
             sys.exit(f"batch {size}: ONNX output shapes {ort_boxes.shape}, {ort_scores.shape}")
         d_boxes = max(float(np.max(np.abs(ort_boxes[i] - references[i][0]))) for i in range(size))
         d_scores = max(float(np.max(np.abs(ort_scores[i] - references[i][1]))) for i in range(size))
-        print(f"batch N={size}: boxes {check(f'batch {size}: boxes', d_boxes, TOL_BOXES)}, "
-              f"scores {check(f'batch {size}: scores', d_scores, TOL_SCORES)}")
+        print(
+            f"batch N={size}: boxes {check(f'batch {size}: boxes', d_boxes, TOL_BOXES)}, "
+            f"scores {check(f'batch {size}: scores', d_scores, TOL_SCORES)}"
+        )
 
-    print(f"max |diff|: preprocess {worst['pre']:.2e}, boxes {worst['boxes']:.2e}, "
-          f"scores {worst['scores']:.2e}; ONNX on TF's own preprocessed tensor: "
-          f"boxes {worst['boxes_tfin']:.2e}, scores {worst['scores_tfin']:.2e}")
+    print(
+        f"max |diff|: preprocess {worst['pre']:.2e}, boxes {worst['boxes']:.2e}, "
+        f"scores {worst['scores']:.2e}; ONNX on TF's own preprocessed tensor: "
+        f"boxes {worst['boxes_tfin']:.2e}, scores {worst['scores_tfin']:.2e}"
+    )
     if failures:
         sys.exit(f"verification FAILED: {', '.join(failures)}")
     print("verification passed")

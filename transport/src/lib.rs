@@ -30,6 +30,8 @@ pub struct LinkClosed {
 pub struct LinkStats {
     /// Messages accepted into the queue.
     pub sent: AtomicU64,
+    /// Messages taken out by the consumer; `sent - received` is the queue depth.
+    pub received: AtomicU64,
     /// Times a producer had to wait because the queue was full (backpressure events).
     pub waits: AtomicU64,
 }
@@ -111,6 +113,14 @@ pub enum Received {
 impl LinkReceiver {
     /// Waits for the next message until `deadline` (forever when `None`).
     pub fn recv_blocking(&mut self, deadline: Option<Instant>) -> Received {
+        let received = self.wait(deadline);
+        if matches!(received, Received::Message(_)) {
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
+        }
+        received
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> Received {
         // Fast path without touching the reactor.
         match self.rx.try_recv() {
             Ok(m) => return Received::Message(m),

@@ -1,0 +1,10 @@
+//! The vidmesh launcher as a library: load and validate topology files, and run them.
+//!
+//! The `vidmesh` binary is a thin CLI over this; tests and the Python bindings use it directly.
+
+pub mod runner;
+pub mod topology;
+
+
+pub use topology::{Topology, TopologyError};
+pub use runner::{run, RunError, RunOptions, RunSummary};

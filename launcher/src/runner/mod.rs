@@ -1,0 +1,264 @@
+//! Runs a validated topology in this process: one OS thread per source and per stage, bounded
+//! in-process links between them, and a tokio runtime for timers and signals.
+//!
+//! Ending: when a source ends it sends an end-of-stream notice and drops its links; a stage
+//! whose producers have all gone finishes (flushing files) and drops its own links, so the
+//! pipeline drains from the sources to the sinks. A failing stage stops the sources; what was
+//! already accepted still drains through the stages after it.
+
+mod metrics;
+mod progress;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use thiserror::Error;
+use vidmesh_actors::source::{GstSource, SourceProgress, SourceReport};
+use vidmesh_actors::{Outputs, Stage, StageError, StageReport};
+use vidmesh_protocol::DataMessage;
+use vidmesh_transport::{in_process_link, LinkReceiver, LinkSender, Received};
+
+use crate::topology::{Topology, SOURCES};
+pub use metrics::{MetricsSnapshot, StageMetrics};
+use progress::{ProgressReporter, Watched};
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Print a progress line this often (to stderr); `None` for silence.
+    pub progress_interval: Option<Duration>,
+}
+
+/// Why a pipeline could not start.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("stage `{stage}` ({kind}): {error}")]
+    Build { stage: String, kind: String, error: StageError },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// How one source went.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSummary {
+    pub name: String,
+    pub frames: u64,
+    pub error: Option<String>,
+}
+
+/// How one stage went.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageSummary {
+    pub name: String,
+    pub kind: String,
+    pub facts: Vec<(String, String)>,
+    pub metrics: MetricsSnapshot,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub pipeline: String,
+    pub elapsed_s: f64,
+    pub frames: u64,
+    pub fps: f64,
+    pub sources: Vec<SourceSummary>,
+    pub stages: Vec<StageSummary>,
+    /// Root causes, one line each; empty when everything succeeded.
+    pub errors: Vec<String>,
+}
+
+impl RunSummary {
+    /// A fact a stage reported, e.g. `fact("track", "tracks")`.
+    pub fn fact(&self, stage: &str, key: &str) -> Option<&str> {
+        self.stages.iter().find(|s| s.name == stage)?.facts.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+struct StageThread {
+    name: String,
+    kind: String,
+    metrics: Arc<StageMetrics>,
+    handle: JoinHandle<Result<StageReport, StageError>>,
+}
+
+/// Runs `topology` to completion (all sources ended) or until `stop` is set.
+pub fn run(topology: &Topology, options: &RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary, RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("vidmesh-io").enable_all().build()?;
+    let started = Instant::now();
+
+    // Build every stage before starting anything, so a bad model fails fast and cleanly.
+    let mut built: Vec<Box<dyn Stage>> = Vec::new();
+    for entry in &topology.stages {
+        let stage = (entry.kind.build)(&entry.table, &topology.context(&entry.name)).map_err(|error| RunError::Build {
+            stage: entry.name.clone(),
+            kind: entry.kind.name.to_string(),
+            error,
+        })?;
+        built.push(stage);
+    }
+
+    let mut inbox_senders: HashMap<&str, LinkSender> = HashMap::new();
+    let mut inboxes: Vec<LinkReceiver> = Vec::new();
+    for entry in &topology.stages {
+        let (tx, rx) = in_process_link(&entry.name, topology.queue, runtime.handle().clone());
+        inbox_senders.insert(entry.name.as_str(), tx);
+        inboxes.push(rx);
+    }
+    let outputs_of = |producer: &str| {
+        Outputs::new(
+            topology.links.iter().filter(|(from, _)| from == producer).map(|(_, to)| inbox_senders[to.as_str()].clone()).collect(),
+        )
+    };
+
+    let mut watched_stages = Vec::new();
+    let mut stage_threads = Vec::new();
+    for ((entry, stage), inbox) in topology.stages.iter().zip(built).zip(inboxes) {
+        let metrics = Arc::new(StageMetrics::default());
+        let depth = DepthProbe::new(&inbox);
+        watched_stages.push((entry.name.clone(), metrics.clone(), depth.probe()));
+        let out = outputs_of(&entry.name);
+        let (m, stop) = (metrics.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("stage-{}", entry.name))
+            .spawn(move || {
+                let result = stage_loop(stage, inbox, out, &m);
+                if result.is_err() {
+                    // A failed stage ends the run: stop the sources so the rest drains.
+                    stop.store(true, Ordering::Relaxed);
+                }
+                result
+            })?;
+        stage_threads.push(StageThread { name: entry.name.clone(), kind: entry.kind.name.to_string(), metrics, handle });
+    }
+
+    let mut source_threads = Vec::new();
+    let mut watched_sources = Vec::new();
+    for (index, entry) in topology.sources.iter().enumerate() {
+        let progress = Arc::new(SourceProgress::default());
+        watched_sources.push(progress.clone());
+        let mut source = GstSource::new(entry.settings.clone(), entry.uri.clone(), index as u32);
+        let mut out = outputs_of(SOURCES);
+        let stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("source-{}", entry.settings.id))
+            .spawn(move || source.run(&mut out, &stop, &progress))?;
+        source_threads.push((entry.settings.id.clone(), handle));
+    }
+    // Only the threads hold senders now, so inboxes close when their producers finish.
+    drop(inbox_senders);
+
+    runtime.spawn({
+        let stop = stop.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::warn!("interrupted: stopping sources and draining the pipeline");
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let reporter = options.progress_interval.map(|interval| {
+        let finished = finished.clone();
+        let mut reporter = ProgressReporter::new(Watched { sources: watched_sources, stages: watched_stages });
+        std::thread::spawn(move || {
+            let mut next = Instant::now() + interval;
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() >= next {
+                    eprintln!("{}", reporter.line());
+                    next += interval;
+                }
+            }
+        })
+    });
+
+    let mut errors = Vec::new();
+    let mut sources = Vec::new();
+    for (name, handle) in source_threads {
+        let report = handle.join().unwrap_or_else(|_| SourceReport { frames: 0, error: Some("the source thread panicked".into()) });
+        if let Some(e) = &report.error {
+            errors.push(format!("source `{name}`: {e}"));
+        }
+        sources.push(SourceSummary { name, frames: report.frames, error: report.error });
+    }
+    let mut stages = Vec::new();
+    for t in stage_threads {
+        let result = t.handle.join().unwrap_or_else(|_| Err(StageError::Runtime("the stage thread panicked".into())));
+        let facts = match result {
+            Ok(report) => report.facts,
+            Err(StageError::Downstream(_)) => Vec::new(),
+            Err(e) => {
+                errors.push(format!("stage `{}` ({}): {e}", t.name, t.kind));
+                Vec::new()
+            }
+        };
+        stages.push(StageSummary { name: t.name, kind: t.kind, facts, metrics: t.metrics.snapshot() });
+    }
+    finished.store(true, Ordering::Relaxed);
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let frames = sources.iter().map(|s| s.frames).sum();
+    Ok(RunSummary {
+        pipeline: topology.name.clone(),
+        elapsed_s: elapsed,
+        frames,
+        fps: frames as f64 / elapsed.max(1e-9),
+        sources,
+        stages,
+        errors,
+    })
+}
+
+/// Reads an inbox's queue depth from another thread.
+struct DepthProbe {
+    stats: Arc<vidmesh_transport::LinkStats>,
+    capacity: usize,
+}
+
+impl DepthProbe {
+    fn new(inbox: &LinkReceiver) -> Self {
+        Self { stats: inbox.stats().clone(), capacity: inbox.capacity() }
+    }
+
+    fn probe(self) -> Arc<dyn Fn() -> usize + Send + Sync> {
+        Arc::new(move || {
+            let sent = self.stats.sent.load(Ordering::Relaxed);
+            let received = self.stats.received.load(Ordering::Relaxed);
+            (sent.saturating_sub(received) as usize).min(self.capacity)
+        })
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// The actor loop of one stage.
+fn stage_loop(mut stage: Box<dyn Stage>, mut inbox: LinkReceiver, mut out: Outputs, metrics: &StageMetrics) -> Result<StageReport, StageError> {
+    loop {
+        match inbox.recv_blocking(stage.next_deadline()) {
+            Received::Message(DataMessage::Batch(batch)) => {
+                let frames = batch.frames.len();
+                let ingest = batch.frames.iter().map(|f| f.ingest_ns).min();
+                let t0 = Instant::now();
+                stage.on_batch(batch, &mut out)?;
+                let total = t0.elapsed();
+                let sending = out.take_send_time();
+                metrics.record(frames, total.saturating_sub(sending), sending, ingest.map(|i| now_ns().saturating_sub(i)));
+            }
+            Received::Message(DataMessage::EndOfStream { source_id, source_name }) => {
+                stage.on_end_of_stream(source_id, &source_name, &mut out)?;
+            }
+            Received::Timeout => stage.on_timer(Instant::now(), &mut out)?,
+            Received::Closed => return stage.on_finish(&mut out),
+        }
+    }
+}

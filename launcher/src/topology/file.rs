@@ -1,0 +1,31 @@
+//! The topology file as written, before validation. Every table rejects unknown keys so a
+//! typo is an error, not a silently ignored setting.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyFile {
+    pub pipeline: PipelineSection,
+    #[serde(default)]
+    pub source: Vec<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub stage: toml::map::Map<String, toml::Value>,
+    #[serde(default)]
+    pub placement: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    pub name: String,
+    pub links: Vec<Spanned<(String, String)>>,
+    /// Capacity of every link, in messages (batches): the credits a producer holds.
+    #[serde(default = "queue_default")]
+    pub queue: usize,
+}
+
+fn queue_default() -> usize {
+    4
+}

@@ -1,0 +1,270 @@
+//! Topology files: load, validate, and describe a pipeline.
+//!
+//! Validation happens before anything starts and reports the file, the line, and what was
+//! expected: syntax and type errors, unknown keys, unknown stage kinds, links to missing
+//! stages, cycles, stages nothing feeds, missing model or input files, bad URIs.
+//! The format is documented in docs/TOPOLOGY.md.
+
+mod file;
+mod graph;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use vidmesh_actors::source::{self, SourceUri};
+use vidmesh_actors::{find_kind, BuildContext, StageKind, STAGE_KINDS};
+
+use file::TopologyFile;
+
+/// The name links use for "all sources".
+pub const SOURCES: &str = "sources";
+
+/// A validation failure, pointing into the file.
+#[derive(Debug, Error)]
+pub struct TopologyError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// A configured source.
+#[derive(Debug, Clone)]
+pub struct SourceEntry {
+    pub settings: source::Settings,
+    pub uri: SourceUri,
+}
+
+/// A configured stage.
+#[derive(Clone)]
+pub struct StageEntry {
+    pub name: String,
+    pub kind: &'static StageKind,
+    pub table: toml::Table,
+}
+
+impl fmt::Debug for StageEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StageEntry").field("name", &self.name).field("kind", &self.kind.name).finish()
+    }
+}
+
+/// A validated pipeline: stages are in an order where every stage comes after its producers.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub path: PathBuf,
+    pub name: String,
+    pub queue: usize,
+    /// Where relative paths in the file start (the working directory).
+    pub base_dir: PathBuf,
+    pub sources: Vec<SourceEntry>,
+    pub stages: Vec<StageEntry>,
+    /// (producer, consumer); the producer may be [`SOURCES`].
+    pub links: Vec<(String, String)>,
+}
+
+impl Topology {
+    /// Reads and validates a topology file. Relative paths inside it resolve against the
+    /// current working directory, as they do for every other command-line tool.
+    pub fn load(path: &Path) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TopologyError {
+            file: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read the topology: {e}"),
+        })?;
+        let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Self::parse(path, &text, &base_dir)
+    }
+
+    /// Validates topology `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str, base_dir: &Path) -> Result<Self, TopologyError> {
+        let at = |offset: Option<usize>, message: String| TopologyError {
+            file: path.to_path_buf(),
+            position: offset.map(|o| line_col(text, o)),
+            message,
+        };
+        let parsed: TopologyFile =
+            toml::from_str(text).map_err(|e| at(e.span().map(|s| s.start), e.message().trim().to_string()))?;
+        if let Some(p) = &parsed.placement {
+            return Err(at(
+                Some(p.span().start),
+                "[placement] (running stages in other processes or hosts) is not available yet; remove it to run every stage in this process".into(),
+            ));
+        }
+        if parsed.pipeline.queue == 0 || parsed.pipeline.queue > 4096 {
+            return Err(at(None, format!("pipeline.queue must be 1..=4096, got {}", parsed.pipeline.queue)));
+        }
+
+        // Stage offsets: find each `[stage.NAME]` / `NAME = {` in the text for error positions.
+        let stage_offset = |name: &str| find_stage_offset(text, name);
+
+        let source_names: Vec<String> = parsed
+            .source
+            .iter()
+            .map(|s| s.get_ref().get("id").and_then(|v| v.as_str()).unwrap_or_default().to_string())
+            .collect();
+        let ctx = |stage: &str| BuildContext { stage_name: stage.to_string(), base_dir: base_dir.to_path_buf(), sources: source_names.clone() };
+
+        let mut sources = Vec::new();
+        for (i, entry) in parsed.source.iter().enumerate() {
+            let (settings, uri) = source::Settings::load(entry.get_ref(), &ctx(SOURCES))
+                .map_err(|e| at(Some(entry.span().start), format!("source #{}: {e}", i + 1)))?;
+            if sources.iter().any(|s: &SourceEntry| s.settings.id == settings.id) {
+                return Err(at(Some(entry.span().start), format!("two sources are named `{}`", settings.id)));
+            }
+            sources.push(SourceEntry { settings, uri });
+        }
+
+        let mut stages = Vec::new();
+        for (name, value) in &parsed.stage {
+            let offset = stage_offset(name);
+            let table = value
+                .as_table()
+                .ok_or_else(|| at(offset, format!("stage `{name}` must be a table like {{ kind = \"infer\", ... }}")))?;
+            if name == SOURCES {
+                return Err(at(offset, format!("`{SOURCES}` is reserved for the [[source]] entries; rename this stage")));
+            }
+            let kind_name = table
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .ok_or_else(|| at(offset, format!("stage `{name}` has no `kind` (one of {})", kind_names())))?;
+            let kind = find_kind(kind_name).ok_or_else(|| {
+                let hint = closest(kind_name, STAGE_KINDS.iter().map(|k| k.name)).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
+                at(offset, format!("stage `{name}`: unknown stage kind `{kind_name}` (known: {}){hint}", kind_names()))
+            })?;
+            (kind.check)(table, &ctx(name)).map_err(|e| at(offset, format!("stage `{name}` ({kind_name}): {e}")))?;
+            stages.push(StageEntry { name: name.clone(), kind, table: table.clone() });
+        }
+
+        let mut links = Vec::new();
+        for link in &parsed.pipeline.links {
+            let (from, to) = link.get_ref();
+            let here = Some(link.span().start);
+            for end in [from, to] {
+                if end != SOURCES && !stages.iter().any(|s| &s.name == end) {
+                    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+                    let hint = closest(end, names.iter().copied()).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
+                    return Err(at(here, format!("link [\"{from}\", \"{to}\"] names a missing stage `{end}` (stages: {}){hint}", names.join(", "))));
+                }
+            }
+            if to == SOURCES {
+                return Err(at(here, format!("link [\"{from}\", \"{to}\"]: `{SOURCES}` cannot receive, it only produces")));
+            }
+            if from == to {
+                return Err(at(here, format!("link [\"{from}\", \"{to}\"] connects a stage to itself")));
+            }
+            if links.contains(&(from.clone(), to.clone())) {
+                return Err(at(here, format!("link [\"{from}\", \"{to}\"] appears twice")));
+            }
+            links.push((from.clone(), to.clone()));
+        }
+
+        let order = graph::order(&stages, &links).map_err(|e| at(None, e))?;
+        let stages = order.into_iter().map(|i| stages[i].clone()).collect::<Vec<_>>();
+        if !sources.is_empty() && !links.iter().any(|(f, _)| f == SOURCES) {
+            return Err(at(None, format!("no link starts at `{SOURCES}`, so no frames would enter the pipeline")));
+        }
+        if sources.is_empty() {
+            return Err(at(None, "the topology has no [[source]] entries".into()));
+        }
+        Ok(Topology {
+            path: path.to_path_buf(),
+            name: parsed.pipeline.name,
+            queue: parsed.pipeline.queue,
+            base_dir: base_dir.to_path_buf(),
+            sources,
+            stages,
+            links,
+        })
+    }
+
+    /// The build context stage `name` gets.
+    pub fn context(&self, name: &str) -> BuildContext {
+        BuildContext {
+            stage_name: name.to_string(),
+            base_dir: self.base_dir.clone(),
+            sources: self.sources.iter().map(|s| s.settings.id.clone()).collect(),
+        }
+    }
+
+    /// Graphviz DOT for `vidmesh graph`.
+    pub fn to_dot(&self) -> String {
+        let mut s = format!("digraph \"{}\" {{\n  rankdir=LR;\n", self.name);
+        s.push_str(&format!("  \"{SOURCES}\" [shape=folder, label=\"{SOURCES}\\n{}\"];\n", self.sources.iter().map(|x| x.settings.id.as_str()).collect::<Vec<_>>().join(", ")));
+        for st in &self.stages {
+            s.push_str(&format!("  \"{}\" [shape=box, label=\"{}\\n({})\"];\n", st.name, st.name, st.kind.name));
+        }
+        for (a, b) in &self.links {
+            s.push_str(&format!("  \"{a}\" -> \"{b}\";\n"));
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+fn kind_names() -> String {
+    STAGE_KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Where stage `name` is defined: `[stage.NAME]` or `NAME = {` inside `[stage]`.
+fn find_stage_offset(text: &str, name: &str) -> Option<usize> {
+    let mut offset = 0;
+    let mut in_stage_table = false;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_stage_table = t == "[stage]";
+            let header = t.trim_start_matches('[').trim_end_matches(']').trim();
+            if header == format!("stage.{name}") || header == format!("stage.\"{name}\"") {
+                return Some(offset + line.find('[').unwrap_or(0));
+            }
+        } else if in_stage_table {
+            let key = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+            if key == name && t.contains('=') {
+                return Some(offset + line.len() - line.trim_start().len());
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The candidate within edit distance 2 of `word`, for "did you mean" hints.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates.map(|c| (edit_distance(word, c), c)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,108 @@
+use super::*;
+
+fn write_model(dir: &Path) {
+    std::fs::write(dir.join("m.onnx"), b"not really a model, existence is what validation checks").unwrap();
+    std::fs::write(dir.join("clip.mp4"), b"x").unwrap();
+}
+
+const GOOD: &str = r#"
+[pipeline]
+name = "t"
+links = [["sources", "mux"], ["mux", "pre"], ["pre", "detect"], ["detect", "out"]]
+
+[[source]]
+id = "cam0"
+uri = "file://clip.mp4"
+
+[stage.mux]
+kind = "mux"
+batch_size = 2
+
+[stage.pre]
+kind = "preprocess"
+width = 300
+height = 300
+
+[stage.detect]
+kind = "infer"
+model = "m.onnx"
+parser = { type = "ssd" }
+
+[stage.out]
+kind = "broker"
+uri = "file://out/events.jsonl"
+"#;
+
+fn check(text: &str) -> Result<Topology, TopologyError> {
+    let dir = tempfile::tempdir().unwrap();
+    write_model(dir.path());
+    Topology::parse(Path::new("t.toml"), text, dir.path())
+}
+
+fn error(text: &str) -> String {
+    check(text).unwrap_err().to_string()
+}
+
+#[test]
+fn a_good_topology_orders_stages_producers_first() {
+    let t = check(GOOD).unwrap();
+    let names: Vec<&str> = t.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["mux", "pre", "detect", "out"]);
+    assert_eq!(t.sources[0].settings.id, "cam0");
+}
+
+#[test]
+fn unknown_stage_kind_names_file_line_and_known_kinds() {
+    let e = error(&GOOD.replace("kind = \"infer\"", "kind = \"infr\""));
+    assert!(e.starts_with("t.toml:19:1: stage `detect`: unknown stage kind `infr`"), "{e}");
+    assert!(e.contains("did you mean `infer`"), "{e}");
+}
+
+#[test]
+fn link_to_missing_stage_is_named_with_its_line() {
+    let e = error(&GOOD.replace("[\"detect\", \"out\"]", "[\"detect\", \"outt\"]"));
+    assert!(e.starts_with("t.toml:4:"), "{e}");
+    assert!(e.contains("missing stage `outt`") && e.contains("did you mean `out`"), "{e}");
+}
+
+#[test]
+fn cycles_are_reported_as_a_path() {
+    let e = error(&GOOD.replace("[\"detect\", \"out\"]", "[\"detect\", \"out\"], [\"out\", \"pre\"]"));
+    assert!(e.contains("links form a cycle"), "{e}");
+    assert!(e.contains("pre -> detect") && e.contains("out -> pre"), "{e}");
+}
+
+#[test]
+fn missing_model_file_is_named() {
+    let e = error(&GOOD.replace("m.onnx", "missing.onnx"));
+    assert!(e.contains("stage `detect` (infer): model file") && e.contains("missing.onnx") && e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn bad_source_uri_is_named() {
+    let e = error(&GOOD.replace("file://clip.mp4", "ftp://host/clip.mp4"));
+    assert!(e.starts_with("t.toml:6:1: source #1:"), "{e}");
+    assert!(e.contains("unsupported source URI scheme `ftp`"), "{e}");
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_point_at_the_problem() {
+    let e = error(&GOOD.replace("batch_size = 2", "batch_size = \"two\""));
+    assert!(e.contains("stage `mux` (mux)") && e.contains("batch_size"), "{e}");
+    let e = error(&GOOD.replace("name = \"t\"", "name = \"t\"\nlinkz = []"));
+    assert!(e.starts_with("t.toml:4:1: unknown field `linkz`"), "{e}");
+    let e = error("[pipeline\nname=");
+    assert!(e.starts_with("t.toml:1:"), "{e}");
+}
+
+#[test]
+fn a_stage_nothing_feeds_is_rejected() {
+    let e = error(&GOOD.replace("[\"detect\", \"out\"]", "[\"pre\", \"out\"]").replace("[\"pre\", \"detect\"], ", ""));
+    assert!(e.contains("stage `detect` has no input"), "{e}");
+}
+
+#[test]
+fn placement_is_refused_until_it_exists() {
+    let e = error(&format!("{GOOD}\n[placement]\ndetect = {{ host = \"a\" }}\n"));
+    assert!(e.contains("[placement]") && e.contains("not available yet"), "{e}");
+}
