@@ -2,8 +2,8 @@
 
 use std::sync::OnceLock;
 
-use gstreamer as gst;
 use gst::prelude::*;
+use gstreamer as gst;
 
 use crate::stage::StageError;
 
@@ -26,7 +26,10 @@ pub fn make(factory: &str) -> Result<gst::Element, StageError> {
 
 /// One line from a bus error: the message, and which element said it.
 pub fn describe_error(err: &gst::message::Error) -> String {
-    let element = err.src().map(|s| s.name().to_string()).unwrap_or_else(|| "pipeline".into());
+    let element = err
+        .src()
+        .map(|s| s.name().to_string())
+        .unwrap_or_else(|| "pipeline".into());
     format!("{} (from {element})", err.error())
 }
 

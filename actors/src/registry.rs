@@ -22,11 +22,6 @@ pub static STAGE_KINDS: &[StageKind] = &[
     crate::osd::KIND,
     crate::sink::KIND,
     crate::broker::KIND,
-
-
-
-
-
 ];
 
 /// Looks a kind up by name.

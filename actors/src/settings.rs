@@ -10,18 +10,26 @@ pub fn parse<T: DeserializeOwned>(table: &toml::Table) -> Result<T, StageError> 
     let mut table = table.clone();
     table.remove("kind");
     // The error text ends with "in `key`" when a key is at fault; keep it on one line.
-    T::deserialize(toml::Value::Table(table))
-        .map_err(|e| StageError::Settings(e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")))
+    T::deserialize(toml::Value::Table(table)).map_err(|e| {
+        StageError::Settings(
+            e.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    })
 }
 
 /// A `file://` URI or plain path from a topology, as a path string.
 pub fn file_uri_path(uri: &str) -> Result<String, StageError> {
     match uri.split_once("://") {
         Some(("file", rest)) if !rest.is_empty() => Ok(rest.to_string()),
-        Some(("file", _)) => Err(StageError::Settings(format!("`{uri}` has no path after file://"))),
-        Some((scheme, _)) => {
-            Err(StageError::Settings(format!("unsupported URI scheme `{scheme}` in `{uri}`; expected file://PATH")))
-        }
+        Some(("file", _)) => Err(StageError::Settings(format!(
+            "`{uri}` has no path after file://"
+        ))),
+        Some((scheme, _)) => Err(StageError::Settings(format!(
+            "unsupported URI scheme `{scheme}` in `{uri}`; expected file://PATH"
+        ))),
         None if !uri.is_empty() => Ok(uri.to_string()),
         None => Err(StageError::Settings("empty URI".into())),
     }

@@ -70,7 +70,12 @@ pub trait Stage: Send {
     fn on_batch(&mut self, batch: Batch, out: &mut Outputs) -> Result<(), StageError>;
 
     /// Source `source_id` ended. The default forwards the notice.
-    fn on_end_of_stream(&mut self, source_id: u32, source_name: &str, out: &mut Outputs) -> Result<(), StageError> {
+    fn on_end_of_stream(
+        &mut self,
+        source_id: u32,
+        source_name: &str,
+        out: &mut Outputs,
+    ) -> Result<(), StageError> {
         out.end_of_stream(source_id, source_name)
     }
 
@@ -106,7 +111,11 @@ pub struct Outputs {
 
 impl Outputs {
     pub fn new(links: Vec<LinkSender>) -> Self {
-        Self { links, frames_out: 0, send_time: Duration::ZERO }
+        Self {
+            links,
+            frames_out: 0,
+            send_time: Duration::ZERO,
+        }
     }
 
     /// Time spent sending since the previous call.
@@ -121,7 +130,10 @@ impl Outputs {
     }
 
     pub fn end_of_stream(&mut self, source_id: u32, source_name: &str) -> Result<(), StageError> {
-        self.send(DataMessage::EndOfStream { source_id, source_name: source_name.to_string() })
+        self.send(DataMessage::EndOfStream {
+            source_id,
+            source_name: source_name.to_string(),
+        })
     }
 
     /// Frames emitted so far.

@@ -5,6 +5,5 @@
 pub mod runner;
 pub mod topology;
 
-
-pub use topology::{Topology, TopologyError};
 pub use runner::{run, RunError, RunOptions, RunSummary};
+pub use topology::{Topology, TopologyError};

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use vidmesh::{run, RunOptions, RunSummary, Topology};
 
 #[derive(Parser)]
-#[command(name = "vidmesh", version, about = "Video analytics pipelines as actors: DeepStream's job, in Rust")]
+#[command(
+    name = "vidmesh",
+    version,
+    about = "Video analytics pipelines as actors: DeepStream's job, in Rust"
+)]
 struct Cli {
     /// Log more (-v: info, -vv: debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -45,19 +49,38 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn print_summary(summary: &RunSummary) {
-    println!("pipeline `{}` finished in {:.1}s: {} frames, {:.1} fps", summary.pipeline, summary.elapsed_s, summary.frames, summary.fps);
+    println!(
+        "pipeline `{}` finished in {:.1}s: {} frames, {:.1} fps",
+        summary.pipeline, summary.elapsed_s, summary.frames, summary.fps
+    );
     for s in &summary.sources {
-        let state = if s.error.is_some() { "ended early" } else { "complete" };
+        let state = if s.error.is_some() {
+            "ended early"
+        } else {
+            "complete"
+        };
         println!("  source {}: {} frames ({state})", s.name, s.frames);
     }
     for st in &summary.stages {
-        let ms = if st.metrics.batches > 0 { st.metrics.busy_ns as f64 / st.metrics.batches as f64 / 1e6 } else { 0.0 };
-        let mut line = format!("  {} ({}): {} frames, {ms:.2} ms/batch", st.name, st.kind, st.metrics.frames);
+        let ms = if st.metrics.batches > 0 {
+            st.metrics.busy_ns as f64 / st.metrics.batches as f64 / 1e6
+        } else {
+            0.0
+        };
+        let mut line = format!(
+            "  {} ({}): {} frames, {ms:.2} ms/batch",
+            st.name, st.kind, st.metrics.frames
+        );
         for (k, v) in &st.facts {
             line.push_str(&format!(", {k} {v}"));
         }
@@ -77,7 +100,13 @@ fn main() -> ExitCode {
         }
         Command::Validate { topology } => match Topology::load(&topology) {
             Ok(t) => {
-                println!("{}: ok ({} sources, {} stages, {} links)", topology.display(), t.sources.len(), t.stages.len(), t.links.len());
+                println!(
+                    "{}: ok ({} sources, {} stages, {} links)",
+                    topology.display(),
+                    t.sources.len(),
+                    t.stages.len(),
+                    t.links.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),
@@ -89,19 +118,27 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
-        Command::Run { topology, progress, summary_json } => {
+        Command::Run {
+            topology,
+            progress,
+            summary_json,
+        } => {
             let topology = match Topology::load(&topology) {
                 Ok(t) => t,
                 Err(e) => return fail(&e.to_string()),
             };
-            let options = RunOptions { progress_interval: (!progress.is_zero()).then_some(progress) };
+            let options = RunOptions {
+                progress_interval: (!progress.is_zero()).then_some(progress),
+            };
             let summary = match run(&topology, &options, Arc::new(AtomicBool::new(false))) {
                 Ok(s) => s,
                 Err(e) => return fail(&e.to_string()),
             };
             print_summary(&summary);
             if let Some(path) = summary_json {
-                let written = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string()).and_then(|json| std::fs::write(&path, json).map_err(|e| e.to_string()));
+                let written = serde_json::to_string_pretty(&summary)
+                    .map_err(|e| e.to_string())
+                    .and_then(|json| std::fs::write(&path, json).map_err(|e| e.to_string()));
                 if let Err(e) = written {
                     return fail(&format!("cannot write {}: {e}", path.display()));
                 }

@@ -66,7 +66,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_len: 256 * 1024 * 1024 }
+        Self {
+            max_body_len: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -75,7 +77,9 @@ impl Default for Limits {
 pub enum DecodeError {
     #[error("truncated message: need at least {needed} bytes, got {got}")]
     Truncated { needed: usize, got: usize },
-    #[error("not a vidmesh message: magic bytes are {found:02x?}, expected {MAGIC:02x?} (\"VMSH\")")]
+    #[error(
+        "not a vidmesh message: magic bytes are {found:02x?}, expected {MAGIC:02x?} (\"VMSH\")"
+    )]
     BadMagic { found: [u8; 4] },
     #[error("message uses protocol version {found}, this build speaks version {supported}: upgrade this side")]
     NewerVersion { found: u16, supported: u16 },
@@ -109,7 +113,8 @@ pub fn encode(message: &Envelope) -> Result<Vec<u8>, EncodeError> {
         Envelope::Data(m) => append_body(&mut out, m)?,
     }
     let body_len = out.len() - HEADER_LEN;
-    let body_len_u32 = u32::try_from(body_len).map_err(|_| EncodeError::TooLarge { len: body_len })?;
+    let body_len_u32 =
+        u32::try_from(body_len).map_err(|_| EncodeError::TooLarge { len: body_len })?;
     out[0..4].copy_from_slice(&MAGIC);
     out[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     out[6] = message.kind() as u8;
@@ -127,7 +132,10 @@ fn append_body<T: Serialize>(out: &mut Vec<u8>, body: &T) -> Result<(), EncodeEr
 /// Decodes one complete message. `bytes` must hold exactly one envelope.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
     if bytes.len() < HEADER_LEN {
-        return Err(DecodeError::Truncated { needed: HEADER_LEN, got: bytes.len() });
+        return Err(DecodeError::Truncated {
+            needed: HEADER_LEN,
+            got: bytes.len(),
+        });
     }
     let magic: [u8; 4] = [bytes[0], bytes[1], bytes[2], bytes[3]];
     if magic != MAGIC {
@@ -135,10 +143,16 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     if version > PROTOCOL_VERSION {
-        return Err(DecodeError::NewerVersion { found: version, supported: PROTOCOL_VERSION });
+        return Err(DecodeError::NewerVersion {
+            found: version,
+            supported: PROTOCOL_VERSION,
+        });
     }
     if version < PROTOCOL_VERSION {
-        return Err(DecodeError::OlderVersion { found: version, supported: PROTOCOL_VERSION });
+        return Err(DecodeError::OlderVersion {
+            found: version,
+            supported: PROTOCOL_VERSION,
+        });
     }
     let kind = MessageKind::from_u8(bytes[6]).ok_or(DecodeError::UnknownKind(bytes[6]))?;
     if bytes[7] != 0 {
@@ -146,14 +160,22 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
     }
     let body_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     if body_len > limits.max_body_len {
-        return Err(DecodeError::BodyTooLarge { len: body_len, limit: limits.max_body_len });
+        return Err(DecodeError::BodyTooLarge {
+            len: body_len,
+            limit: limits.max_body_len,
+        });
     }
     let available = bytes.len() - HEADER_LEN;
     if available < body_len {
-        return Err(DecodeError::Truncated { needed: HEADER_LEN + body_len, got: bytes.len() });
+        return Err(DecodeError::Truncated {
+            needed: HEADER_LEN + body_len,
+            got: bytes.len(),
+        });
     }
     if available > body_len {
-        return Err(DecodeError::TrailingBytes { extra: available - body_len });
+        return Err(DecodeError::TrailingBytes {
+            extra: available - body_len,
+        });
     }
     let body = &bytes[HEADER_LEN..];
     match kind {
@@ -162,8 +184,11 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
 }
 
 fn decode_body<T: DeserializeOwned>(kind: MessageKind, body: &[u8]) -> Result<T, DecodeError> {
-    let (value, rest) = postcard::take_from_bytes::<T>(body)
-        .map_err(|e| DecodeError::MalformedBody { kind, reason: e.to_string() })?;
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::MalformedBody {
+            kind,
+            reason: e.to_string(),
+        })?;
     if !rest.is_empty() {
         return Err(DecodeError::MalformedBody {
             kind,
@@ -193,10 +218,22 @@ mod tests {
             parent: None,
             classifiers: vec![ClassifierMeta {
                 component_id: 2,
-                labels: vec![LabelInfo { class_id: 3, label: "red".into(), probability: 0.9 }],
+                labels: vec![LabelInfo {
+                    class_id: 3,
+                    label: "red".into(),
+                    probability: 0.9,
+                }],
             }],
-            mask: Some(Mask { width: 2, height: 1, threshold: 0.5, data: vec![0.1, 0.9] }),
-            user: vec![UserMeta { kind: "test/json".into(), data: Bytes::from_static(b"{}") }],
+            mask: Some(Mask {
+                width: 2,
+                height: 1,
+                threshold: 0.5,
+                data: vec![0.1, 0.9],
+            }),
+            user: vec![UserMeta {
+                kind: "test/json".into(),
+                data: Bytes::from_static(b"{}"),
+            }],
         };
         Batch {
             batch_id: 42,
@@ -209,11 +246,20 @@ mod tests {
                 ingest_ns: 5,
                 width: 4,
                 height: 2,
-                payload: PayloadRef::Inline { layout, data: Bytes::from(vec![9u8; 24]) },
+                payload: PayloadRef::Inline {
+                    layout,
+                    data: Bytes::from(vec![9u8; 24]),
+                },
                 objects: vec![object],
                 display: DisplayMeta {
-                    rects: vec![DisplayRect { border_width: 2, ..Default::default() }],
-                    texts: vec![DisplayText { text: "hi".into(), ..Default::default() }],
+                    rects: vec![DisplayRect {
+                        border_width: 2,
+                        ..Default::default()
+                    }],
+                    texts: vec![DisplayText {
+                        text: "hi".into(),
+                        ..Default::default()
+                    }],
                     lines: vec![DisplayLine::default()],
                     circles: vec![DisplayCircle::default()],
                 },
@@ -239,7 +285,10 @@ mod tests {
 
     #[test]
     fn end_of_stream_round_trips() {
-        let msg = Envelope::Data(DataMessage::EndOfStream { source_id: 1, source_name: "a".into() });
+        let msg = Envelope::Data(DataMessage::EndOfStream {
+            source_id: 1,
+            source_name: "a".into(),
+        });
         let bytes = encode(&msg).unwrap();
         assert_eq!(decode(&bytes, &Limits::default()).unwrap(), msg);
     }
@@ -249,7 +298,10 @@ mod tests {
         let bytes = encode(&Envelope::Data(DataMessage::Batch(sample_batch()))).unwrap();
         for cut in 0..bytes.len() {
             let err = decode(&bytes[..cut], &Limits::default()).unwrap_err();
-            assert!(matches!(err, DecodeError::Truncated { .. }), "cut at {cut}: {err}");
+            assert!(
+                matches!(err, DecodeError::Truncated { .. }),
+                "cut at {cut}: {err}"
+            );
         }
     }
 
@@ -267,9 +319,18 @@ mod tests {
         let mut bytes = encode(&Envelope::Data(DataMessage::Batch(Batch::default()))).unwrap();
         bytes[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
         let err = decode(&bytes, &Limits::default()).unwrap_err();
-        assert_eq!(err, DecodeError::NewerVersion { found: PROTOCOL_VERSION + 1, supported: PROTOCOL_VERSION });
+        assert_eq!(
+            err,
+            DecodeError::NewerVersion {
+                found: PROTOCOL_VERSION + 1,
+                supported: PROTOCOL_VERSION
+            }
+        );
         let text = err.to_string();
-        assert!(text.contains(&(PROTOCOL_VERSION + 1).to_string()) && text.contains(&PROTOCOL_VERSION.to_string()));
+        assert!(
+            text.contains(&(PROTOCOL_VERSION + 1).to_string())
+                && text.contains(&PROTOCOL_VERSION.to_string())
+        );
     }
 
     #[test]
@@ -280,7 +341,10 @@ mod tests {
         assert!(matches!(err, DecodeError::BodyTooLarge { .. }));
         // Within the limit but beyond the input: truncated, not an allocation.
         bytes[8..12].copy_from_slice(&(1024u32 * 1024).to_le_bytes());
-        assert!(matches!(decode(&bytes, &Limits::default()).unwrap_err(), DecodeError::Truncated { .. }));
+        assert!(matches!(
+            decode(&bytes, &Limits::default()).unwrap_err(),
+            DecodeError::Truncated { .. }
+        ));
     }
 
     #[test]
@@ -305,13 +369,22 @@ mod tests {
         let good = encode(&Envelope::Data(DataMessage::Batch(Batch::default()))).unwrap();
         let mut b = good.clone();
         b[6] = 200;
-        assert_eq!(decode(&b, &Limits::default()).unwrap_err(), DecodeError::UnknownKind(200));
+        assert_eq!(
+            decode(&b, &Limits::default()).unwrap_err(),
+            DecodeError::UnknownKind(200)
+        );
         let mut b = good.clone();
         b[7] = 1;
-        assert_eq!(decode(&b, &Limits::default()).unwrap_err(), DecodeError::BadFlags(1));
+        assert_eq!(
+            decode(&b, &Limits::default()).unwrap_err(),
+            DecodeError::BadFlags(1)
+        );
         let mut b = good.clone();
         b.push(0);
-        assert_eq!(decode(&b, &Limits::default()).unwrap_err(), DecodeError::TrailingBytes { extra: 1 });
+        assert_eq!(
+            decode(&b, &Limits::default()).unwrap_err(),
+            DecodeError::TrailingBytes { extra: 1 }
+        );
     }
 
     #[test]

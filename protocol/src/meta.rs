@@ -70,7 +70,12 @@ pub struct BBox {
 impl BBox {
     /// Builds a box from its corners.
     pub fn from_corners(left: f32, top: f32, right: f32, bottom: f32) -> Self {
-        Self { left, top, width: right - left, height: bottom - top }
+        Self {
+            left,
+            top,
+            width: right - left,
+            height: bottom - top,
+        }
     }
 
     pub fn right(&self) -> f32 {
@@ -191,7 +196,10 @@ pub struct DisplayMeta {
 
 impl DisplayMeta {
     pub fn is_empty(&self) -> bool {
-        self.rects.is_empty() && self.texts.is_empty() && self.lines.is_empty() && self.circles.is_empty()
+        self.rects.is_empty()
+            && self.texts.is_empty()
+            && self.lines.is_empty()
+            && self.circles.is_empty()
     }
 }
 
@@ -285,7 +293,9 @@ impl TensorLayout {
     /// (width, height) of the images in a tensor of this layout, if `shape` has rank 4.
     pub fn image_size(self, shape: &[usize]) -> Option<(usize, usize)> {
         match (self, shape) {
-            (TensorLayout::Nchw, [_, _, h, w]) | (TensorLayout::Nhwc, [_, h, w, _]) => Some((*w, *h)),
+            (TensorLayout::Nchw, [_, _, h, w]) | (TensorLayout::Nhwc, [_, h, w, _]) => {
+                Some((*w, *h))
+            }
             _ => None,
         }
     }
@@ -302,7 +312,12 @@ pub struct FrameTransform {
 
 impl Default for FrameTransform {
     fn default() -> Self {
-        Self { scale_x: 1.0, scale_y: 1.0, offset_x: 0.0, offset_y: 0.0 }
+        Self {
+            scale_x: 1.0,
+            scale_y: 1.0,
+            offset_x: 0.0,
+            offset_y: 0.0,
+        }
     }
 }
 
@@ -335,7 +350,12 @@ mod tests {
     #[test]
     fn transform_maps_letterboxed_box_back_to_frame() {
         // A 600x300 frame letterboxed into 300x300: scale 0.5, 75 px padding on top.
-        let t = FrameTransform { scale_x: 0.5, scale_y: 0.5, offset_x: 0.0, offset_y: 75.0 };
+        let t = FrameTransform {
+            scale_x: 0.5,
+            scale_y: 0.5,
+            offset_x: 0.0,
+            offset_y: 75.0,
+        };
         let back = t.to_frame(BBox::from_corners(10.0, 85.0, 20.0, 95.0));
         assert_eq!(back, BBox::from_corners(20.0, 20.0, 40.0, 40.0));
     }

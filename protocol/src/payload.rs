@@ -46,7 +46,12 @@ impl ImageLayout {
     pub fn packed(format: PixelFormat, width: u32, height: u32) -> Self {
         let row = width as usize * format.bytes_per_pixel();
         let stride = row.div_ceil(4) * 4;
-        Self { format, width, height, stride: stride as u32 }
+        Self {
+            format,
+            width,
+            height,
+            stride: stride as u32,
+        }
     }
 
     /// Minimum number of bytes a buffer with this layout must hold, or `None` on overflow
@@ -60,7 +65,9 @@ impl ImageLayout {
         if rows == 0 {
             return Some(0);
         }
-        (self.stride as usize).checked_mul(rows - 1)?.checked_add(row_bytes)
+        (self.stride as usize)
+            .checked_mul(rows - 1)?
+            .checked_add(row_bytes)
     }
 }
 
@@ -81,9 +88,19 @@ pub enum PayloadRef {
     Inline { layout: ImageLayout, data: Bytes },
     /// Raw pixels in a producer-owned shared-memory slot; the consumer sends a release for
     /// (`segment`, `slot`, `generation`) when done.
-    SharedMemory { segment: String, slot: u32, generation: u64, layout: ImageLayout },
+    SharedMemory {
+        segment: String,
+        slot: u32,
+        generation: u64,
+        layout: ImageLayout,
+    },
     /// Pixels in device memory exported with a CUDA IPC handle (64 opaque bytes).
-    CudaIpc { device: u32, handle: Vec<u8>, offset: u64, layout: ImageLayout },
+    CudaIpc {
+        device: u32,
+        handle: Vec<u8>,
+        offset: u64,
+        layout: ImageLayout,
+    },
     /// A compressed frame.
     Encoded { codec: Codec, data: Bytes },
 }
@@ -126,15 +143,26 @@ mod tests {
     #[test]
     fn inline_image_rejects_short_buffers() {
         let layout = ImageLayout::packed(PixelFormat::Rgb24, 4, 4);
-        let short = PayloadRef::Inline { layout, data: Bytes::from(vec![0u8; 10]) };
+        let short = PayloadRef::Inline {
+            layout,
+            data: Bytes::from(vec![0u8; 10]),
+        };
         assert!(short.inline_image().is_none());
-        let ok = PayloadRef::Inline { layout, data: Bytes::from(vec![0u8; 48]) };
+        let ok = PayloadRef::Inline {
+            layout,
+            data: Bytes::from(vec![0u8; 48]),
+        };
         assert!(ok.inline_image().is_some());
     }
 
     #[test]
     fn huge_layout_does_not_overflow() {
-        let l = ImageLayout { format: PixelFormat::Rgb24, width: u32::MAX, height: u32::MAX, stride: u32::MAX };
+        let l = ImageLayout {
+            format: PixelFormat::Rgb24,
+            width: u32::MAX,
+            height: u32::MAX,
+            stride: u32::MAX,
+        };
         // On 64-bit this fits; the point is that it does not panic.
         let _ = l.min_len();
     }

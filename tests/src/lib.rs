@@ -1,0 +1,182 @@
+//! Fixtures for end-to-end tests: where the repository's model and clips are, how to make
+//! small clips with GStreamer, and how to point a topology at a scratch directory.
+//!
+//! Tests fail (they do not skip) when a prerequisite is missing, with the command that
+//! provides it: `scripts/setup` (the README's test command runs it first).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// A file the setup script provides, or a panic that says how to get it.
+pub fn prepared(relative: &str) -> PathBuf {
+    let p = repo_root().join(relative);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup first",
+        p.display()
+    );
+    p
+}
+
+/// The demo person detector.
+pub fn model() -> PathBuf {
+    prepared("models/ssdlite_person.onnx")
+}
+
+/// Makes sure ONNX Runtime's library can be found by the `ort` crate (ORT_DYLIB_PATH).
+pub fn ensure_onnxruntime() {
+    if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        return;
+    }
+    let lib_dir = repo_root().join(".venv/lib");
+    let found = std::fs::read_dir(&lib_dir).ok().and_then(|pythons| {
+        pythons.flatten().find_map(|py| {
+            let capi = py.path().join("site-packages/onnxruntime/capi");
+            std::fs::read_dir(capi)
+                .ok()?
+                .flatten()
+                .map(|f| f.path())
+                .find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+                })
+        })
+    });
+    let lib = found.unwrap_or_else(|| {
+        panic!(
+            "libonnxruntime.so not found under {}: run scripts/setup first",
+            lib_dir.display()
+        )
+    });
+    // Tests in one binary share the process; setting the same value twice is harmless.
+    std::env::set_var("ORT_DYLIB_PATH", lib);
+}
+
+/// The Python of the runtime venv (onnxruntime, numpy, OpenCV).
+pub fn venv_python() -> PathBuf {
+    prepared(".venv/bin/python")
+}
+
+/// Encodes a synthetic H.264 High 4:2:0 MP4 with GStreamer. `faststart` puts the index first,
+/// which is what makes a truncated file still decodable up to the damage.
+pub fn make_clip(path: &Path, frames: u32, width: u32, height: u32, faststart: bool) {
+    let status = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            &format!("num-buffers={frames}"),
+            "pattern=ball",
+            "!",
+        ])
+        .arg(format!(
+            "video/x-raw,format=I420,width={width},height={height},framerate=30/1"
+        ))
+        .args([
+            "!",
+            "x264enc",
+            "speed-preset=ultrafast",
+            "key-int-max=10",
+            "!",
+            "video/x-h264,profile=high",
+            "!",
+            "h264parse",
+            "!",
+            "mp4mux",
+        ])
+        .arg(format!("faststart={faststart}"))
+        .args(["!", "filesink", &format!("location={}", path.display())])
+        .status()
+        .expect("gst-launch-1.0 runs (install gstreamer1.0-tools: scripts/setup)");
+    assert!(
+        status.success(),
+        "gst-launch-1.0 could not make {}",
+        path.display()
+    );
+}
+
+/// Reads a topology from `topologies/`, with every `file://out/` output redirected into `dir`,
+/// and writes it there. Returns the new file's path.
+pub fn topology_in(name: &str, dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo_root().join("topologies").join(name))
+        .expect("topology exists");
+    text = text.replace("file://out/", &format!("file://{}/", dir.display()));
+    for (from, to) in edits {
+        assert!(
+            text.contains(from),
+            "topology {name} has no `{from}` to replace"
+        );
+        text = text.replace(from, to);
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("scratch dir is writable");
+    path
+}
+
+/// One frame of a native-schema metadata line.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NativeFrame {
+    pub frame_num: u64,
+    pub width: u32,
+    pub height: u32,
+    pub objects: Vec<NativeObject>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NativeObject {
+    pub class_id: i32,
+    pub label: String,
+    pub confidence: f32,
+    pub bbox: NativeBox,
+    pub track_id: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct NativeBox {
+    pub left: f32,
+    pub top: f32,
+    pub width: f32,
+    pub height: f32,
+}
+
+impl NativeBox {
+    pub fn corners(&self) -> [f32; 4] {
+        [
+            self.left,
+            self.top,
+            self.left + self.width,
+            self.top + self.height,
+        ]
+    }
+}
+
+/// Reads a JSON-lines file of native-schema frames.
+pub fn read_native(path: &Path) -> Vec<NativeFrame> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("bad line in {}: {e}: {l}", path.display()))
+        })
+        .collect()
+}
+
+/// IoU of two [left, top, right, bottom] boxes.
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let w = a[2].min(b[2]) - a[0].max(b[0]);
+    let h = a[3].min(b[3]) - a[1].max(b[1]);
+    if w <= 0.0 || h <= 0.0 {
+        return 0.0;
+    }
+    let inter = w * h;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}

@@ -60,8 +60,18 @@ pub fn in_process_link(name: &str, capacity: usize, runtime: Handle) -> (LinkSen
     let name: Arc<str> = Arc::from(name);
     let stats = Arc::new(LinkStats::default());
     (
-        LinkSender { name: name.clone(), tx, stats: stats.clone() },
-        LinkReceiver { name, rx, runtime, stats, capacity },
+        LinkSender {
+            name: name.clone(),
+            tx,
+            stats: stats.clone(),
+        },
+        LinkReceiver {
+            name,
+            rx,
+            runtime,
+            stats,
+            capacity,
+        },
     )
 }
 
@@ -96,7 +106,9 @@ impl LinkSender {
     }
 
     fn closed(&self) -> LinkClosed {
-        LinkClosed { link: self.name.to_string() }
+        LinkClosed {
+            link: self.name.to_string(),
+        }
     }
 }
 
@@ -169,11 +181,18 @@ mod tests {
     use vidmesh_protocol::Batch;
 
     fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     fn batch(id: u64) -> DataMessage {
-        DataMessage::Batch(Batch { batch_id: id, ..Default::default() })
+        DataMessage::Batch(Batch {
+            batch_id: id,
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -203,7 +222,10 @@ mod tests {
         let rt = runtime();
         let (_tx, mut rx) = in_process_link("a->b", 1, rt.handle().clone());
         let t0 = Instant::now();
-        assert!(matches!(rx.recv_blocking(Some(t0 + Duration::from_millis(20))), Received::Timeout));
+        assert!(matches!(
+            rx.recv_blocking(Some(t0 + Duration::from_millis(20))),
+            Received::Timeout
+        ));
         assert!(t0.elapsed() >= Duration::from_millis(20));
     }
 

@@ -16,10 +16,15 @@ impl JsonLinesFile {
     /// Creates (truncates) the file, making its directory if needed.
     pub fn create(path: &Path) -> Result<Self, StageError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StageError::runtime(format!("cannot create {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StageError::runtime(format!("cannot create {}", dir.display()), e))?;
         }
-        let file = File::create(path).map_err(|e| StageError::runtime(format!("cannot create {}", path.display()), e))?;
-        Ok(Self { path: path.to_path_buf(), writer: BufWriter::new(file) })
+        let file = File::create(path)
+            .map_err(|e| StageError::runtime(format!("cannot create {}", path.display()), e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer: BufWriter::new(file),
+        })
     }
 }
 

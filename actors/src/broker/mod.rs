@@ -20,7 +20,11 @@ pub const KIND: StageKind = StageKind {
     build: |t, ctx| {
         let s = Settings::load(t)?;
         let target = s.target(ctx)?;
-        Ok(Box::new(Broker { publisher: Box::new(file::JsonLinesFile::create(&target)?), settings: s, stats: Stats::default() }))
+        Ok(Box::new(Broker {
+            publisher: Box::new(file::JsonLinesFile::create(&target)?),
+            settings: s,
+            stats: Stats::default(),
+        }))
     },
 };
 
@@ -57,7 +61,9 @@ impl Settings {
     fn load(t: &toml::Table) -> Result<Self, StageError> {
         let s: Settings = settings::parse(t)?;
         if s.frame_interval == 0 {
-            return Err(StageError::Settings("frame_interval must be at least 1".into()));
+            return Err(StageError::Settings(
+                "frame_interval must be at least 1".into(),
+            ));
         }
         Ok(s)
     }
@@ -91,13 +97,20 @@ impl Stage for Broker {
         out.emit(batch)
     }
 
-    fn on_end_of_stream(&mut self, source_id: u32, source_name: &str, out: &mut Outputs) -> Result<(), StageError> {
+    fn on_end_of_stream(
+        &mut self,
+        source_id: u32,
+        source_name: &str,
+        out: &mut Outputs,
+    ) -> Result<(), StageError> {
         self.publisher.flush()?;
         out.end_of_stream(source_id, source_name)
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
         self.publisher.flush()?;
-        Ok(StageReport::default().with("messages", self.stats.messages).with("output", self.publisher.describe()))
+        Ok(StageReport::default()
+            .with("messages", self.stats.messages)
+            .with("output", self.publisher.describe()))
     }
 }

@@ -73,6 +73,11 @@ pub struct Settings {
     /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime decide. Default 0.
     #[serde(default)]
     pub threads: usize,
+    /// Let idle ONNX Runtime threads spin instead of sleeping. Default false: in a pipeline the
+    /// decoder and encoder threads need those cycles more than inference needs the lower wake-up
+    /// latency.
+    #[serde(default)]
+    pub spinning: bool,
     /// Path to libonnxruntime.so; defaults to $ORT_DYLIB_PATH, then the .venv the setup makes.
     #[serde(default)]
     pub ort_library: Option<String>,
@@ -97,16 +102,26 @@ impl Settings {
         let mut s: Settings = settings::parse(table)?;
         let model = ctx.resolve(&s.model);
         if !model.is_file() {
-            return Err(StageError::Settings(format!("model file {} does not exist", model.display())));
+            return Err(StageError::Settings(format!(
+                "model file {} does not exist",
+                model.display()
+            )));
         }
         if let Some(file) = &s.labels_file {
             let path = ctx.resolve(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| StageError::Settings(format!("cannot read labels_file {}: {e}", path.display())))?;
-            s.labels = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                StageError::Settings(format!("cannot read labels_file {}: {e}", path.display()))
+            })?;
+            s.labels = text
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
         }
         if !(0.0..=1.0).contains(&s.score_threshold) || !(0.0..=1.0).contains(&s.nms_iou) {
-            return Err(StageError::Settings("score_threshold and nms_iou must be within 0..=1".into()));
+            return Err(StageError::Settings(
+                "score_threshold and nms_iou must be within 0..=1".into(),
+            ));
         }
         Ok(s)
     }
@@ -129,15 +144,29 @@ struct Stats {
 impl Infer {
     fn new(settings: Settings, ctx: &BuildContext) -> Result<Self, StageError> {
         let model_path = ctx.resolve(&settings.model);
-        let backend = OrtBackend::load(&model_path, settings.threads, settings.ort_library.as_deref().map(|p| ctx.resolve(p)))?;
+        let backend = OrtBackend::load(
+            &model_path,
+            settings.threads,
+            settings.spinning,
+            settings.ort_library.as_deref().map(|p| ctx.resolve(p)),
+        )?;
         settings.parser.check_outputs(backend.io(), &model_path)?;
-        Ok(Self { settings, model_path, backend, stats: Stats::default() })
+        Ok(Self {
+            settings,
+            model_path,
+            backend,
+            stats: Stats::default(),
+        })
     }
 
     fn check_input(&self, tensor: &TensorMeta) -> Result<(), StageError> {
         let expected = &self.backend.io().input_shape;
         let matches = expected.len() == tensor.shape.len()
-            && expected.iter().zip(&tensor.shape).skip(1).all(|(&e, &g)| e < 0 || e as usize == g);
+            && expected
+                .iter()
+                .zip(&tensor.shape)
+                .skip(1)
+                .all(|(&e, &g)| e < 0 || e as usize == g);
         if !matches {
             return Err(StageError::Input(format!(
                 "model {} expects input `{}` of shape {}, but the preprocessed tensor has shape {:?}; set the preprocess stage's width/height/layout to match the model",
@@ -178,7 +207,9 @@ impl Stage for Infer {
         // The tensor is consumed here; downstream stages only need the objects.
         let tensor = batch.tensors.swap_remove(position);
         self.check_input(&tensor)?;
-        if tensor.shape.first() != Some(&batch.frames.len()) || tensor.transforms.len() != batch.frames.len() {
+        if tensor.shape.first() != Some(&batch.frames.len())
+            || tensor.transforms.len() != batch.frames.len()
+        {
             return Err(StageError::Input(format!(
                 "tensor batch dimension {:?} does not match the {} frames of batch {}",
                 tensor.shape.first(),
@@ -189,15 +220,29 @@ impl Stage for Infer {
         let (net_w, net_h) = tensor
             .layout
             .and_then(|l| l.image_size(&tensor.shape))
-            .ok_or_else(|| StageError::Input(format!("tensor of shape {:?} is not an image batch", tensor.shape)))?;
+            .ok_or_else(|| {
+                StageError::Input(format!(
+                    "tensor of shape {:?} is not an image batch",
+                    tensor.shape
+                ))
+            })?;
         let outputs = self.backend.run(&tensor)?;
         for (i, frame) in batch.frames.iter_mut().enumerate() {
-            let detections = self.settings.parser.parse(&outputs, i, net_w as f32, net_h as f32, self.settings.score_threshold)?;
+            let detections = self.settings.parser.parse(
+                &outputs,
+                i,
+                net_w as f32,
+                net_h as f32,
+                self.settings.score_threshold,
+            )?;
             let transform = tensor.transforms[i];
             let (fw, fh) = (frame.width as f32, frame.height as f32);
             let mapped: Vec<Detection> = detections
                 .into_iter()
-                .map(|d| Detection { bbox: transform.to_frame(d.bbox).clipped(fw, fh), ..d })
+                .map(|d| Detection {
+                    bbox: transform.to_frame(d.bbox).clipped(fw, fh),
+                    ..d
+                })
                 .filter(|d| d.bbox.area() > 0.0)
                 .collect();
             let mut kept = non_max_suppression(mapped, self.settings.nms_iou);
@@ -217,6 +262,8 @@ impl Stage for Infer {
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
-        Ok(StageReport::default().with("frames", self.stats.frames).with("objects", self.stats.objects))
+        Ok(StageReport::default()
+            .with("frames", self.stats.frames)
+            .with("objects", self.stats.objects))
     }
 }

@@ -25,7 +25,12 @@ impl OutputTensor {
         let start = index.checked_mul(per_image);
         start
             .and_then(|s| self.data.get(s..s.checked_add(per_image)?))
-            .ok_or_else(|| StageError::Runtime(format!("output `{}` is too short for image {index}", self.name)))
+            .ok_or_else(|| {
+                StageError::Runtime(format!(
+                    "output `{}` is too short for image {index}",
+                    self.name
+                ))
+            })
     }
 }
 
@@ -39,7 +44,10 @@ pub struct ModelIo {
 
 impl ModelIo {
     pub fn output_shape(&self, name: &str) -> Option<&[i64]> {
-        self.outputs.iter().find(|(n, _)| n == name).map(|(_, s)| s.as_slice())
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
     }
 
     pub fn output_names(&self) -> Vec<&str> {
@@ -88,7 +96,11 @@ fn find_library(explicit: Option<PathBuf>) -> Result<PathBuf, StageError> {
                 let mut libs: Vec<PathBuf> = files
                     .flatten()
                     .map(|f| f.path())
-                    .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+                    })
                     .collect();
                 libs.sort();
                 if let Some(lib) = libs.pop() {
@@ -102,15 +114,24 @@ fn find_library(explicit: Option<PathBuf>) -> Result<PathBuf, StageError> {
     ))
 }
 
-fn environment(library: Option<PathBuf>) -> Result<&'static ort::environment::Environment, StageError> {
+fn environment(
+    library: Option<PathBuf>,
+) -> Result<&'static ort::environment::Environment, StageError> {
     let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let result = ENVIRONMENT.get_or_init(|| {
         let path = find_library(library).map_err(|e| e.to_string())?;
         if !path.is_file() {
-            return Err(format!("ONNX Runtime library {} does not exist", path.display()));
+            return Err(format!(
+                "ONNX Runtime library {} does not exist",
+                path.display()
+            ));
         }
-        let builder = ort::init_from(&path).map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
-        let env = builder.with_name("vidmesh").build().map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
+        let builder = ort::init_from(&path)
+            .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", path.display()))?;
+        let env = builder
+            .with_name("vidmesh")
+            .build()
+            .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
         tracing::info!(library = %path.display(), "ONNX Runtime loaded");
         Ok(env)
     });
@@ -126,23 +147,37 @@ fn shape_of(ty: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
 
 impl OrtBackend {
     /// Loads `model`, checking that its first input is a float32 image batch.
-    pub fn load(model: &Path, threads: usize, library: Option<PathBuf>) -> Result<Self, StageError> {
+    pub fn load(
+        model: &Path,
+        threads: usize,
+        spinning: bool,
+        library: Option<PathBuf>,
+    ) -> Result<Self, StageError> {
         let env = environment(library)?;
-        let context = |e: ort::Error| StageError::Runtime(format!("cannot load model {}: {e}", model.display()));
+        let context = |e: ort::Error| {
+            StageError::Runtime(format!("cannot load model {}: {e}", model.display()))
+        };
         let mut builder = Session::builder(env)
             .map_err(context)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
+            .and_then(|b| b.with_intra_op_spinning(spinning))
             .map_err(|e| context(e.into()))?;
         if threads > 0 {
-            builder = builder.with_intra_threads(threads).map_err(|e| context(e.into()))?;
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(|e| context(e.into()))?;
         }
         let session = builder.commit_from_file(model).map_err(context)?;
-        let input = session
-            .inputs()
-            .first()
-            .ok_or_else(|| StageError::Settings(format!("model {} has no inputs", model.display())))?;
-        let (ty, input_shape) = shape_of(input.dtype())
-            .ok_or_else(|| StageError::Settings(format!("model {} input `{}` is not a tensor", model.display(), input.name())))?;
+        let input = session.inputs().first().ok_or_else(|| {
+            StageError::Settings(format!("model {} has no inputs", model.display()))
+        })?;
+        let (ty, input_shape) = shape_of(input.dtype()).ok_or_else(|| {
+            StageError::Settings(format!(
+                "model {} input `{}` is not a tensor",
+                model.display(),
+                input.name()
+            ))
+        })?;
         if ty != TensorElementType::Float32 {
             return Err(StageError::Settings(format!(
                 "model {} input `{}` is {ty:?}; the ort backend feeds float32 tensors",
@@ -155,7 +190,11 @@ impl OrtBackend {
             .iter()
             .filter_map(|o| shape_of(o.dtype()).map(|(_, s)| (o.name().to_string(), s)))
             .collect();
-        let io = ModelIo { input_name: input.name().to_string(), input_shape, outputs };
+        let io = ModelIo {
+            input_name: input.name().to_string(),
+            input_shape,
+            outputs,
+        };
         tracing::info!(model = %model.display(), input = %io.input_name, shape = %ModelIo::shape_text(&io.input_shape), "model loaded");
         Ok(Self { session, io })
     }
@@ -168,14 +207,22 @@ impl OrtBackend {
     /// last chunk padded with zeros and the padding's outputs dropped.
     pub fn run(&mut self, tensor: &TensorMeta) -> Result<Vec<OutputTensor>, StageError> {
         if tensor.dtype != DataType::F32 {
-            return Err(StageError::Input(format!("the ort backend needs float32 input, got {:?}", tensor.dtype)));
+            return Err(StageError::Input(format!(
+                "the ort backend needs float32 input, got {:?}",
+                tensor.dtype
+            )));
         }
         let n = tensor.shape[0];
         let per_image: usize = tensor.shape[1..].iter().product();
-        let input: std::borrow::Cow<[f32]> = match bytemuck::try_cast_slice::<u8, f32>(&tensor.data) {
+        let input: std::borrow::Cow<[f32]> = match bytemuck::try_cast_slice::<u8, f32>(&tensor.data)
+        {
             Ok(s) => std::borrow::Cow::Borrowed(s),
             // Unaligned storage (e.g. after a network hop): copy once.
-            Err(_) => tensor.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Err(_) => tensor
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
         };
         if input.len() != n * per_image {
             return Err(StageError::Input(format!(
@@ -215,7 +262,11 @@ impl OrtBackend {
                     continue; // Non-float outputs are not read by any parser.
                 };
                 let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-                let keep_per_image = if shape.first() == Some(&chunk) { values.len() / chunk.max(1) } else { values.len() };
+                let keep_per_image = if shape.first() == Some(&chunk) {
+                    values.len() / chunk.max(1)
+                } else {
+                    values.len()
+                };
                 let keep = &values[..(keep_per_image * count).min(values.len())];
                 match merged.iter_mut().find(|o| o.name == name) {
                     Some(o) => {
@@ -227,7 +278,11 @@ impl OrtBackend {
                         if !shape.is_empty() {
                             shape[0] = count;
                         }
-                        merged.push(OutputTensor { name: name.to_string(), shape, data: keep.to_vec() });
+                        merged.push(OutputTensor {
+                            name: name.to_string(),
+                            shape,
+                            data: keep.to_vec(),
+                        });
                     }
                 }
             }

@@ -69,9 +69,17 @@ fn find<'a>(outputs: &'a [OutputTensor], name: &str) -> Result<&'a OutputTensor,
 impl ParserSettings {
     /// Checks at build time that the model has the outputs this parser reads, with the ranks
     /// it expects.
-    pub(super) fn check_outputs(&self, io: &ModelIo, model: &std::path::Path) -> Result<(), StageError> {
+    pub(super) fn check_outputs(
+        &self,
+        io: &ModelIo,
+        model: &std::path::Path,
+    ) -> Result<(), StageError> {
         match self {
-            ParserSettings::Ssd { boxes_output, scores_output, .. } => {
+            ParserSettings::Ssd {
+                boxes_output,
+                scores_output,
+                ..
+            } => {
                 for (name, last) in [(boxes_output, Some(4)), (scores_output, None)] {
                     let shape = io.output_shape(name).ok_or_else(|| {
                         StageError::Settings(format!(
@@ -106,7 +114,13 @@ impl ParserSettings {
         threshold: f32,
     ) -> Result<Vec<Detection>, StageError> {
         match self {
-            ParserSettings::Ssd { boxes_output, scores_output, box_format, normalized, background_class } => {
+            ParserSettings::Ssd {
+                boxes_output,
+                scores_output,
+                box_format,
+                normalized,
+                background_class,
+            } => {
                 let boxes = find(outputs, boxes_output)?;
                 let scores = find(outputs, scores_output)?;
                 let (anchors, classes) = match (boxes.shape.as_slice(), scores.shape.as_slice()) {
@@ -119,7 +133,11 @@ impl ParserSettings {
                 };
                 let boxes = boxes.image(index, anchors * 4)?;
                 let scores = scores.image(index, anchors * classes)?;
-                let (sx, sy) = if *normalized { (net_w, net_h) } else { (1.0, 1.0) };
+                let (sx, sy) = if *normalized {
+                    (net_w, net_h)
+                } else {
+                    (1.0, 1.0)
+                };
                 let mut found = Vec::new();
                 for a in 0..anchors {
                     for c in 0..classes {
@@ -163,8 +181,16 @@ mod tests {
     #[test]
     fn ssd_reads_yxyx_normalised_boxes_and_skips_background() {
         let outputs = vec![
-            OutputTensor { name: "boxes".into(), shape: vec![1, 2, 4], data: vec![0.1, 0.2, 0.5, 0.6, 0.0, 0.0, 1.0, 1.0] },
-            OutputTensor { name: "scores".into(), shape: vec![1, 2, 2], data: vec![0.99, 0.8, 0.9, 0.1] },
+            OutputTensor {
+                name: "boxes".into(),
+                shape: vec![1, 2, 4],
+                data: vec![0.1, 0.2, 0.5, 0.6, 0.0, 0.0, 1.0, 1.0],
+            },
+            OutputTensor {
+                name: "scores".into(),
+                shape: vec![1, 2, 2],
+                data: vec![0.99, 0.8, 0.9, 0.1],
+            },
         ];
         let d = ssd().parse(&outputs, 0, 300.0, 100.0, 0.5).unwrap();
         assert_eq!(d.len(), 1);
@@ -177,13 +203,29 @@ mod tests {
     #[test]
     fn mismatched_output_shapes_are_an_error_not_a_panic() {
         let outputs = vec![
-            OutputTensor { name: "boxes".into(), shape: vec![1, 3, 4], data: vec![0.0; 12] },
-            OutputTensor { name: "scores".into(), shape: vec![1, 2, 2], data: vec![0.0; 4] },
+            OutputTensor {
+                name: "boxes".into(),
+                shape: vec![1, 3, 4],
+                data: vec![0.0; 12],
+            },
+            OutputTensor {
+                name: "scores".into(),
+                shape: vec![1, 2, 2],
+                data: vec![0.0; 4],
+            },
         ];
         assert!(ssd().parse(&outputs, 0, 1.0, 1.0, 0.5).is_err());
         let short = vec![
-            OutputTensor { name: "boxes".into(), shape: vec![1, 2, 4], data: vec![0.0; 3] },
-            OutputTensor { name: "scores".into(), shape: vec![1, 2, 2], data: vec![0.0; 4] },
+            OutputTensor {
+                name: "boxes".into(),
+                shape: vec![1, 2, 4],
+                data: vec![0.0; 3],
+            },
+            OutputTensor {
+                name: "scores".into(),
+                shape: vec![1, 2, 2],
+                data: vec![0.0; 4],
+            },
         ];
         assert!(ssd().parse(&short, 0, 1.0, 1.0, 0.5).is_err());
     }

@@ -51,7 +51,9 @@ struct NativePayload<'a> {
 fn timestamp(frame: &FrameMeta) -> String {
     let ns = frame.ntp_ns.unwrap_or(frame.ingest_ns) as i128;
     let t = OffsetDateTime::from_unix_timestamp_nanos(ns).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let t = t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap_or(t);
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
     t.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -67,7 +69,11 @@ fn minimal_object(o: &ObjectMeta) -> String {
         o.label
     );
     // Secondary classifier labels follow a `#`, as in DeepStream's minimal schema.
-    let labels: Vec<&str> = o.classifiers.iter().flat_map(|c| c.labels.iter().map(|l| l.label.as_str())).collect();
+    let labels: Vec<&str> = o
+        .classifiers
+        .iter()
+        .flat_map(|c| c.labels.iter().map(|l| l.label.as_str()))
+        .collect();
     if !labels.is_empty() {
         s.push_str("|#|");
         s.push_str(&labels.join("|"));
@@ -111,8 +117,17 @@ mod tests {
             frame_num: 12,
             ingest_ns: 1_700_000_000_123_456_789,
             objects: vec![
-                ObjectMeta { label: "person".into(), track_id: Some(5), bbox: BBox::from_corners(1.5, 2.0, 11.5, 22.0), ..Default::default() },
-                ObjectMeta { label: "person".into(), bbox: BBox::from_corners(0.0, 0.0, 1.0, 1.0), ..Default::default() },
+                ObjectMeta {
+                    label: "person".into(),
+                    track_id: Some(5),
+                    bbox: BBox::from_corners(1.5, 2.0, 11.5, 22.0),
+                    ..Default::default()
+                },
+                ObjectMeta {
+                    label: "person".into(),
+                    bbox: BBox::from_corners(0.0, 0.0, 1.0, 1.0),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         }
@@ -120,7 +135,8 @@ mod tests {
 
     #[test]
     fn minimal_schema_matches_deepstream_layout() {
-        let v: serde_json::Value = serde_json::from_str(&frame_payload(Schema::Minimal, &frame())).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&frame_payload(Schema::Minimal, &frame())).unwrap();
         assert_eq!(v["version"], "4.0");
         assert_eq!(v["id"], "12");
         assert_eq!(v["sensorId"], "cam0");
@@ -133,7 +149,8 @@ mod tests {
     fn native_schema_keeps_full_precision() {
         let mut f = frame();
         f.objects[0].confidence = 0.123_456_78;
-        let v: serde_json::Value = serde_json::from_str(&frame_payload(Schema::Native, &f)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&frame_payload(Schema::Native, &f)).unwrap();
         assert_eq!(v["frame_num"], 12);
         assert!((v["objects"][0]["confidence"].as_f64().unwrap() - 0.123_456_78).abs() < 1e-7);
         assert_eq!(v["objects"][0]["track_id"], 5);

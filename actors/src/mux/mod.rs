@@ -37,14 +37,20 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { batch_size: 1, batch_timeout: Duration::from_millis(40) }
+        Self {
+            batch_size: 1,
+            batch_timeout: Duration::from_millis(40),
+        }
     }
 }
 
 impl Settings {
     fn validate(&self) -> Result<(), StageError> {
         if self.batch_size == 0 || self.batch_size > 1024 {
-            return Err(StageError::Settings(format!("batch_size must be 1..=1024, got {}", self.batch_size)));
+            return Err(StageError::Settings(format!(
+                "batch_size must be 1..=1024, got {}",
+                self.batch_size
+            )));
         }
         Ok(())
     }
@@ -68,7 +74,13 @@ struct Stats {
 
 impl Mux {
     pub fn new(settings: Settings) -> Self {
-        Self { pending: Vec::with_capacity(settings.batch_size), settings, first_arrival: None, next_batch_id: 0, stats: Stats::default() }
+        Self {
+            pending: Vec::with_capacity(settings.batch_size),
+            settings,
+            first_arrival: None,
+            next_batch_id: 0,
+            stats: Stats::default(),
+        }
     }
 
     fn flush(&mut self, out: &mut Outputs) -> Result<(), StageError> {
@@ -81,8 +93,16 @@ impl Mux {
             self.stats.full_batches += 1;
         }
         self.stats.batches += 1;
-        self.first_arrival = if self.pending.is_empty() { None } else { Some(Instant::now()) };
-        let batch = Batch { batch_id: self.next_batch_id, frames, tensors: Vec::new() };
+        self.first_arrival = if self.pending.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+        let batch = Batch {
+            batch_id: self.next_batch_id,
+            frames,
+            tensors: Vec::new(),
+        };
         self.next_batch_id += 1;
         out.emit(batch)
     }
@@ -100,7 +120,12 @@ impl Stage for Mux {
         Ok(())
     }
 
-    fn on_end_of_stream(&mut self, source_id: u32, source_name: &str, out: &mut Outputs) -> Result<(), StageError> {
+    fn on_end_of_stream(
+        &mut self,
+        source_id: u32,
+        source_name: &str,
+        out: &mut Outputs,
+    ) -> Result<(), StageError> {
         // Frames of the ended source must leave before its end-of-stream notice.
         if self.pending.iter().any(|f| f.source_id == source_id) {
             while !self.pending.is_empty() {
@@ -125,7 +150,9 @@ impl Stage for Mux {
         while !self.pending.is_empty() {
             self.flush(out)?;
         }
-        Ok(StageReport::default().with("batches", self.stats.batches).with("full batches", self.stats.full_batches))
+        Ok(StageReport::default()
+            .with("batches", self.stats.batches)
+            .with("full batches", self.stats.full_batches))
     }
 }
 
@@ -136,7 +163,14 @@ mod tests {
     use vidmesh_transport::{in_process_link, Received};
 
     fn frame(source_id: u32, n: u64) -> Batch {
-        Batch { frames: vec![FrameMeta { source_id, frame_num: n, ..Default::default() }], ..Default::default() }
+        Batch {
+            frames: vec![FrameMeta {
+                source_id,
+                frame_num: n,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
     }
 
     fn drain(rx: &mut vidmesh_transport::LinkReceiver) -> Vec<DataMessage> {
@@ -152,14 +186,18 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let (tx, mut rx) = in_process_link("mux->x", 16, rt.handle().clone());
         let mut out = Outputs::new(vec![tx]);
-        let mut mux = Mux::new(Settings { batch_size: 2, batch_timeout: Duration::from_millis(40) });
+        let mut mux = Mux::new(Settings {
+            batch_size: 2,
+            batch_timeout: Duration::from_millis(40),
+        });
         mux.on_batch(frame(0, 0), &mut out).unwrap();
         mux.on_batch(frame(1, 0), &mut out).unwrap();
         mux.on_batch(frame(0, 1), &mut out).unwrap();
         let got = drain(&mut rx);
         assert_eq!(got.len(), 1);
         let deadline = mux.next_deadline().expect("a partial batch is waiting");
-        mux.on_timer(deadline - Duration::from_millis(1), &mut out).unwrap();
+        mux.on_timer(deadline - Duration::from_millis(1), &mut out)
+            .unwrap();
         assert!(drain(&mut rx).is_empty(), "not before the timeout");
         mux.on_timer(deadline, &mut out).unwrap();
         match drain(&mut rx).as_slice() {
@@ -174,11 +212,17 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let (tx, mut rx) = in_process_link("mux->x", 16, rt.handle().clone());
         let mut out = Outputs::new(vec![tx]);
-        let mut mux = Mux::new(Settings { batch_size: 4, batch_timeout: Duration::from_secs(10) });
+        let mut mux = Mux::new(Settings {
+            batch_size: 4,
+            batch_timeout: Duration::from_secs(10),
+        });
         mux.on_batch(frame(0, 0), &mut out).unwrap();
         mux.on_end_of_stream(0, "cam0", &mut out).unwrap();
         let got = drain(&mut rx);
         assert!(matches!(got[0], DataMessage::Batch(_)));
-        assert!(matches!(got[1], DataMessage::EndOfStream { source_id: 0, .. }));
+        assert!(matches!(
+            got[1],
+            DataMessage::EndOfStream { source_id: 0, .. }
+        ));
     }
 }

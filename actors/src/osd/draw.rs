@@ -51,14 +51,19 @@ impl<'a> Canvas<'a> {
     /// A rectangle outline of `border_width` drawn inside the box, plus its optional fill.
     pub fn rect(&mut self, r: &DisplayRect) {
         let (x0, y0) = (r.bbox.left.round() as i64, r.bbox.top.round() as i64);
-        let (x1, y1) = (r.bbox.right().round() as i64, r.bbox.bottom().round() as i64);
+        let (x1, y1) = (
+            r.bbox.right().round() as i64,
+            r.bbox.bottom().round() as i64,
+        );
         if x1 <= x0 || y1 <= y0 {
             return;
         }
         if let Some(fill) = r.fill {
             self.fill_rect(x0, y0, x1, y1, fill);
         }
-        let w = (r.border_width as i64).min((x1 - x0 + 1) / 2).min((y1 - y0 + 1) / 2);
+        let w = (r.border_width as i64)
+            .min((x1 - x0 + 1) / 2)
+            .min((y1 - y0 + 1) / 2);
         if w <= 0 {
             return;
         }
@@ -71,7 +76,13 @@ impl<'a> Canvas<'a> {
 
     /// A text background box.
     pub fn fill(&mut self, x0: f32, y0: f32, x1: f32, y1: f32, color: Rgba) {
-        self.fill_rect(x0.floor() as i64, y0.floor() as i64, x1.ceil() as i64, y1.ceil() as i64, color);
+        self.fill_rect(
+            x0.floor() as i64,
+            y0.floor() as i64,
+            x1.ceil() as i64,
+            y1.ceil() as i64,
+            color,
+        );
     }
 
     /// A line of the given width (square brush), stepped along its longer axis.
@@ -82,7 +93,10 @@ impl<'a> Canvas<'a> {
         let extra = (l.width.max(1) as i64 - 1) - half;
         for i in 0..=steps {
             let t = i as f32 / steps as f32;
-            let (x, y) = ((l.x1 + dx * t).round() as i64, (l.y1 + dy * t).round() as i64);
+            let (x, y) = (
+                (l.x1 + dx * t).round() as i64,
+                (l.y1 + dy * t).round() as i64,
+            );
             self.fill_rect(x - half, y - half, x + extra + 1, y + extra + 1, l.color);
         }
     }
@@ -93,7 +107,16 @@ impl<'a> Canvas<'a> {
         let r = c.radius.round().clamp(0.0, 1.0e5) as i64;
         let (mut x, mut y, mut err) = (r, 0i64, 1 - r);
         while x >= y {
-            for (px, py) in [(x, y), (y, x), (-y, x), (-x, y), (-x, -y), (-y, -x), (y, -x), (x, -y)] {
+            for (px, py) in [
+                (x, y),
+                (y, x),
+                (-y, x),
+                (-x, y),
+                (-x, -y),
+                (-y, -x),
+                (y, -x),
+                (x, -y),
+            ] {
                 self.blend(cx + px, cy + py, c.color, 255);
             }
             y += 1;
@@ -135,8 +158,25 @@ mod tests {
         let layout = ImageLayout::packed(PixelFormat::Rgb24, 4, 4);
         let mut px = vec![0u8; layout.min_len().unwrap()];
         let mut c = Canvas::new(&mut px, layout);
-        c.rect(&DisplayRect { bbox: BBox::from_corners(-50.0, -50.0, 500.0, 500.0), border_width: 3, border_color: Rgba::new(1, 1, 1, 255), fill: None });
-        c.line(&DisplayLine { x1: -1e9, y1: 0.0, x2: 1e9, y2: 3.0, width: 5, color: Rgba::new(1, 1, 1, 255) });
-        c.circle(&DisplayCircle { x: 2.0, y: 2.0, radius: 100.0, color: Rgba::new(1, 1, 1, 255) });
+        c.rect(&DisplayRect {
+            bbox: BBox::from_corners(-50.0, -50.0, 500.0, 500.0),
+            border_width: 3,
+            border_color: Rgba::new(1, 1, 1, 255),
+            fill: None,
+        });
+        c.line(&DisplayLine {
+            x1: -1e9,
+            y1: 0.0,
+            x2: 1e9,
+            y2: 3.0,
+            width: 5,
+            color: Rgba::new(1, 1, 1, 255),
+        });
+        c.circle(&DisplayCircle {
+            x: 2.0,
+            y: 2.0,
+            radius: 100.0,
+            color: Rgba::new(1, 1, 1, 255),
+        });
     }
 }

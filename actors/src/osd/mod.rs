@@ -9,7 +9,9 @@ mod draw;
 mod text;
 
 use serde::Deserialize;
-use vidmesh_protocol::{Batch, DisplayRect, DisplayText, ObjectMeta, PayloadRef, PixelFormat, Rgba};
+use vidmesh_protocol::{
+    Batch, DisplayRect, DisplayText, ObjectMeta, PayloadRef, PixelFormat, Rgba,
+};
 
 use crate::registry::StageKind;
 use crate::settings;
@@ -66,7 +68,10 @@ impl Settings {
             )));
         }
         if !(4.0..=256.0).contains(&s.font_size) {
-            return Err(StageError::Settings(format!("font_size must be within 4..=256, got {}", s.font_size)));
+            return Err(StageError::Settings(format!(
+                "font_size must be within 4..=256, got {}",
+                s.font_size
+            )));
         }
         Ok(s)
     }
@@ -106,9 +111,18 @@ impl Osd {
         }
         let text_h = self.settings.font_size;
         // Label above the box, or inside it when the box touches the top edge.
-        let y = if o.bbox.top >= text_h + 4.0 { o.bbox.top - text_h - 4.0 } else { o.bbox.top };
+        let y = if o.bbox.top >= text_h + 4.0 {
+            o.bbox.top - text_h - 4.0
+        } else {
+            o.bbox.top
+        };
         (
-            DisplayRect { bbox: o.bbox, border_width: self.settings.border_width, border_color: color, fill: None },
+            DisplayRect {
+                bbox: o.bbox,
+                border_width: self.settings.border_width,
+                border_color: color,
+                fill: None,
+            },
             DisplayText {
                 text: label,
                 x: o.bbox.left,
@@ -136,11 +150,18 @@ impl Stage for Osd {
                 )));
             };
             if layout.format != PixelFormat::Rgb24 {
-                return Err(StageError::Input(format!("osd draws on RGB frames, got {:?}", layout.format)));
+                return Err(StageError::Input(format!(
+                    "osd draws on RGB frames, got {:?}",
+                    layout.format
+                )));
             }
             let mut pixels = data.to_vec();
             let mut canvas = Canvas::new(&mut pixels, layout);
-            let overlays: Vec<(DisplayRect, DisplayText)> = frame.objects.iter().map(|o| self.object_overlay(o)).collect();
+            let overlays: Vec<(DisplayRect, DisplayText)> = frame
+                .objects
+                .iter()
+                .map(|o| self.object_overlay(o))
+                .collect();
             for (rect, _) in &overlays {
                 canvas.rect(rect);
             }
@@ -156,7 +177,10 @@ impl Stage for Osd {
             for text in overlays.iter().map(|(_, t)| t).chain(&frame.display.texts) {
                 self.font.draw(&mut canvas, text);
             }
-            frame.payload = PayloadRef::Inline { layout, data: pixels.into() };
+            frame.payload = PayloadRef::Inline {
+                layout,
+                data: pixels.into(),
+            };
         }
         out.emit(batch)
     }

@@ -26,10 +26,18 @@ pub struct GlyphCache {
 
 impl GlyphCache {
     pub fn load(path: &Path) -> Result<Self, StageError> {
-        let bytes = std::fs::read(path).map_err(|e| StageError::runtime(format!("cannot read font {}", path.display()), e))?;
-        let font = FontVec::try_from_vec(bytes)
-            .map_err(|e| StageError::runtime(format!("{} is not a usable TrueType font", path.display()), e))?;
-        Ok(Self { font, glyphs: HashMap::new() })
+        let bytes = std::fs::read(path)
+            .map_err(|e| StageError::runtime(format!("cannot read font {}", path.display()), e))?;
+        let font = FontVec::try_from_vec(bytes).map_err(|e| {
+            StageError::runtime(
+                format!("{} is not a usable TrueType font", path.display()),
+                e,
+            )
+        })?;
+        Ok(Self {
+            font,
+            glyphs: HashMap::new(),
+        })
     }
 
     fn glyph(&mut self, c: char, size: f32) -> &Glyph {
@@ -51,10 +59,22 @@ impl GlyphCache {
                             *p = (v.clamp(0.0, 1.0) * 255.0) as u8;
                         }
                     });
-                    Glyph { left: b.min.x as i64, top: b.min.y as i64, width, coverage, advance }
+                    Glyph {
+                        left: b.min.x as i64,
+                        top: b.min.y as i64,
+                        width,
+                        coverage,
+                        advance,
+                    }
                 }
                 // Spaces and unknown characters: advance only.
-                None => Glyph { left: 0, top: 0, width: 0, coverage: Vec::new(), advance },
+                None => Glyph {
+                    left: 0,
+                    top: 0,
+                    width: 0,
+                    coverage: Vec::new(),
+                    advance,
+                },
             }
         })
     }
@@ -70,7 +90,13 @@ impl GlyphCache {
         let pad = 2.0;
         let width = self.measure(&t.text, size);
         if let Some(bg) = t.background {
-            canvas.fill(t.x, t.y, t.x + width + 2.0 * pad, t.y + size + 2.0 * pad, bg);
+            canvas.fill(
+                t.x,
+                t.y,
+                t.x + width + 2.0 * pad,
+                t.y + size + 2.0 * pad,
+                bg,
+            );
         }
         let ascent = self.font.as_scaled(PxScale::from(size)).ascent();
         let mut pen_x = t.x + pad;
@@ -82,7 +108,12 @@ impl GlyphCache {
             if g.width > 0 {
                 for (i, &a) in g.coverage.iter().enumerate() {
                     if a > 0 {
-                        canvas.blend(origin_x + (i % g.width) as i64, origin_y + (i / g.width) as i64, t.color, a);
+                        canvas.blend(
+                            origin_x + (i % g.width) as i64,
+                            origin_y + (i / g.width) as i64,
+                            t.color,
+                            a,
+                        );
                     }
                 }
             }

@@ -101,7 +101,9 @@ impl Settings {
             )));
         }
         if !self.net_scale_factor.is_finite() || self.offsets.iter().any(|o| !o.is_finite()) {
-            return Err(StageError::Settings("net_scale_factor and offsets must be finite numbers".into()));
+            return Err(StageError::Settings(
+                "net_scale_factor and offsets must be finite numbers".into(),
+            ));
         }
         Ok(())
     }
@@ -115,11 +117,18 @@ pub struct Preprocess {
 
 impl Preprocess {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, plans: Vec::new() }
+        Self {
+            settings,
+            plans: Vec::new(),
+        }
     }
 
     fn plan_for(&mut self, width: u32, height: u32) -> usize {
-        if let Some(i) = self.plans.iter().position(|(k, _, _)| *k == (width, height)) {
+        if let Some(i) = self
+            .plans
+            .iter()
+            .position(|(k, _, _)| *k == (width, height))
+        {
             return i;
         }
         let s = &self.settings;
@@ -147,7 +156,11 @@ impl Preprocess {
     }
 
     /// Writes one frame into `out` (one image's worth of the tensor).
-    fn fill(&mut self, frame: &vidmesh_protocol::FrameMeta, out: &mut [f32]) -> Result<FrameTransform, StageError> {
+    fn fill(
+        &mut self,
+        frame: &vidmesh_protocol::FrameMeta,
+        out: &mut [f32],
+    ) -> Result<FrameTransform, StageError> {
         let (layout, data) = frame.payload.inline_image().ok_or_else(|| {
             StageError::Input(format!(
                 "frame {} of source `{}` has no raw pixels in memory (payload: {}); preprocess needs RGB frames",
@@ -157,7 +170,10 @@ impl Preprocess {
             ))
         })?;
         if layout.format != PixelFormat::Rgb24 {
-            return Err(StageError::Input(format!("preprocess needs RGB frames, got {:?}", layout.format)));
+            return Err(StageError::Input(format!(
+                "preprocess needs RGB frames, got {:?}",
+                layout.format
+            )));
         }
         let index = self.plan_for(layout.width, layout.height);
         let (_, plan, transform) = &self.plans[index];
@@ -170,7 +186,11 @@ impl Preprocess {
         };
         let scale = s.net_scale_factor;
         let offsets = [s.offsets[0], s.offsets[1], s.offsets[2]];
-        let pad = [-offsets[0] * scale, -offsets[1] * scale, -offsets[2] * scale];
+        let pad = [
+            -offsets[0] * scale,
+            -offsets[1] * scale,
+            -offsets[2] * scale,
+        ];
         let (ox, oy) = (transform.offset_x as usize, transform.offset_y as usize);
         let write = |out: &mut [f32], x: usize, y: usize, c: usize, v: f32| match s.layout {
             Layout::Nhwc => out[(y * w + x) * 3 + c] = v,
@@ -190,7 +210,13 @@ impl Preprocess {
             for x in 0..plan.dst_width() as usize {
                 plan.sample(data, layout.stride as usize, x, y, &mut px);
                 for c in 0..3 {
-                    write(out, x + ox, y + oy, c, (px[src_channel[c]] - offsets[c]) * scale);
+                    write(
+                        out,
+                        x + ox,
+                        y + oy,
+                        c,
+                        (px[src_channel[c]] - offsets[c]) * scale,
+                    );
                 }
             }
         }
@@ -253,7 +279,15 @@ mod tests {
                 data[o..o + 3].copy_from_slice(&fill(x, y));
             }
         }
-        FrameMeta { width: w, height: h, payload: PayloadRef::Inline { layout, data: data.into() }, ..Default::default() }
+        FrameMeta {
+            width: w,
+            height: h,
+            payload: PayloadRef::Inline {
+                layout,
+                data: data.into(),
+            },
+            ..Default::default()
+        }
     }
 
     fn settings(toml_text: &str) -> Settings {
@@ -282,7 +316,10 @@ mod tests {
         let f = frame(8, 4, |_, _| [255, 255, 255]);
         let mut out = vec![-1f32; 48];
         let t = p.fill(&f, &mut out).unwrap();
-        assert_eq!((t.scale_x, t.scale_y, t.offset_x, t.offset_y), (0.5, 0.5, 0.0, 1.0));
+        assert_eq!(
+            (t.scale_x, t.scale_y, t.offset_x, t.offset_y),
+            (0.5, 0.5, 0.0, 1.0)
+        );
         // Row 0 is padding (0), rows 1..3 are image (255), row 3 padding.
         assert_eq!(out[0], 0.0);
         assert_eq!(out[4 * 3], 255.0);
@@ -292,8 +329,14 @@ mod tests {
     #[test]
     fn rejects_frames_without_pixels() {
         let mut p = Preprocess::new(settings("width = 2\nheight = 2"));
-        let f = FrameMeta { source_name: "cam0".into(), ..Default::default() };
+        let f = FrameMeta {
+            source_name: "cam0".into(),
+            ..Default::default()
+        };
         let err = p.fill(&f, &mut [0f32; 12]).unwrap_err().to_string();
-        assert!(err.contains("cam0") && err.contains("no raw pixels"), "{err}");
+        assert!(
+            err.contains("cam0") && err.contains("no raw pixels"),
+            "{err}"
+        );
     }
 }

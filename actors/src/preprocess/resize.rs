@@ -42,21 +42,32 @@ fn taps(src: u32, dst: u32, mode: Interpolation) -> Vec<Tap> {
                 Interpolation::BilinearTf1 => i as f32 * scale,
                 Interpolation::Nearest => {
                     let n = ((i as f32 * scale).floor() as usize).min(last);
-                    return Tap { lower: n, upper: n, lerp: 0.0 };
+                    return Tap {
+                        lower: n,
+                        upper: n,
+                        lerp: 0.0,
+                    };
                 }
             };
             let floor = pos.floor();
             let lower = (floor as usize).min(last);
             // TF uses ceil for the upper tap; for non-integer positions that equals floor + 1.
             let upper = (pos.ceil() as usize).min(last);
-            Tap { lower, upper, lerp: pos - floor }
+            Tap {
+                lower,
+                upper,
+                lerp: pos - floor,
+            }
         })
         .collect()
 }
 
 impl ResizePlan {
     pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32, mode: Interpolation) -> Self {
-        Self { xs: taps(src_w, dst_w, mode), ys: taps(src_h, dst_h, mode) }
+        Self {
+            xs: taps(src_w, dst_w, mode),
+            ys: taps(src_h, dst_h, mode),
+        }
     }
 
     pub fn dst_width(&self) -> u32 {

@@ -25,8 +25,17 @@ pub const KIND: StageKind = StageKind {
     check: |t, ctx| Settings::load(t, ctx).map(|_| ()),
     build: |t, ctx| {
         let settings = Settings::load(t, ctx)?;
-        let template = ctx.resolve(&settings::file_uri_path(&settings.uri)?).display().to_string();
-        Ok(Box::new(Sink { settings, template, sources: ctx.sources.clone(), writers: HashMap::new(), done: Vec::new() }))
+        let template = ctx
+            .resolve(&settings::file_uri_path(&settings.uri)?)
+            .display()
+            .to_string();
+        Ok(Box::new(Sink {
+            settings,
+            template,
+            sources: ctx.sources.clone(),
+            writers: HashMap::new(),
+            done: Vec::new(),
+        }))
     },
 };
 
@@ -57,14 +66,28 @@ fn key_int_default() -> u32 {
     60
 }
 
-const PRESETS: [&str; 10] = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"];
+const PRESETS: [&str; 10] = [
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+];
 
 impl Settings {
     fn load(t: &toml::Table, ctx: &BuildContext) -> Result<Self, StageError> {
         let s: Settings = settings::parse(t)?;
         let path = settings::file_uri_path(&s.uri)?;
         if !path.ends_with(".mp4") {
-            return Err(StageError::Settings(format!("`{}`: the sink writes MP4 files; use a .mp4 path", s.uri)));
+            return Err(StageError::Settings(format!(
+                "`{}`: the sink writes MP4 files; use a .mp4 path",
+                s.uri
+            )));
         }
         if ctx.sources.len() > 1 && !path.contains("{source}") {
             return Err(StageError::Settings(format!(
@@ -74,10 +97,17 @@ impl Settings {
             )));
         }
         if !PRESETS.contains(&s.speed_preset.as_str()) {
-            return Err(StageError::Settings(format!("speed_preset `{}` is not one of {}", s.speed_preset, PRESETS.join(", "))));
+            return Err(StageError::Settings(format!(
+                "speed_preset `{}` is not one of {}",
+                s.speed_preset,
+                PRESETS.join(", ")
+            )));
         }
         if s.bitrate_kbps == 0 || s.bitrate_kbps > 2_000_000 {
-            return Err(StageError::Settings(format!("bitrate_kbps must be 1..=2000000, got {}", s.bitrate_kbps)));
+            return Err(StageError::Settings(format!(
+                "bitrate_kbps must be 1..=2000000, got {}",
+                s.bitrate_kbps
+            )));
         }
         Ok(s)
     }
@@ -107,7 +137,11 @@ impl Stage for Sink {
             let writer = match self.writers.get_mut(&frame.source_id) {
                 Some(w) => w,
                 None => {
-                    let name = self.sources.get(frame.source_id as usize).map(String::as_str).unwrap_or(&frame.source_name);
+                    let name = self
+                        .sources
+                        .get(frame.source_id as usize)
+                        .map(String::as_str)
+                        .unwrap_or(&frame.source_name);
                     let path = PathBuf::from(self.template.replace("{source}", name));
                     let writer = Mp4Writer::start(&path, frame, &self.settings)?;
                     self.writers.entry(frame.source_id).or_insert(writer)
@@ -118,7 +152,12 @@ impl Stage for Sink {
         out.emit(batch)
     }
 
-    fn on_end_of_stream(&mut self, source_id: u32, source_name: &str, out: &mut Outputs) -> Result<(), StageError> {
+    fn on_end_of_stream(
+        &mut self,
+        source_id: u32,
+        source_name: &str,
+        out: &mut Outputs,
+    ) -> Result<(), StageError> {
         self.finish(source_id)?;
         out.end_of_stream(source_id, source_name)
     }

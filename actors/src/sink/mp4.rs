@@ -26,24 +26,36 @@ impl Mp4Writer {
     /// Starts an encoder sized for `first`.
     pub fn start(path: &Path, first: &FrameMeta, settings: &Settings) -> Result<Self, StageError> {
         gst_util::init()?;
-        let (layout, _) = first
-            .payload
-            .inline_image()
-            .ok_or_else(|| StageError::Input(format!("sink needs raw pixels; frame payload is {}", first.payload.kind_name())))?;
+        let (layout, _) = first.payload.inline_image().ok_or_else(|| {
+            StageError::Input(format!(
+                "sink needs raw pixels; frame payload is {}",
+                first.payload.kind_name()
+            ))
+        })?;
         if layout.format != PixelFormat::Rgb24 {
-            return Err(StageError::Input(format!("sink encodes RGB frames, got {:?}", layout.format)));
+            return Err(StageError::Input(format!(
+                "sink encodes RGB frames, got {:?}",
+                layout.format
+            )));
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StageError::runtime(format!("cannot create {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StageError::runtime(format!("cannot create {}", dir.display()), e))?;
         }
-        let ctx = |e: gst::glib::BoolError| StageError::runtime(format!("cannot set up the encoder for {}", path.display()), e);
-        let caps = gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, layout.width, layout.height)
-            // Frames carry their own timestamps; 0/1 tells the encoder the rate is variable.
-            .fps(gst::Fraction::new(0, 1))
-            .build()
-            .map_err(ctx)?
-            .to_caps()
-            .map_err(ctx)?;
+        let ctx = |e: gst::glib::BoolError| {
+            StageError::runtime(
+                format!("cannot set up the encoder for {}", path.display()),
+                e,
+            )
+        };
+        let caps =
+            gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, layout.width, layout.height)
+                // Frames carry their own timestamps; 0/1 tells the encoder the rate is variable.
+                .fps(gst::Fraction::new(0, 1))
+                .build()
+                .map_err(ctx)?
+                .to_caps()
+                .map_err(ctx)?;
         let appsrc = gst_app::AppSrc::builder()
             .caps(&caps)
             .format(gst::Format::Time)
@@ -57,22 +69,49 @@ impl Mp4Writer {
         encoder.set_property("key-int-max", settings.key_int_max);
         let caps_filter = gst_util::make("capsfilter")?;
         // High profile 4:2:0 so every player (and NVDEC) can decode the result.
-        caps_filter.set_property("caps", gst::Caps::builder("video/x-h264").field("profile", "high").build());
+        caps_filter.set_property(
+            "caps",
+            gst::Caps::builder("video/x-h264")
+                .field("profile", "high")
+                .build(),
+        );
         let parse = gst_util::make("h264parse")?;
         let mux = gst_util::make("mp4mux")?;
         let file = gst_util::make("filesink")?;
         file.set_property("location", path.to_string_lossy().to_string());
         let pipeline = gst::Pipeline::new();
-        let elements = [appsrc.upcast_ref(), &convert, &encoder, &caps_filter, &parse, &mux, &file];
+        let elements = [
+            appsrc.upcast_ref(),
+            &convert,
+            &encoder,
+            &caps_filter,
+            &parse,
+            &mux,
+            &file,
+        ];
         pipeline.add_many(elements).map_err(ctx)?;
         gst::Element::link_many(elements).map_err(ctx)?;
-        let bus = pipeline.bus().ok_or_else(|| StageError::Runtime("encoder pipeline has no bus".into()))?;
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| StageError::Runtime("encoder pipeline has no bus".into()))?;
         if pipeline.set_state(gst::State::Playing).is_err() {
-            let detail = gst_util::pending_error(&bus).unwrap_or_else(|| "it refused to start".into());
-            return Err(StageError::Runtime(format!("cannot start the encoder for {}: {detail}", path.display())));
+            let detail =
+                gst_util::pending_error(&bus).unwrap_or_else(|| "it refused to start".into());
+            return Err(StageError::Runtime(format!(
+                "cannot start the encoder for {}: {detail}",
+                path.display()
+            )));
         }
         tracing::info!(path = %path.display(), width = layout.width, height = layout.height, "encoding");
-        Ok(Self { path: path.to_path_buf(), pipeline, appsrc, bus, layout, frames: 0, first_pts: None })
+        Ok(Self {
+            path: path.to_path_buf(),
+            pipeline,
+            appsrc,
+            bus,
+            layout,
+            frames: 0,
+            first_pts: None,
+        })
     }
 
     fn error(&self, detail: impl std::fmt::Display) -> StageError {
@@ -80,11 +119,15 @@ impl Mp4Writer {
     }
 
     pub fn push(&mut self, frame: &FrameMeta) -> Result<(), StageError> {
-        let (layout, data) = frame
-            .payload
-            .inline_image()
-            .ok_or_else(|| StageError::Input(format!("sink needs raw pixels; frame payload is {}", frame.payload.kind_name())))?;
-        if (layout.width, layout.height, layout.format) != (self.layout.width, self.layout.height, self.layout.format) {
+        let (layout, data) = frame.payload.inline_image().ok_or_else(|| {
+            StageError::Input(format!(
+                "sink needs raw pixels; frame payload is {}",
+                frame.payload.kind_name()
+            ))
+        })?;
+        if (layout.width, layout.height, layout.format)
+            != (self.layout.width, self.layout.height, self.layout.format)
+        {
             return Err(StageError::Input(format!(
                 "source `{}` changed resolution from {}x{} to {}x{} mid-stream; the MP4 sink cannot follow",
                 frame.source_name, self.layout.width, self.layout.height, layout.width, layout.height
@@ -106,12 +149,16 @@ impl Mp4Writer {
         // Start the file at time zero whatever the source's clock says.
         let first = *self.first_pts.get_or_insert(frame.pts_ns);
         if let Some(b) = buffer.get_mut() {
-            b.set_pts(gst::ClockTime::from_nseconds(frame.pts_ns.saturating_sub(first)));
+            b.set_pts(gst::ClockTime::from_nseconds(
+                frame.pts_ns.saturating_sub(first),
+            ));
         }
         if let Some(e) = gst_util::pending_error(&self.bus) {
             return Err(self.error(e));
         }
-        self.appsrc.push_buffer(buffer).map_err(|e| self.error(format!("encoder stopped ({e:?})")))?;
+        self.appsrc
+            .push_buffer(buffer)
+            .map_err(|e| self.error(format!("encoder stopped ({e:?})")))?;
         self.frames += 1;
         Ok(())
     }
@@ -119,7 +166,10 @@ impl Mp4Writer {
     /// Ends the stream and waits until the MP4 index is written.
     pub fn finish(self) -> Result<(PathBuf, u64), StageError> {
         let _ = self.appsrc.end_of_stream();
-        let outcome = match self.bus.timed_pop_filtered(gst::ClockTime::from_seconds(60), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+        let outcome = match self.bus.timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        ) {
             Some(msg) => match msg.view() {
                 gst::MessageView::Error(err) => Err(self.error(gst_util::describe_error(&err))),
                 _ => Ok(()),

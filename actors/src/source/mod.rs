@@ -94,7 +94,11 @@ pub struct GstSource {
 
 impl GstSource {
     pub fn new(settings: Settings, uri: SourceUri, source_id: u32) -> Self {
-        Self { settings, uri, source_id }
+        Self {
+            settings,
+            uri,
+            source_id,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -103,35 +107,61 @@ impl GstSource {
 
     /// Decodes until end of stream, error, or `stop`; always ends with an end-of-stream notice
     /// downstream so per-stream consumers can finalise what they have.
-    pub fn run(&mut self, out: &mut Outputs, stop: &AtomicBool, progress: &SourceProgress) -> SourceReport {
+    pub fn run(
+        &mut self,
+        out: &mut Outputs,
+        stop: &AtomicBool,
+        progress: &SourceProgress,
+    ) -> SourceReport {
         let mut frames = 0u64;
         let error = self.decode(out, stop, progress, &mut frames).err();
         let notice = out.end_of_stream(self.source_id, &self.settings.id);
         // A closed downstream is a consequence of another failure, not this source's.
         let error = match error {
-            Some(StageError::Downstream(_)) | None => notice.err().filter(|e| !matches!(e, StageError::Downstream(_))),
+            Some(StageError::Downstream(_)) | None => notice
+                .err()
+                .filter(|e| !matches!(e, StageError::Downstream(_))),
             Some(e) => Some(e),
         };
-        SourceReport { frames, error: error.map(|e| e.to_string()) }
+        SourceReport {
+            frames,
+            error: error.map(|e| e.to_string()),
+        }
     }
 
-    fn decode(&self, out: &mut Outputs, stop: &AtomicBool, progress: &SourceProgress, frames: &mut u64) -> Result<(), StageError> {
+    fn decode(
+        &self,
+        out: &mut Outputs,
+        stop: &AtomicBool,
+        progress: &SourceProgress,
+        frames: &mut u64,
+    ) -> Result<(), StageError> {
         gst_util::init()?;
         let pipeline = gst::Pipeline::new();
         let decode = gst_util::make("uridecodebin")?;
         decode.set_property("uri", self.uri.gst_uri());
         let convert = gst_util::make("videoconvert")?;
         let sink = gst_app::AppSink::builder()
-            .caps(&gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::Rgb).build())
+            .caps(
+                &gst_video::VideoCapsBuilder::new()
+                    .format(gst_video::VideoFormat::Rgb)
+                    .build(),
+            )
             .sync(false)
             .max_buffers(4)
             .build();
         pipeline
             .add_many([&decode, &convert, sink.upcast_ref()])
             .map_err(|e| StageError::runtime("cannot assemble the decode pipeline", e))?;
-        convert.link(&sink).map_err(|e| StageError::runtime("cannot link videoconvert to appsink", e))?;
+        convert
+            .link(&sink)
+            .map_err(|e| StageError::runtime("cannot link videoconvert to appsink", e))?;
 
-        let (latency, transport, timeout) = (self.settings.latency, self.settings.rtsp_transport, self.settings.timeout);
+        let (latency, transport, timeout) = (
+            self.settings.latency,
+            self.settings.rtsp_transport,
+            self.settings.timeout,
+        );
         decode.connect("source-setup", false, move |args| {
             if let Ok(src) = args[1].get::<gst::Element>() {
                 configure_network_source(&src, latency, transport, timeout);
@@ -144,8 +174,13 @@ impl GstSource {
                 .current_caps()
                 .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
                 .unwrap_or(false);
-            let Some(convert) = convert_weak.upgrade() else { return };
-            if let Some(sink_pad) = convert.static_pad("sink").filter(|p| is_video && !p.is_linked()) {
+            let Some(convert) = convert_weak.upgrade() else {
+                return;
+            };
+            if let Some(sink_pad) = convert
+                .static_pad("sink")
+                .filter(|p| is_video && !p.is_linked())
+            {
                 if let Err(e) = pad.link(&sink_pad) {
                     tracing::warn!(error = ?e, "could not link decoded video pad");
                 }
@@ -153,13 +188,22 @@ impl GstSource {
         });
         let convert_weak = convert.downgrade();
         decode.connect_no_more_pads(move |bin| {
-            let linked = convert_weak.upgrade().and_then(|c| c.static_pad("sink")).is_some_and(|p| p.is_linked());
+            let linked = convert_weak
+                .upgrade()
+                .and_then(|c| c.static_pad("sink"))
+                .is_some_and(|p| p.is_linked());
             if !linked {
-                gst::element_error!(bin, gst::StreamError::WrongType, ("the stream has no video track"));
+                gst::element_error!(
+                    bin,
+                    gst::StreamError::WrongType,
+                    ("the stream has no video track")
+                );
             }
         });
 
-        let bus = pipeline.bus().ok_or_else(|| StageError::Runtime("pipeline has no bus".into()))?;
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| StageError::Runtime("pipeline has no bus".into()))?;
         let result = self.pump(&pipeline, &sink, &bus, out, stop, progress, frames);
         let _ = pipeline.set_state(gst::State::Null);
         result
@@ -176,9 +220,14 @@ impl GstSource {
         progress: &SourceProgress,
         frames: &mut u64,
     ) -> Result<(), StageError> {
-        let fail = |detail: String| StageError::Runtime(format!("cannot read {}: {detail}", self.uri.display()));
+        let fail = |detail: String| {
+            StageError::Runtime(format!("cannot read {}: {detail}", self.uri.display()))
+        };
         if pipeline.set_state(gst::State::Playing).is_err() {
-            return Err(fail(gst_util::pending_error(bus).unwrap_or_else(|| "the pipeline refused to start".into())));
+            return Err(fail(
+                gst_util::pending_error(bus)
+                    .unwrap_or_else(|| "the pipeline refused to start".into()),
+            ));
         }
         let mut duration_known = false;
         while !stop.load(Ordering::Relaxed) {
@@ -194,7 +243,11 @@ impl GstSource {
                     progress.position_ns.store(frame.pts_ns, Ordering::Relaxed);
                     *frames += 1;
                     progress.frames.store(*frames, Ordering::Relaxed);
-                    out.emit(Batch { batch_id: frame.frame_num, frames: vec![frame], tensors: Vec::new() })?;
+                    out.emit(Batch {
+                        batch_id: frame.frame_num,
+                        frames: vec![frame],
+                        tensors: Vec::new(),
+                    })?;
                 }
                 None => {
                     // Frames decoded before an error were delivered above; now report it.
@@ -202,7 +255,7 @@ impl GstSource {
                         return Err(fail(error));
                     }
                     if sink.is_eos() {
-                        return Ok(());
+                        return check_complete(progress, *frames).map_err(fail);
                     }
                 }
             }
@@ -210,10 +263,19 @@ impl GstSource {
         Ok(())
     }
 
-    fn frame_from_sample(&self, sample: &gst::Sample, frame_num: u64) -> Result<FrameMeta, StageError> {
-        let caps = sample.caps().ok_or_else(|| StageError::Runtime("decoded sample without caps".into()))?;
-        let info = gst_video::VideoInfo::from_caps(caps).map_err(|e| StageError::runtime("unexpected decoded caps", e))?;
-        let buffer = sample.buffer_owned().ok_or_else(|| StageError::Runtime("decoded sample without buffer".into()))?;
+    fn frame_from_sample(
+        &self,
+        sample: &gst::Sample,
+        frame_num: u64,
+    ) -> Result<FrameMeta, StageError> {
+        let caps = sample
+            .caps()
+            .ok_or_else(|| StageError::Runtime("decoded sample without caps".into()))?;
+        let info = gst_video::VideoInfo::from_caps(caps)
+            .map_err(|e| StageError::runtime("unexpected decoded caps", e))?;
+        let buffer = sample
+            .buffer_owned()
+            .ok_or_else(|| StageError::Runtime("decoded sample without buffer".into()))?;
         let pts_ns = buffer.pts().map(|t| t.nseconds()).unwrap_or(0);
         let layout = ImageLayout {
             format: PixelFormat::Rgb24,
@@ -221,8 +283,13 @@ impl GstSource {
             height: info.height(),
             stride: info.stride()[0] as u32,
         };
-        let mapped = buffer.into_mapped_buffer_readable().map_err(|_| StageError::Runtime("cannot map decoded frame".into()))?;
-        let ingest_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let mapped = buffer
+            .into_mapped_buffer_readable()
+            .map_err(|_| StageError::Runtime("cannot map decoded frame".into()))?;
+        let ingest_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         Ok(FrameMeta {
             source_id: self.source_id,
             source_name: self.settings.id.clone(),
@@ -233,19 +300,53 @@ impl GstSource {
             width: layout.width,
             height: layout.height,
             // The decoded buffer itself backs the frame: no copy.
-            payload: PayloadRef::Inline { layout, data: Bytes::from_owner(mapped) },
+            payload: PayloadRef::Inline {
+                layout,
+                data: Bytes::from_owner(mapped),
+            },
             ..Default::default()
         })
     }
 }
 
+/// A damaged or truncated file often just ends early without any demuxer error; the container's
+/// declared duration tells. More than two frame intervals missing at the end is reported.
+fn check_complete(progress: &SourceProgress, frames: u64) -> Result<(), String> {
+    let duration = progress.duration_ns.load(Ordering::Relaxed);
+    let position = progress.position_ns.load(Ordering::Relaxed);
+    if duration == 0 || frames < 2 {
+        return Ok(());
+    }
+    let interval = (position / (frames - 1)).max(1_000_000);
+    if position + 2 * interval < duration {
+        return Err(format!(
+            "the stream ended at {:.2}s of its {:.2}s: the file is truncated or damaged ({frames} frames were delivered)",
+            position as f64 / 1e9,
+            duration as f64 / 1e9
+        ));
+    }
+    Ok(())
+}
+
 /// Applies latency, transport and timeouts to rtspsrc (and similar network sources).
-fn configure_network_source(src: &gst::Element, latency: Duration, transport: Option<RtspTransport>, timeout: Duration) {
+fn configure_network_source(
+    src: &gst::Element,
+    latency: Duration,
+    transport: Option<RtspTransport>,
+    timeout: Duration,
+) {
     if src.has_property("latency") {
         src.set_property("latency", latency.as_millis().min(u32::MAX as u128) as u32);
     }
     if let Some(t) = transport.filter(|_| src.has_property("protocols")) {
-        src.set_property_from_str("protocols", if t == RtspTransport::Tcp { "tcp" } else { "udp" });
+        src.set_property_from_str(
+            "protocols",
+            if t == RtspTransport::Tcp {
+                "tcp"
+            } else {
+                "udp"
+            },
+        );
     }
     let micros = timeout.as_micros().min(u64::MAX as u128) as u64;
     for name in ["tcp-timeout", "timeout"] {

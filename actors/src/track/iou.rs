@@ -22,7 +22,10 @@ pub struct IouTracker {
 
 impl IouTracker {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, tracks: Vec::new() }
+        Self {
+            settings,
+            tracks: Vec::new(),
+        }
     }
 
     /// Associates this frame's objects with tracks, sets their `track_id`s, and returns how many
@@ -70,7 +73,13 @@ impl IouTracker {
                     t
                 }
                 None => {
-                    self.tracks.push(TrackState { id: *next_id, class_id: object.class_id, bbox: object.bbox, hits: 1, misses: 0 });
+                    self.tracks.push(TrackState {
+                        id: *next_id,
+                        class_id: object.class_id,
+                        bbox: object.bbox,
+                        hits: 1,
+                        misses: 0,
+                    });
                     *next_id += 1;
                     if self.settings.min_hits == 1 {
                         newly_confirmed += 1;
@@ -95,11 +104,19 @@ mod tests {
     use super::*;
 
     fn obj(l: f32) -> ObjectMeta {
-        ObjectMeta { class_id: 0, bbox: BBox::from_corners(l, 0.0, l + 10.0, 20.0), ..Default::default() }
+        ObjectMeta {
+            class_id: 0,
+            bbox: BBox::from_corners(l, 0.0, l + 10.0, 20.0),
+            ..Default::default()
+        }
     }
 
     fn settings(min_hits: u32, max_age: u32) -> Settings {
-        Settings { min_hits, max_age, ..Settings::default() }
+        Settings {
+            min_hits,
+            max_age,
+            ..Settings::default()
+        }
     }
 
     #[test]

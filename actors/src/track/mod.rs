@@ -53,14 +53,22 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { algorithm: Algorithm::Iou, iou_threshold: 0.3, min_hits: 2, max_age: 15 }
+        Self {
+            algorithm: Algorithm::Iou,
+            iou_threshold: 0.3,
+            min_hits: 2,
+            max_age: 15,
+        }
     }
 }
 
 impl Settings {
     fn validate(&self) -> Result<(), StageError> {
         if !(0.0..=1.0).contains(&self.iou_threshold) {
-            return Err(StageError::Settings(format!("iou_threshold must be within 0..=1, got {}", self.iou_threshold)));
+            return Err(StageError::Settings(format!(
+                "iou_threshold must be within 0..=1, got {}",
+                self.iou_threshold
+            )));
         }
         if self.min_hits == 0 {
             return Err(StageError::Settings("min_hits must be at least 1".into()));
@@ -80,20 +88,33 @@ pub struct Track {
 
 impl Track {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, per_source: HashMap::new(), next_id: 1, confirmed: 0 }
+        Self {
+            settings,
+            per_source: HashMap::new(),
+            next_id: 1,
+            confirmed: 0,
+        }
     }
 }
 
 impl Stage for Track {
     fn on_batch(&mut self, mut batch: Batch, out: &mut Outputs) -> Result<(), StageError> {
         for frame in &mut batch.frames {
-            let tracker = self.per_source.entry(frame.source_id).or_insert_with(|| IouTracker::new(self.settings.clone()));
+            let tracker = self
+                .per_source
+                .entry(frame.source_id)
+                .or_insert_with(|| IouTracker::new(self.settings.clone()));
             self.confirmed += tracker.update(&mut frame.objects, &mut self.next_id);
         }
         out.emit(batch)
     }
 
-    fn on_end_of_stream(&mut self, source_id: u32, source_name: &str, out: &mut Outputs) -> Result<(), StageError> {
+    fn on_end_of_stream(
+        &mut self,
+        source_id: u32,
+        source_name: &str,
+        out: &mut Outputs,
+    ) -> Result<(), StageError> {
         self.per_source.remove(&source_id);
         out.end_of_stream(source_id, source_name)
     }

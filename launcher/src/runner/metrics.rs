@@ -19,11 +19,19 @@ pub struct StageMetrics {
 }
 
 impl StageMetrics {
-    pub fn record(&self, frames: usize, busy: Duration, blocked: Duration, latency_ns: Option<u64>) {
+    pub fn record(
+        &self,
+        frames: usize,
+        busy: Duration,
+        blocked: Duration,
+        latency_ns: Option<u64>,
+    ) {
         self.frames.fetch_add(frames as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.busy_ns.fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
-        self.blocked_ns.fetch_add(blocked.as_nanos() as u64, Ordering::Relaxed);
+        self.busy_ns
+            .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+        self.blocked_ns
+            .fetch_add(blocked.as_nanos() as u64, Ordering::Relaxed);
         if let Some(l) = latency_ns {
             self.last_latency_ns.store(l, Ordering::Relaxed);
         }

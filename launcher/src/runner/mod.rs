@@ -37,7 +37,11 @@ pub struct RunOptions {
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error("stage `{stage}` ({kind}): {error}")]
-    Build { stage: String, kind: String, error: StageError },
+    Build {
+        stage: String,
+        kind: String,
+        error: StageError,
+    },
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -75,7 +79,13 @@ pub struct RunSummary {
 impl RunSummary {
     /// A fact a stage reported, e.g. `fact("track", "tracks")`.
     pub fn fact(&self, stage: &str, key: &str) -> Option<&str> {
-        self.stages.iter().find(|s| s.name == stage)?.facts.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.stages
+            .iter()
+            .find(|s| s.name == stage)?
+            .facts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -87,18 +97,29 @@ struct StageThread {
 }
 
 /// Runs `topology` to completion (all sources ended) or until `stop` is set.
-pub fn run(topology: &Topology, options: &RunOptions, stop: Arc<AtomicBool>) -> Result<RunSummary, RunError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("vidmesh-io").enable_all().build()?;
+pub fn run(
+    topology: &Topology,
+    options: &RunOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<RunSummary, RunError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("vidmesh-io")
+        .enable_all()
+        .build()?;
     let started = Instant::now();
 
     // Build every stage before starting anything, so a bad model fails fast and cleanly.
     let mut built: Vec<Box<dyn Stage>> = Vec::new();
     for entry in &topology.stages {
-        let stage = (entry.kind.build)(&entry.table, &topology.context(&entry.name)).map_err(|error| RunError::Build {
-            stage: entry.name.clone(),
-            kind: entry.kind.name.to_string(),
-            error,
-        })?;
+        let stage =
+            (entry.kind.build)(&entry.table, &topology.context(&entry.name)).map_err(|error| {
+                RunError::Build {
+                    stage: entry.name.clone(),
+                    kind: entry.kind.name.to_string(),
+                    error,
+                }
+            })?;
         built.push(stage);
     }
 
@@ -111,7 +132,12 @@ pub fn run(topology: &Topology, options: &RunOptions, stop: Arc<AtomicBool>) -> 
     }
     let outputs_of = |producer: &str| {
         Outputs::new(
-            topology.links.iter().filter(|(from, _)| from == producer).map(|(_, to)| inbox_senders[to.as_str()].clone()).collect(),
+            topology
+                .links
+                .iter()
+                .filter(|(from, _)| from == producer)
+                .map(|(_, to)| inbox_senders[to.as_str()].clone())
+                .collect(),
         )
     };
 
@@ -133,7 +159,12 @@ pub fn run(topology: &Topology, options: &RunOptions, stop: Arc<AtomicBool>) -> 
                 }
                 result
             })?;
-        stage_threads.push(StageThread { name: entry.name.clone(), kind: entry.kind.name.to_string(), metrics, handle });
+        stage_threads.push(StageThread {
+            name: entry.name.clone(),
+            kind: entry.kind.name.to_string(),
+            metrics,
+            handle,
+        });
     }
 
     let mut source_threads = Vec::new();
@@ -165,7 +196,10 @@ pub fn run(topology: &Topology, options: &RunOptions, stop: Arc<AtomicBool>) -> 
     let finished = Arc::new(AtomicBool::new(false));
     let reporter = options.progress_interval.map(|interval| {
         let finished = finished.clone();
-        let mut reporter = ProgressReporter::new(Watched { sources: watched_sources, stages: watched_stages });
+        let mut reporter = ProgressReporter::new(Watched {
+            sources: watched_sources,
+            stages: watched_stages,
+        });
         std::thread::spawn(move || {
             let mut next = Instant::now() + interval;
             while !finished.load(Ordering::Relaxed) {
@@ -181,15 +215,25 @@ pub fn run(topology: &Topology, options: &RunOptions, stop: Arc<AtomicBool>) -> 
     let mut errors = Vec::new();
     let mut sources = Vec::new();
     for (name, handle) in source_threads {
-        let report = handle.join().unwrap_or_else(|_| SourceReport { frames: 0, error: Some("the source thread panicked".into()) });
+        let report = handle.join().unwrap_or_else(|_| SourceReport {
+            frames: 0,
+            error: Some("the source thread panicked".into()),
+        });
         if let Some(e) = &report.error {
             errors.push(format!("source `{name}`: {e}"));
         }
-        sources.push(SourceSummary { name, frames: report.frames, error: report.error });
+        sources.push(SourceSummary {
+            name,
+            frames: report.frames,
+            error: report.error,
+        });
     }
     let mut stages = Vec::new();
     for t in stage_threads {
-        let result = t.handle.join().unwrap_or_else(|_| Err(StageError::Runtime("the stage thread panicked".into())));
+        let result = t
+            .handle
+            .join()
+            .unwrap_or_else(|_| Err(StageError::Runtime("the stage thread panicked".into())));
         let facts = match result {
             Ok(report) => report.facts,
             Err(StageError::Downstream(_)) => Vec::new(),
@@ -198,7 +242,12 @@ pub fn run(topology: &Topology, options: &RunOptions, stop: Arc<AtomicBool>) -> 
                 Vec::new()
             }
         };
-        stages.push(StageSummary { name: t.name, kind: t.kind, facts, metrics: t.metrics.snapshot() });
+        stages.push(StageSummary {
+            name: t.name,
+            kind: t.kind,
+            facts,
+            metrics: t.metrics.snapshot(),
+        });
     }
     finished.store(true, Ordering::Relaxed);
     if let Some(r) = reporter {
@@ -225,7 +274,10 @@ struct DepthProbe {
 
 impl DepthProbe {
     fn new(inbox: &LinkReceiver) -> Self {
-        Self { stats: inbox.stats().clone(), capacity: inbox.capacity() }
+        Self {
+            stats: inbox.stats().clone(),
+            capacity: inbox.capacity(),
+        }
     }
 
     fn probe(self) -> Arc<dyn Fn() -> usize + Send + Sync> {
@@ -238,11 +290,19 @@ impl DepthProbe {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// The actor loop of one stage.
-fn stage_loop(mut stage: Box<dyn Stage>, mut inbox: LinkReceiver, mut out: Outputs, metrics: &StageMetrics) -> Result<StageReport, StageError> {
+fn stage_loop(
+    mut stage: Box<dyn Stage>,
+    mut inbox: LinkReceiver,
+    mut out: Outputs,
+    metrics: &StageMetrics,
+) -> Result<StageReport, StageError> {
     loop {
         match inbox.recv_blocking(stage.next_deadline()) {
             Received::Message(DataMessage::Batch(batch)) => {
@@ -252,9 +312,17 @@ fn stage_loop(mut stage: Box<dyn Stage>, mut inbox: LinkReceiver, mut out: Outpu
                 stage.on_batch(batch, &mut out)?;
                 let total = t0.elapsed();
                 let sending = out.take_send_time();
-                metrics.record(frames, total.saturating_sub(sending), sending, ingest.map(|i| now_ns().saturating_sub(i)));
+                metrics.record(
+                    frames,
+                    total.saturating_sub(sending),
+                    sending,
+                    ingest.map(|i| now_ns().saturating_sub(i)),
+                );
             }
-            Received::Message(DataMessage::EndOfStream { source_id, source_name }) => {
+            Received::Message(DataMessage::EndOfStream {
+                source_id,
+                source_name,
+            }) => {
                 stage.on_end_of_stream(source_id, &source_name, &mut out)?;
             }
             Received::Timeout => stage.on_timer(Instant::now(), &mut out)?,

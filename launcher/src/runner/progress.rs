@@ -11,7 +11,11 @@ use super::metrics::{MetricsSnapshot, StageMetrics};
 /// What the reporter watches.
 pub struct Watched {
     pub sources: Vec<Arc<SourceProgress>>,
-    pub stages: Vec<(String, Arc<StageMetrics>, Arc<dyn Fn() -> usize + Send + Sync>)>,
+    pub stages: Vec<(
+        String,
+        Arc<StageMetrics>,
+        Arc<dyn Fn() -> usize + Send + Sync>,
+    )>,
 }
 
 pub struct ProgressReporter {
@@ -26,7 +30,13 @@ impl ProgressReporter {
     pub fn new(watched: Watched) -> Self {
         let n = watched.stages.len();
         let now = Instant::now();
-        Self { watched, started: now, last: now, last_frames: 0, last_stage: vec![MetricsSnapshot::default(); n] }
+        Self {
+            watched,
+            started: now,
+            last: now,
+            last_frames: 0,
+            last_stage: vec![MetricsSnapshot::default(); n],
+        }
     }
 
     /// Frames decoded so far and, when every source knows its duration, the expected total.
@@ -36,9 +46,14 @@ impl ProgressReporter {
         for s in &self.watched.sources {
             let frames = s.frames.load(Ordering::Relaxed);
             done += frames;
-            let (pos, dur) = (s.position_ns.load(Ordering::Relaxed), s.duration_ns.load(Ordering::Relaxed));
+            let (pos, dur) = (
+                s.position_ns.load(Ordering::Relaxed),
+                s.duration_ns.load(Ordering::Relaxed),
+            );
             total = match total {
-                Some(t) if dur > 0 && pos > 0 => Some(t + ((frames as f64) * dur as f64 / pos as f64).round() as u64),
+                Some(t) if dur > 0 && pos > 0 => {
+                    Some(t + ((frames as f64) * dur as f64 / pos as f64).round() as u64)
+                }
                 _ => None,
             };
         }
@@ -51,19 +66,34 @@ impl ProgressReporter {
         let dt = now.duration_since(self.last).as_secs_f64().max(1e-3);
         let (frames, total) = self.frames();
         let fps = (frames - self.last_frames.min(frames)) as f64 / dt;
-        let mut line = format!("[{:>6.1}s] frames {frames}", now.duration_since(self.started).as_secs_f64());
+        let mut line = format!(
+            "[{:>6.1}s] frames {frames}",
+            now.duration_since(self.started).as_secs_f64()
+        );
         if let Some(total) = total.filter(|t| *t > 0) {
-            line.push_str(&format!("/{total} ({:.0}%)", 100.0 * frames as f64 / total as f64));
+            line.push_str(&format!(
+                "/{total} ({:.0}%)",
+                100.0 * frames as f64 / total as f64
+            ));
         }
         line.push_str(&format!(" {fps:.1} fps"));
         if let Some(total) = total {
             if fps > 0.0 && total > frames {
-                line.push_str(&format!(" ETA {}", humantime::format_duration(Duration::from_secs(((total - frames) as f64 / fps).ceil() as u64))));
+                line.push_str(&format!(
+                    " ETA {}",
+                    humantime::format_duration(Duration::from_secs(
+                        ((total - frames) as f64 / fps).ceil() as u64
+                    ))
+                ));
             }
         }
         for (i, (name, metrics, depth)) in self.watched.stages.iter().enumerate() {
             let snap = metrics.snapshot();
-            line.push_str(&format!(" | {name} {:.1}ms q{}", snap.ms_per_batch_since(&self.last_stage[i]), depth()));
+            line.push_str(&format!(
+                " | {name} {:.1}ms q{}",
+                snap.ms_per_batch_since(&self.last_stage[i]),
+                depth()
+            ));
             self.last_stage[i] = snap;
         }
         self.last = now;

@@ -32,7 +32,9 @@ pub struct TopologyError {
 impl fmt::Display for TopologyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message),
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
             None => write!(f, "{}: {}", self.file.display(), self.message),
         }
     }
@@ -55,7 +57,10 @@ pub struct StageEntry {
 
 impl fmt::Debug for StageEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StageEntry").field("name", &self.name).field("kind", &self.kind.name).finish()
+        f.debug_struct("StageEntry")
+            .field("name", &self.name)
+            .field("kind", &self.kind.name)
+            .finish()
     }
 }
 
@@ -93,8 +98,8 @@ impl Topology {
             position: offset.map(|o| line_col(text, o)),
             message,
         };
-        let parsed: TopologyFile =
-            toml::from_str(text).map_err(|e| at(e.span().map(|s| s.start), e.message().trim().to_string()))?;
+        let parsed: TopologyFile = toml::from_str(text)
+            .map_err(|e| at(e.span().map(|s| s.start), e.message().trim().to_string()))?;
         if let Some(p) = &parsed.placement {
             return Err(at(
                 Some(p.span().start),
@@ -102,7 +107,13 @@ impl Topology {
             ));
         }
         if parsed.pipeline.queue == 0 || parsed.pipeline.queue > 4096 {
-            return Err(at(None, format!("pipeline.queue must be 1..=4096, got {}", parsed.pipeline.queue)));
+            return Err(at(
+                None,
+                format!(
+                    "pipeline.queue must be 1..=4096, got {}",
+                    parsed.pipeline.queue
+                ),
+            ));
         }
 
         // Stage offsets: find each `[stage.NAME]` / `NAME = {` in the text for error positions.
@@ -111,16 +122,32 @@ impl Topology {
         let source_names: Vec<String> = parsed
             .source
             .iter()
-            .map(|s| s.get_ref().get("id").and_then(|v| v.as_str()).unwrap_or_default().to_string())
+            .map(|s| {
+                s.get_ref()
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect();
-        let ctx = |stage: &str| BuildContext { stage_name: stage.to_string(), base_dir: base_dir.to_path_buf(), sources: source_names.clone() };
+        let ctx = |stage: &str| BuildContext {
+            stage_name: stage.to_string(),
+            base_dir: base_dir.to_path_buf(),
+            sources: source_names.clone(),
+        };
 
         let mut sources = Vec::new();
         for (i, entry) in parsed.source.iter().enumerate() {
             let (settings, uri) = source::Settings::load(entry.get_ref(), &ctx(SOURCES))
                 .map_err(|e| at(Some(entry.span().start), format!("source #{}: {e}", i + 1)))?;
-            if sources.iter().any(|s: &SourceEntry| s.settings.id == settings.id) {
-                return Err(at(Some(entry.span().start), format!("two sources are named `{}`", settings.id)));
+            if sources
+                .iter()
+                .any(|s: &SourceEntry| s.settings.id == settings.id)
+            {
+                return Err(at(
+                    Some(entry.span().start),
+                    format!("two sources are named `{}`", settings.id),
+                ));
             }
             sources.push(SourceEntry { settings, uri });
         }
@@ -128,22 +155,45 @@ impl Topology {
         let mut stages = Vec::new();
         for (name, value) in &parsed.stage {
             let offset = stage_offset(name);
-            let table = value
-                .as_table()
-                .ok_or_else(|| at(offset, format!("stage `{name}` must be a table like {{ kind = \"infer\", ... }}")))?;
-            if name == SOURCES {
-                return Err(at(offset, format!("`{SOURCES}` is reserved for the [[source]] entries; rename this stage")));
-            }
-            let kind_name = table
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .ok_or_else(|| at(offset, format!("stage `{name}` has no `kind` (one of {})", kind_names())))?;
-            let kind = find_kind(kind_name).ok_or_else(|| {
-                let hint = closest(kind_name, STAGE_KINDS.iter().map(|k| k.name)).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
-                at(offset, format!("stage `{name}`: unknown stage kind `{kind_name}` (known: {}){hint}", kind_names()))
+            let table = value.as_table().ok_or_else(|| {
+                at(
+                    offset,
+                    format!("stage `{name}` must be a table like {{ kind = \"infer\", ... }}"),
+                )
             })?;
-            (kind.check)(table, &ctx(name)).map_err(|e| at(offset, format!("stage `{name}` ({kind_name}): {e}")))?;
-            stages.push(StageEntry { name: name.clone(), kind, table: table.clone() });
+            if name == SOURCES {
+                return Err(at(
+                    offset,
+                    format!(
+                        "`{SOURCES}` is reserved for the [[source]] entries; rename this stage"
+                    ),
+                ));
+            }
+            let kind_name = table.get("kind").and_then(|k| k.as_str()).ok_or_else(|| {
+                at(
+                    offset,
+                    format!("stage `{name}` has no `kind` (one of {})", kind_names()),
+                )
+            })?;
+            let kind = find_kind(kind_name).ok_or_else(|| {
+                let hint = closest(kind_name, STAGE_KINDS.iter().map(|k| k.name))
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_default();
+                at(
+                    offset,
+                    format!(
+                        "stage `{name}`: unknown stage kind `{kind_name}` (known: {}){hint}",
+                        kind_names()
+                    ),
+                )
+            })?;
+            (kind.check)(table, &ctx(name))
+                .map_err(|e| at(offset, format!("stage `{name}` ({kind_name}): {e}")))?;
+            stages.push(StageEntry {
+                name: name.clone(),
+                kind,
+                table: table.clone(),
+            });
         }
 
         let mut links = Vec::new();
@@ -153,26 +203,45 @@ impl Topology {
             for end in [from, to] {
                 if end != SOURCES && !stages.iter().any(|s| &s.name == end) {
                     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-                    let hint = closest(end, names.iter().copied()).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
+                    let hint = closest(end, names.iter().copied())
+                        .map(|k| format!("; did you mean `{k}`?"))
+                        .unwrap_or_default();
                     return Err(at(here, format!("link [\"{from}\", \"{to}\"] names a missing stage `{end}` (stages: {}){hint}", names.join(", "))));
                 }
             }
             if to == SOURCES {
-                return Err(at(here, format!("link [\"{from}\", \"{to}\"]: `{SOURCES}` cannot receive, it only produces")));
+                return Err(at(
+                    here,
+                    format!(
+                        "link [\"{from}\", \"{to}\"]: `{SOURCES}` cannot receive, it only produces"
+                    ),
+                ));
             }
             if from == to {
-                return Err(at(here, format!("link [\"{from}\", \"{to}\"] connects a stage to itself")));
+                return Err(at(
+                    here,
+                    format!("link [\"{from}\", \"{to}\"] connects a stage to itself"),
+                ));
             }
             if links.contains(&(from.clone(), to.clone())) {
-                return Err(at(here, format!("link [\"{from}\", \"{to}\"] appears twice")));
+                return Err(at(
+                    here,
+                    format!("link [\"{from}\", \"{to}\"] appears twice"),
+                ));
             }
             links.push((from.clone(), to.clone()));
         }
 
         let order = graph::order(&stages, &links).map_err(|e| at(None, e))?;
-        let stages = order.into_iter().map(|i| stages[i].clone()).collect::<Vec<_>>();
+        let stages = order
+            .into_iter()
+            .map(|i| stages[i].clone())
+            .collect::<Vec<_>>();
         if !sources.is_empty() && !links.iter().any(|(f, _)| f == SOURCES) {
-            return Err(at(None, format!("no link starts at `{SOURCES}`, so no frames would enter the pipeline")));
+            return Err(at(
+                None,
+                format!("no link starts at `{SOURCES}`, so no frames would enter the pipeline"),
+            ));
         }
         if sources.is_empty() {
             return Err(at(None, "the topology has no [[source]] entries".into()));
@@ -200,9 +269,19 @@ impl Topology {
     /// Graphviz DOT for `vidmesh graph`.
     pub fn to_dot(&self) -> String {
         let mut s = format!("digraph \"{}\" {{\n  rankdir=LR;\n", self.name);
-        s.push_str(&format!("  \"{SOURCES}\" [shape=folder, label=\"{SOURCES}\\n{}\"];\n", self.sources.iter().map(|x| x.settings.id.as_str()).collect::<Vec<_>>().join(", ")));
+        s.push_str(&format!(
+            "  \"{SOURCES}\" [shape=folder, label=\"{SOURCES}\\n{}\"];\n",
+            self.sources
+                .iter()
+                .map(|x| x.settings.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
         for st in &self.stages {
-            s.push_str(&format!("  \"{}\" [shape=box, label=\"{}\\n({})\"];\n", st.name, st.name, st.kind.name));
+            s.push_str(&format!(
+                "  \"{}\" [shape=box, label=\"{}\\n({})\"];\n",
+                st.name, st.name, st.kind.name
+            ));
         }
         for (a, b) in &self.links {
             s.push_str(&format!("  \"{a}\" -> \"{b}\";\n"));
@@ -213,7 +292,11 @@ impl Topology {
 }
 
 fn kind_names() -> String {
-    STAGE_KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+    STAGE_KINDS
+        .iter()
+        .map(|k| k.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -248,7 +331,11 @@ fn find_stage_offset(text: &str, name: &str) -> Option<usize> {
 
 /// The candidate within edit distance 2 of `word`, for "did you mean" hints.
 fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    candidates.map(|c| (edit_distance(word, c), c)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, c)| c)
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

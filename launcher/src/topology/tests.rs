@@ -1,7 +1,11 @@
 use super::*;
 
 fn write_model(dir: &Path) {
-    std::fs::write(dir.join("m.onnx"), b"not really a model, existence is what validation checks").unwrap();
+    std::fs::write(
+        dir.join("m.onnx"),
+        b"not really a model, existence is what validation checks",
+    )
+    .unwrap();
     std::fs::write(dir.join("clip.mp4"), b"x").unwrap();
 }
 
@@ -54,7 +58,10 @@ fn a_good_topology_orders_stages_producers_first() {
 #[test]
 fn unknown_stage_kind_names_file_line_and_known_kinds() {
     let e = error(&GOOD.replace("kind = \"infer\"", "kind = \"infr\""));
-    assert!(e.starts_with("t.toml:19:1: stage `detect`: unknown stage kind `infr`"), "{e}");
+    assert!(
+        e.starts_with("t.toml:19:1: stage `detect`: unknown stage kind `infr`"),
+        "{e}"
+    );
     assert!(e.contains("did you mean `infer`"), "{e}");
 }
 
@@ -62,20 +69,34 @@ fn unknown_stage_kind_names_file_line_and_known_kinds() {
 fn link_to_missing_stage_is_named_with_its_line() {
     let e = error(&GOOD.replace("[\"detect\", \"out\"]", "[\"detect\", \"outt\"]"));
     assert!(e.starts_with("t.toml:4:"), "{e}");
-    assert!(e.contains("missing stage `outt`") && e.contains("did you mean `out`"), "{e}");
+    assert!(
+        e.contains("missing stage `outt`") && e.contains("did you mean `out`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn cycles_are_reported_as_a_path() {
-    let e = error(&GOOD.replace("[\"detect\", \"out\"]", "[\"detect\", \"out\"], [\"out\", \"pre\"]"));
+    let e = error(&GOOD.replace(
+        "[\"detect\", \"out\"]",
+        "[\"detect\", \"out\"], [\"out\", \"pre\"]",
+    ));
     assert!(e.contains("links form a cycle"), "{e}");
-    assert!(e.contains("pre -> detect") && e.contains("out -> pre"), "{e}");
+    assert!(
+        e.contains("pre -> detect") && e.contains("out -> pre"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_model_file_is_named() {
     let e = error(&GOOD.replace("m.onnx", "missing.onnx"));
-    assert!(e.contains("stage `detect` (infer): model file") && e.contains("missing.onnx") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.contains("stage `detect` (infer): model file")
+            && e.contains("missing.onnx")
+            && e.contains("does not exist"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -88,7 +109,10 @@ fn bad_source_uri_is_named() {
 #[test]
 fn unknown_keys_and_wrong_types_point_at_the_problem() {
     let e = error(&GOOD.replace("batch_size = 2", "batch_size = \"two\""));
-    assert!(e.contains("stage `mux` (mux)") && e.contains("batch_size"), "{e}");
+    assert!(
+        e.contains("stage `mux` (mux)") && e.contains("batch_size"),
+        "{e}"
+    );
     let e = error(&GOOD.replace("name = \"t\"", "name = \"t\"\nlinkz = []"));
     assert!(e.starts_with("t.toml:4:1: unknown field `linkz`"), "{e}");
     let e = error("[pipeline\nname=");
@@ -97,12 +121,21 @@ fn unknown_keys_and_wrong_types_point_at_the_problem() {
 
 #[test]
 fn a_stage_nothing_feeds_is_rejected() {
-    let e = error(&GOOD.replace("[\"detect\", \"out\"]", "[\"pre\", \"out\"]").replace("[\"pre\", \"detect\"], ", ""));
+    let e = error(
+        &GOOD
+            .replace("[\"detect\", \"out\"]", "[\"pre\", \"out\"]")
+            .replace("[\"pre\", \"detect\"], ", ""),
+    );
     assert!(e.contains("stage `detect` has no input"), "{e}");
 }
 
 #[test]
 fn placement_is_refused_until_it_exists() {
-    let e = error(&format!("{GOOD}\n[placement]\ndetect = {{ host = \"a\" }}\n"));
-    assert!(e.contains("[placement]") && e.contains("not available yet"), "{e}");
+    let e = error(&format!(
+        "{GOOD}\n[placement]\ndetect = {{ host = \"a\" }}\n"
+    ));
+    assert!(
+        e.contains("[placement]") && e.contains("not available yet"),
+        "{e}"
+    );
 }
