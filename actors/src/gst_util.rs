@@ -37,7 +37,7 @@ pub fn describe_error(err: &gst::message::Error) -> String {
 pub fn pending_error(bus: &gst::Bus) -> Option<String> {
     while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
         if let gst::MessageView::Error(err) = msg.view() {
-            return Some(describe_error(&err));
+            return Some(describe_error(err));
         }
     }
     None

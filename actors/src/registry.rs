@@ -2,6 +2,9 @@
 
 use crate::stage::{BuildContext, Stage, StageError};
 
+/// Builds a ready-to-run stage from its settings table.
+pub type BuildFn = fn(&toml::Table, &BuildContext) -> Result<Box<dyn Stage>, StageError>;
+
 /// A stage kind: its name in topology files, and how to check and build it.
 pub struct StageKind {
     pub name: &'static str,
@@ -10,7 +13,7 @@ pub struct StageKind {
     /// Validates settings without starting anything heavy (no model loading, no pipelines).
     pub check: fn(&toml::Table, &BuildContext) -> Result<(), StageError>,
     /// Builds a ready-to-run stage.
-    pub build: fn(&toml::Table, &BuildContext) -> Result<Box<dyn Stage>, StageError>,
+    pub build: BuildFn,
 }
 
 /// Every stage kind vidmesh knows.

@@ -119,16 +119,19 @@ def f32_text(x):
 def start_encoder(path, width, height, fps, sink):
     """x264 in an MP4 through gst-launch, reading packed BGR frames from stdin."""
     rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(25)
-    location = '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    cmd = (
-        "gst-launch-1.0 -q fdsrc fd=0 "
-        f"! rawvideoparse width={width} height={height} format=bgr "
-        f"framerate={rate.numerator}/{rate.denominator} plane-strides='<{width * 3}>' "
-        f"! videoconvert ! x264enc speed-preset={sink['speed_preset']} bitrate={sink['bitrate_kbps']} "
-        f"key-int-max={sink['key_int_max']} ! video/x-h264,profile=high ! h264parse ! mp4mux "
-        f"! filesink location={location}"
-    )
-    return subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    # An argv list, not a shell line: gst-launch escapes each argument itself.
+    cmd = [
+        "gst-launch-1.0", "-q", "fdsrc", "fd=0", "!",
+        "rawvideoparse", f"width={width}", f"height={height}", "format=bgr",
+        f"framerate={rate.numerator}/{rate.denominator}",
+        # Our rows are packed; GStreamer would otherwise expect them padded to 4 bytes.
+        f"plane-strides=<{width * 3}>", "!",
+        "videoconvert", "!",
+        "x264enc", f"speed-preset={sink['speed_preset']}", f"bitrate={sink['bitrate_kbps']}",
+        f"key-int-max={sink['key_int_max']}", "!",
+        "video/x-h264,profile=high", "!", "h264parse", "!", "mp4mux", "!", "filesink", f"location={path}",
+    ]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
 
 def draw(frame, boxes, track_ids, labels):

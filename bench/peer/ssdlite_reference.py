@@ -202,18 +202,20 @@ def f32_json(x):
 # Decoding exactly as vidmesh's source does.
 # --------------------------------------------------------------------------------------------
 
-def _gst_location(path):
-    # gst-launch parses its arguments: quote so that spaces and `!` in paths survive.
-    return 'location="' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _gst_decode(video, flag, *sink):
+    """gst-launch-1.0 argv decoding `video` to packed RGB as vidmesh's source does, into `sink`.
+
+    An argv list, not a shell line: gst-launch escapes each argument itself, so paths with
+    spaces or `!` stay one property value.
+    """
+    return ["gst-launch-1.0", flag, "filesrc", f"location={video}", "!", "decodebin", "!",
+            "videoconvert", "!", "video/x-raw,format=RGB", "!", *sink]
 
 
 def probe_size(video):
     """Width and height of the RGB frames GStreamer will deliver (caps of the first buffer)."""
-    cmd = (
-        f"gst-launch-1.0 -v filesrc {_gst_location(video)} ! decodebin ! videoconvert "
-        "! video/x-raw,format=RGB ! identity eos-after=1 ! fakesink"
-    )
-    out = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    cmd = _gst_decode(video, "-v", "identity", "eos-after=1", "!", "fakesink")
+    out = subprocess.run(cmd, capture_output=True, text=True)
     for line in out.stdout.splitlines():
         if "GstFakeSink" in line and "caps = video/x-raw" in line:
             w = re.search(r"width=\(int\)(\d+)", line)
@@ -229,11 +231,7 @@ def gst_rgb_frames(video):
     # GStreamer pads packed RGB rows to a multiple of 4 bytes.
     stride = (width * 3 + 3) & ~3
     frame_bytes = stride * height
-    cmd = (
-        f"gst-launch-1.0 -q filesrc {_gst_location(video)} ! decodebin ! videoconvert "
-        "! video/x-raw,format=RGB ! fdsink fd=1"
-    )
-    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, bufsize=frame_bytes)
+    proc = subprocess.Popen(_gst_decode(video, "-q", "fdsink", "fd=1"), stdout=subprocess.PIPE, bufsize=frame_bytes)
     try:
         while True:
             buf = bytearray(frame_bytes)

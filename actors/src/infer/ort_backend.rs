@@ -160,7 +160,8 @@ impl OrtBackend {
         let mut builder = Session::builder(env)
             .map_err(context)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .and_then(|b| b.with_intra_op_spinning(spinning))
+            .map_err(|e| context(e.into()))?
+            .with_intra_op_spinning(spinning)
             .map_err(|e| context(e.into()))?;
         if threads > 0 {
             builder = builder

@@ -145,8 +145,8 @@ impl ParserSettings {
                             continue;
                         }
                         let score = scores[a * classes + c];
-                        // `!(score >= t)` also rejects NaN from a broken model.
-                        if !(score >= threshold) {
+                        // Written so that NaN from a broken model is rejected too.
+                        if score.partial_cmp(&threshold).is_none_or(|o| o.is_lt()) {
                             continue;
                         }
                         let b = &boxes[a * 4..a * 4 + 4];

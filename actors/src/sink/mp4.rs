@@ -171,7 +171,7 @@ impl Mp4Writer {
             &[gst::MessageType::Eos, gst::MessageType::Error],
         ) {
             Some(msg) => match msg.view() {
-                gst::MessageView::Error(err) => Err(self.error(gst_util::describe_error(&err))),
+                gst::MessageView::Error(err) => Err(self.error(gst_util::describe_error(err))),
                 _ => Ok(()),
             },
             None => Err(self.error("the encoder did not finish within 60 s")),

@@ -24,7 +24,7 @@ use vidmesh_transport::{in_process_link, LinkReceiver, LinkSender, Received};
 
 use crate::topology::{Topology, SOURCES};
 pub use metrics::{MetricsSnapshot, StageMetrics};
-use progress::{ProgressReporter, Watched};
+use progress::{DepthProbe, ProgressReporter, Watched, WatchedStage};
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
@@ -145,8 +145,11 @@ pub fn run(
     let mut stage_threads = Vec::new();
     for ((entry, stage), inbox) in topology.stages.iter().zip(built).zip(inboxes) {
         let metrics = Arc::new(StageMetrics::default());
-        let depth = DepthProbe::new(&inbox);
-        watched_stages.push((entry.name.clone(), metrics.clone(), depth.probe()));
+        watched_stages.push(WatchedStage {
+            name: entry.name.clone(),
+            metrics: metrics.clone(),
+            inbox: DepthProbe::new(&inbox),
+        });
         let out = outputs_of(&entry.name);
         let (m, stop) = (metrics.clone(), stop.clone());
         let handle = std::thread::Builder::new()
@@ -264,29 +267,6 @@ pub fn run(
         stages,
         errors,
     })
-}
-
-/// Reads an inbox's queue depth from another thread.
-struct DepthProbe {
-    stats: Arc<vidmesh_transport::LinkStats>,
-    capacity: usize,
-}
-
-impl DepthProbe {
-    fn new(inbox: &LinkReceiver) -> Self {
-        Self {
-            stats: inbox.stats().clone(),
-            capacity: inbox.capacity(),
-        }
-    }
-
-    fn probe(self) -> Arc<dyn Fn() -> usize + Send + Sync> {
-        Arc::new(move || {
-            let sent = self.stats.sent.load(Ordering::Relaxed);
-            let received = self.stats.received.load(Ordering::Relaxed);
-            (sent.saturating_sub(received) as usize).min(self.capacity)
-        })
-    }
 }
 
 fn now_ns() -> u64 {

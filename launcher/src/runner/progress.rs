@@ -5,17 +5,42 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vidmesh_actors::source::SourceProgress;
+use vidmesh_transport::{LinkReceiver, LinkStats};
 
 use super::metrics::{MetricsSnapshot, StageMetrics};
 
 /// What the reporter watches.
 pub struct Watched {
     pub sources: Vec<Arc<SourceProgress>>,
-    pub stages: Vec<(
-        String,
-        Arc<StageMetrics>,
-        Arc<dyn Fn() -> usize + Send + Sync>,
-    )>,
+    pub stages: Vec<WatchedStage>,
+}
+
+/// One stage: its counters and its inbox's depth.
+pub struct WatchedStage {
+    pub name: String,
+    pub metrics: Arc<StageMetrics>,
+    pub inbox: DepthProbe,
+}
+
+/// Reads an inbox's queue depth from another thread.
+pub struct DepthProbe {
+    stats: Arc<LinkStats>,
+    capacity: usize,
+}
+
+impl DepthProbe {
+    pub fn new(inbox: &LinkReceiver) -> Self {
+        Self {
+            stats: inbox.stats().clone(),
+            capacity: inbox.capacity(),
+        }
+    }
+
+    pub fn depth(&self) -> usize {
+        let sent = self.stats.sent.load(Ordering::Relaxed);
+        let received = self.stats.received.load(Ordering::Relaxed);
+        (sent.saturating_sub(received) as usize).min(self.capacity)
+    }
 }
 
 pub struct ProgressReporter {
@@ -87,12 +112,13 @@ impl ProgressReporter {
                 ));
             }
         }
-        for (i, (name, metrics, depth)) in self.watched.stages.iter().enumerate() {
-            let snap = metrics.snapshot();
+        for (i, stage) in self.watched.stages.iter().enumerate() {
+            let snap = stage.metrics.snapshot();
             line.push_str(&format!(
-                " | {name} {:.1}ms q{}",
+                " | {} {:.1}ms q{}",
+                stage.name,
                 snap.ms_per_batch_since(&self.last_stage[i]),
-                depth()
+                stage.inbox.depth()
             ));
             self.last_stage[i] = snap;
         }
