@@ -187,6 +187,32 @@ def load():
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def file_stamp(path):
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(st.st_mtime))}
+
+
+class InputWatch:
+    """Notices when the binary or a clip is rewritten mid-benchmark (others share the repo):
+    runs of two different builds or clips do not compare."""
+
+    def __init__(self):
+        self.stamps, self.changed = {}, []
+
+    def add(self, path):
+        self.stamps[path] = file_stamp(path)
+
+    def check(self):
+        for path, stamp in self.stamps.items():
+            if path not in self.changed and file_stamp(path) != stamp:
+                self.changed.append(path)
+                print(f"  warning: {path.relative_to(ROOT)} was rewritten during the benchmark; "
+                      "its runs mix two versions", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=2, help="runs of each side per clip (default 2)")
@@ -213,12 +239,16 @@ def main():
             print(f"skipping {name}: {video.relative_to(ROOT)} does not exist")
 
     results = {"machine": info, "revision": git_revision(), "repeat": args.repeat,
-               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_before": load(), "clips": []}
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_before": load(),
+               "clips": []}
+    watch = InputWatch()
+    watch.add(VIDMESH)
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-") as tmp:
         tmp = Path(tmp)
         for name, video, base in clips:
             (tmp / name).mkdir()
             topology, _ = clip_topology(base, video, name, tmp / name / "vidmesh")
+            watch.add(video)
             runs = {"vidmesh": [], "peer": []}
             for r in range(args.repeat):
                 # Alternate who goes first so drift in the machine's load hits both sides.
@@ -231,6 +261,7 @@ def main():
                         run = run_peer(python, video, topology, tmp / name / "peer")
                     run["load_before"] = before
                     runs[side].append(run)
+                    watch.check()
                     print(f"  {name} run {r + 1}/{args.repeat} {side:7s}: {run['frames']} frames, "
                           f"{run['fps']:.1f} fps ({run['elapsed_s']:.1f} s; load {before[0]})", flush=True)
             med = {side: statistics.median(x["fps"] for x in rs) for side, rs in runs.items()}
@@ -249,6 +280,8 @@ def main():
                     last["frames"], last["objects"], last["tracks"])
             results["clips"].append(clip)
     results["load_after"] = load()
+    results["inputs"] = {str(p.relative_to(ROOT)): st for p, st in watch.stamps.items()}
+    results["inputs_changed_during_run"] = [str(p.relative_to(ROOT)) for p in watch.changed]
 
     print()
     print(f"{'clip':8s} {'vidmesh fps':>11s} {'peer fps':>9s} {'ratio':>6s}   "
@@ -259,6 +292,9 @@ def main():
               f"{c['vidmesh_tracks']:>7d}/{c['peer_tracks']:<7d}")
     print(f"(median of {args.repeat} runs each; {info['nproc']} CPUs, {info['cpu_model']}; "
           f"load average before {results['load_before']}, after {results['load_after']})")
+    if watch.changed:
+        print("warning: rewritten during the benchmark: "
+              f"{', '.join(results['inputs_changed_during_run'])}; rerun for numbers of one version")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {args.out}")

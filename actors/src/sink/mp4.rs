@@ -63,6 +63,15 @@ impl Mp4Writer {
             .max_bytes(4 * layout.min_len().unwrap_or(0) as u64)
             .build();
         let convert = gst_util::make("videoconvert")?;
+        // Without this, videoconvert picks the format closest to RGB (Y444) and x264 encodes
+        // High 4:4:4: slower, and not decodable by NVDEC or most players.
+        let yuv = gst_util::make("capsfilter")?;
+        yuv.set_property(
+            "caps",
+            gst_video::VideoCapsBuilder::new()
+                .format(gst_video::VideoFormat::I420)
+                .build(),
+        );
         let encoder = gst_util::make("x264enc")?;
         encoder.set_property("bitrate", settings.bitrate_kbps);
         encoder.set_property_from_str("speed-preset", &settings.speed_preset);
