@@ -45,6 +45,8 @@ pub struct FrameMeta {
     pub frame_num: u64,
     /// Presentation timestamp in nanoseconds, from the container or the capture clock.
     pub pts_ns: u64,
+    /// How long the frame is shown, in nanoseconds; 0 when unknown (e.g. live sources).
+    pub duration_ns: u64,
     /// Wall-clock capture time (Unix epoch, nanoseconds) when known.
     pub ntp_ns: Option<u64>,
     /// Wall-clock time the frame entered the pipeline (Unix epoch, nanoseconds); end-to-end

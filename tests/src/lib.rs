@@ -103,6 +103,40 @@ pub fn make_clip(path: &Path, frames: u32, width: u32, height: u32, faststart: b
     );
 }
 
+/// Decodes a video file with GStreamer and counts its frames.
+pub fn count_frames(path: &Path) -> usize {
+    use gst::prelude::*;
+    use gstreamer as gst;
+    gst::init().expect("GStreamer initialises");
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location=\"{}\" ! decodebin ! fakesink name=sink sync=false",
+        path.display()
+    ))
+    .expect("a decode pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    let sink = pipeline.by_name("sink").expect("fakesink");
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    sink.static_pad("sink")
+        .expect("sink pad")
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    pipeline.set_state(gst::State::Playing).expect("plays");
+    let bus = pipeline.bus().expect("bus");
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(120),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    let _ = pipeline.set_state(gst::State::Null);
+    match msg.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Eos(_)) => count.load(std::sync::atomic::Ordering::Relaxed),
+        other => panic!("cannot decode {}: {other:?}", path.display()),
+    }
+}
+
 /// Reads a topology from `topologies/`, with every `file://out/` output redirected into `dir`,
 /// and writes it there. Returns the new file's path.
 pub fn topology_in(name: &str, dir: &Path, edits: &[(&str, &str)]) -> PathBuf {

@@ -50,8 +50,9 @@ impl Mp4Writer {
         };
         let caps =
             gst_video::VideoInfo::builder(gst_video::VideoFormat::Rgb, layout.width, layout.height)
-                // Frames carry their own timestamps; 0/1 tells the encoder the rate is variable.
-                .fps(gst::Fraction::new(0, 1))
+                // The nominal rate comes from the first frame's duration; every frame still
+                // carries its own timestamp. 0/1 (variable) when the source does not say.
+                .fps(nominal_rate(first.duration_ns))
                 .build()
                 .map_err(ctx)?
                 .to_caps()
@@ -158,6 +159,9 @@ impl Mp4Writer {
         // Start the file at time zero whatever the source's clock says.
         let first = *self.first_pts.get_or_insert(frame.pts_ns);
         if let Some(b) = buffer.get_mut() {
+            if frame.duration_ns > 0 {
+                b.set_duration(gst::ClockTime::from_nseconds(frame.duration_ns));
+            }
             b.set_pts(gst::ClockTime::from_nseconds(
                 frame.pts_ns.saturating_sub(first),
             ));
@@ -190,4 +194,13 @@ impl Mp4Writer {
         tracing::info!(path = %self.path.display(), frames = self.frames, "finished");
         Ok((self.path, self.frames))
     }
+}
+
+/// Frames per second as a fraction, from a frame duration (e.g. 33366666 ns → 30000/1001).
+fn nominal_rate(duration_ns: u64) -> gst::Fraction {
+    if duration_ns == 0 {
+        return gst::Fraction::new(0, 1);
+    }
+    gst::Fraction::approximate_f64(1e9 / duration_ns as f64)
+        .unwrap_or_else(|| gst::Fraction::new(0, 1))
 }

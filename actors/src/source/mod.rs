@@ -277,6 +277,7 @@ impl GstSource {
             .buffer_owned()
             .ok_or_else(|| StageError::Runtime("decoded sample without buffer".into()))?;
         let pts_ns = buffer.pts().map(|t| t.nseconds()).unwrap_or(0);
+        let duration_ns = buffer.duration().map(|t| t.nseconds()).unwrap_or(0);
         let layout = ImageLayout {
             format: PixelFormat::Rgb24,
             width: info.width(),
@@ -295,6 +296,7 @@ impl GstSource {
             source_name: self.settings.id.clone(),
             frame_num,
             pts_ns,
+            duration_ns,
             ntp_ns: None,
             ingest_ns,
             width: layout.width,
