@@ -192,31 +192,42 @@ impl Preprocess {
             -offsets[2] * scale,
         ];
         let (ox, oy) = (transform.offset_x as usize, transform.offset_y as usize);
-        let write = |out: &mut [f32], x: usize, y: usize, c: usize, v: f32| match s.layout {
-            Layout::Nhwc => out[(y * w + x) * 3 + c] = v,
-            Layout::Nchw => out[c * w * h + y * w + x] = v,
-        };
         if plan.dst_width() as usize != w || plan.dst_height() as usize != h {
-            for y in 0..h {
-                for x in 0..w {
-                    for (c, p) in pad.iter().enumerate() {
-                        write(out, x, y, c, *p);
+            match s.layout {
+                Layout::Nhwc => out
+                    .chunks_exact_mut(3)
+                    .for_each(|px| px.copy_from_slice(&pad)),
+                Layout::Nchw => {
+                    for (c, plane) in out.chunks_exact_mut(w * h).enumerate() {
+                        plane.fill(pad[c]);
                     }
                 }
             }
         }
-        let mut px = [0f32; 3];
+        // One resampled RGB row at a time, then normalised into place: the inner loops are
+        // branch-free and walk memory in order.
+        let dst_w = plan.dst_width() as usize;
+        let mut row = vec![0f32; dst_w * 3];
         for y in 0..plan.dst_height() as usize {
-            for x in 0..plan.dst_width() as usize {
-                plan.sample(data, layout.stride as usize, x, y, &mut px);
-                for c in 0..3 {
-                    write(
-                        out,
-                        x + ox,
-                        y + oy,
-                        c,
-                        (px[src_channel[c]] - offsets[c]) * scale,
-                    );
+            plan.sample_row(data, layout.stride as usize, y, &mut row);
+            let (ty, tx) = (y + oy, ox);
+            match s.layout {
+                Layout::Nhwc => {
+                    let dst = &mut out[(ty * w + tx) * 3..(ty * w + tx + dst_w) * 3];
+                    for (d, rgb) in dst.chunks_exact_mut(3).zip(row.chunks_exact(3)) {
+                        for c in 0..3 {
+                            d[c] = (rgb[src_channel[c]] - offsets[c]) * scale;
+                        }
+                    }
+                }
+                Layout::Nchw => {
+                    for c in 0..3 {
+                        let start = c * w * h + ty * w + tx;
+                        let dst = &mut out[start..start + dst_w];
+                        for (d, rgb) in dst.iter_mut().zip(row.chunks_exact(3)) {
+                            *d = (rgb[src_channel[c]] - offsets[c]) * scale;
+                        }
+                    }
                 }
             }
         }

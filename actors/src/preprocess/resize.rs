@@ -78,23 +78,25 @@ impl ResizePlan {
         self.ys.len() as u32
     }
 
-    /// Samples destination pixel (x, y) of a packed RGB image into `px` (as f32 0..255).
-    #[inline]
-    pub fn sample(&self, data: &[u8], stride: usize, x: usize, y: usize, px: &mut [f32; 3]) {
-        let tx = self.xs[x];
+    /// Samples destination row `y` of a packed RGB image into `out` (RGB triples as f32
+    /// 0..255, `dst_width * 3` values).
+    pub fn sample_row(&self, data: &[u8], stride: usize, y: usize, out: &mut [f32]) {
         let ty = self.ys[y];
-        let top = ty.lower * stride;
-        let bottom = ty.upper * stride;
-        let (l, r) = (tx.lower * 3, tx.upper * 3);
-        for (c, v) in px.iter_mut().enumerate() {
-            let tl = data[top + l + c] as f32;
-            let tr = data[top + r + c] as f32;
-            let bl = data[bottom + l + c] as f32;
-            let br = data[bottom + r + c] as f32;
-            // Same operation order as TensorFlow's compute_lerp, so f32 results agree.
-            let t = tl + (tr - tl) * tx.lerp;
-            let b = bl + (br - bl) * tx.lerp;
-            *v = t + (b - t) * ty.lerp;
+        let top = &data[ty.lower * stride..];
+        let bottom = &data[ty.upper * stride..];
+        let wy = ty.lerp;
+        for (px, tx) in out.chunks_exact_mut(3).zip(&self.xs) {
+            let (l, r, wx) = (tx.lower * 3, tx.upper * 3, tx.lerp);
+            for c in 0..3 {
+                let tl = top[l + c] as f32;
+                let tr = top[r + c] as f32;
+                let bl = bottom[l + c] as f32;
+                let br = bottom[r + c] as f32;
+                // Same operation order as TensorFlow's compute_lerp, so f32 results agree.
+                let t = tl + (tr - tl) * wx;
+                let b = bl + (br - bl) * wx;
+                px[c] = t + (b - t) * wy;
+            }
         }
     }
 }
