@@ -242,6 +242,7 @@ mod tests {
                 source_name: "cam3".into(),
                 frame_num: 1000,
                 pts_ns: 33_333_333,
+                duration_ns: 33_333_333,
                 ntp_ns: Some(1_700_000_000_000_000_000),
                 ingest_ns: 5,
                 width: 4,

@@ -5,6 +5,8 @@
 //! provides it: `scripts/setup` (the README's test command runs it first).
 
 use std::path::{Path, PathBuf};
+pub mod rtsp;
+
 use std::process::Command;
 
 /// The repository root.
