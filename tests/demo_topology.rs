@@ -1,11 +1,9 @@
 //! The README demo topology runs on the street video and produces what the README promises:
 //! an annotated MP4 with every frame and one DeepStream minimal-schema event line per frame.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+mod common;
 
-use vidmesh::{run, RunOptions, Topology};
-use vidmesh_tests::{count_frames, ensure_onnxruntime, model, prepared, repo_root, topology_in};
+use vidmesh_tests::{count_frames, ensure_onnxruntime, model, prepared, topology_in};
 
 #[test]
 fn demo_topology_annotates_the_street_video_and_publishes_events() {
@@ -14,19 +12,7 @@ fn demo_topology_annotates_the_street_video_and_publishes_events() {
     prepared("data/vtest.avi");
     let scratch = tempfile::tempdir().unwrap();
     let path = topology_in("demo.toml", scratch.path(), &[]);
-    let topology = Topology::parse(
-        &path,
-        &std::fs::read_to_string(&path).unwrap(),
-        &repo_root(),
-    )
-    .unwrap();
-    let summary = run(
-        &topology,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let summary = common::run_ok(&path);
     assert_eq!(summary.frames, 795, "vtest.avi has 795 frames");
 
     let objects: u64 = summary.fact("detect", "objects").unwrap().parse().unwrap();

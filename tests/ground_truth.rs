@@ -2,15 +2,14 @@
 //! paths, see docs/DATA.md): recall and precision at IoU 0.5 of at least 0.9, and at most one
 //! track-id switch per person.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use serde::Deserialize;
-use vidmesh::{run, RunOptions, Topology};
 use vidmesh_tests::{
-    ensure_onnxruntime, iou, model, prepared, read_native, repo_root, topology_in, NativeFrame,
+    ensure_onnxruntime, iou, model, prepared, read_native, topology_in, NativeFrame,
 };
 
 #[derive(Deserialize)]
@@ -108,16 +107,7 @@ fn detects_and_tracks_the_people_of_the_ground_truth_clip() {
     let truth: Truth = serde_json::from_str(&std::fs::read_to_string(truth_path).unwrap()).unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let topology_path = topology_in("ground-truth.toml", scratch.path(), &[]);
-    let text = std::fs::read_to_string(&topology_path).unwrap();
-    let topology = Topology::parse(&topology_path, &text, &repo_root()).unwrap();
-
-    let summary = run(
-        &topology,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let summary = common::run_ok(&topology_path);
     let frames = read_native(&scratch.path().join("gt/detections.jsonl"));
     assert_eq!(frames.len() as u64, summary.frames);
 

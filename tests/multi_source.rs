@@ -2,14 +2,12 @@
 //! own end of stream, and track ids never collide across streams. A source that fails does not
 //! stop the others.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+mod common;
 
-use vidmesh::{run, RunOptions, Topology};
+use std::collections::{HashMap, HashSet};
+
 use vidmesh_tests::{
-    count_frames, ensure_onnxruntime, make_clip, model, prepared, read_native, repo_root,
-    topology_in,
+    count_frames, ensure_onnxruntime, make_clip, model, prepared, read_native, topology_in,
 };
 
 #[test]
@@ -32,19 +30,7 @@ fn two_streams_run_side_by_side_with_separate_outputs_and_ids() {
             ("gt/annotated.mp4", "gt/annotated-{source}.mp4"),
         ],
     );
-    let topology = Topology::parse(
-        &path,
-        &std::fs::read_to_string(&path).unwrap(),
-        &repo_root(),
-    )
-    .unwrap();
-    let summary = run(
-        &topology,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let summary = common::run_ok(&path);
     let frames: HashMap<&str, u64> = summary
         .sources
         .iter()
@@ -119,18 +105,7 @@ fn a_failing_source_does_not_stop_the_others() {
             ("gt/annotated.mp4", "gt/annotated-{source}.mp4"),
         ],
     );
-    let topology = Topology::parse(
-        &path,
-        &std::fs::read_to_string(&path).unwrap(),
-        &repo_root(),
-    )
-    .unwrap();
-    let summary = run(
-        &topology,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
+    let summary = common::run_file(&path);
     assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
     assert!(
         summary.errors[0].starts_with("source `bad`"),

@@ -3,11 +3,10 @@
 //! and post-processing written in numpy (bench/peer/ssdlite_reference.py): same boxes within
 //! 1 pixel, same scores within 1e-3, frame by frame.
 
-use std::process::Command;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+mod common;
 
-use vidmesh::{run, RunOptions, Topology};
+use std::process::Command;
+
 use vidmesh_tests::{
     ensure_onnxruntime, model, prepared, read_native, repo_root, topology_in, venv_python,
     NativeFrame,
@@ -64,19 +63,7 @@ fn detections_match_the_python_onnxruntime_reference() {
     let clip = prepared("data/gt/people.mp4");
     let scratch = tempfile::tempdir().unwrap();
     let path = topology_in("ground-truth.toml", scratch.path(), &[]);
-    let topology = Topology::parse(
-        &path,
-        &std::fs::read_to_string(&path).unwrap(),
-        &repo_root(),
-    )
-    .unwrap();
-    let summary = run(
-        &topology,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    common::run_ok(&path);
 
     let reference = scratch.path().join("reference.jsonl");
     let status = Command::new(venv_python())

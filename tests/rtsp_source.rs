@@ -2,12 +2,10 @@
 //! pipeline: every frame arrives, the stream ends cleanly when the server's media ends, and the
 //! password never shows up in the summary.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+mod common;
 
-use vidmesh::{run, RunOptions, Topology};
 use vidmesh_tests::rtsp::RtspServer;
-use vidmesh_tests::{make_clip, read_native, repo_root};
+use vidmesh_tests::{make_clip, read_native};
 
 #[test]
 fn rtsp_source_delivers_every_frame() {
@@ -37,14 +35,7 @@ meta = {{ kind = "broker", uri = "file://{}/meta.jsonl", schema = "native" }}
     );
     let path = scratch.path().join("rtsp.toml");
     std::fs::write(&path, &text).unwrap();
-    let topology = Topology::parse(&path, &text, &repo_root()).unwrap();
-    let summary = run(
-        &topology,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
-    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let summary = common::run_ok(&path);
     assert_eq!(summary.sources[0].frames, 60);
     let frames = read_native(&scratch.path().join("meta.jsonl"));
     assert_eq!(frames.len(), 60);
@@ -65,13 +56,8 @@ fn wrong_rtsp_password_is_a_clear_error_without_the_password() {
         "[pipeline]\nname = \"rtsp\"\nlinks = [[\"sources\", \"mux\"]]\n\n[[source]]\nid = \"cam\"\nuri = \"{uri}\"\ntimeout = \"5s\"\n\n[stage]\nmux = {{ kind = \"mux\" }}\n"
     );
     let path = scratch.path().join("rtsp.toml");
-    let topology = Topology::parse(&path, &text, &repo_root()).unwrap();
-    let summary = run(
-        &topology,
-        &RunOptions::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let summary = common::run_file(&path);
     assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
     let error = &summary.errors[0];
     assert!(
