@@ -1,10 +1,11 @@
 //! The IoU tracker for one stream.
 
-use vidmesh_protocol::{BBox, ObjectMeta};
+use serde::{Deserialize, Serialize};
+use vidmesh_protocol::{BBox, FrameMeta, ObjectMeta};
 
-use super::Settings;
+use super::{IdAllocator, Settings, Tracker};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct TrackState {
     id: u64,
     class_id: i32,
@@ -28,9 +29,19 @@ impl IouTracker {
         }
     }
 
-    /// Associates this frame's objects with tracks, sets their `track_id`s, and returns how many
-    /// tracks became confirmed in this frame.
-    pub fn update(&mut self, objects: &mut [ObjectMeta], next_id: &mut u64) -> u64 {
+    pub fn restore(
+        settings: Settings,
+        state: serde_json::Value,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            settings,
+            tracks: serde_json::from_value(state)?,
+        })
+    }
+
+    /// Associates `objects` with tracks, sets their `track_id`s, and returns how many tracks
+    /// became confirmed.
+    fn associate(&mut self, objects: &mut [ObjectMeta], ids: &mut IdAllocator) -> u64 {
         // All candidate pairs above the threshold, best overlap first: greedy matching by IoU
         // is what DeepStream's IOU tracker does and is stable under equal scores.
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
@@ -74,13 +85,12 @@ impl IouTracker {
                 }
                 None => {
                     self.tracks.push(TrackState {
-                        id: *next_id,
+                        id: ids.allocate(),
                         class_id: object.class_id,
                         bbox: object.bbox,
                         hits: 1,
                         misses: 0,
                     });
-                    *next_id += 1;
                     if self.settings.min_hits == 1 {
                         newly_confirmed += 1;
                     }
@@ -96,6 +106,16 @@ impl IouTracker {
         let max_age = self.settings.max_age;
         self.tracks.retain(|t| t.misses <= max_age);
         newly_confirmed
+    }
+}
+
+impl Tracker for IouTracker {
+    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
+        self.associate(&mut frame.objects, ids)
+    }
+
+    fn save(&self) -> serde_json::Value {
+        serde_json::to_value(&self.tracks).unwrap_or_default()
     }
 }
 
@@ -122,14 +142,14 @@ mod tests {
     #[test]
     fn moving_object_keeps_its_id_once_confirmed() {
         let mut t = IouTracker::new(settings(2, 5));
-        let mut next = 1;
+        let mut next = IdAllocator::default();
         let mut f0 = vec![obj(0.0)];
-        assert_eq!(t.update(&mut f0, &mut next), 0);
+        assert_eq!(t.associate(&mut f0, &mut next), 0);
         assert_eq!(f0[0].track_id, None, "tentative on the first hit");
         let mut ids = Vec::new();
         for step in 1..10 {
             let mut f = vec![obj(step as f32 * 2.0)];
-            t.update(&mut f, &mut next);
+            t.associate(&mut f, &mut next);
             ids.push(f[0].track_id);
         }
         assert!(ids.iter().all(|id| *id == Some(1)), "{ids:?}");
@@ -138,18 +158,18 @@ mod tests {
     #[test]
     fn two_objects_get_two_ids_and_a_lost_track_expires() {
         let mut t = IouTracker::new(settings(1, 1));
-        let mut next = 1;
+        let mut next = IdAllocator::default();
         let mut f = vec![obj(0.0), obj(100.0)];
-        t.update(&mut f, &mut next);
+        t.associate(&mut f, &mut next);
         assert_eq!((f[0].track_id, f[1].track_id), (Some(1), Some(2)));
         // The second object disappears for two frames: beyond max_age, so it comes back new.
         for _ in 0..2 {
             let mut f = vec![obj(0.0)];
-            t.update(&mut f, &mut next);
+            t.associate(&mut f, &mut next);
             assert_eq!(f[0].track_id, Some(1));
         }
         let mut f = vec![obj(0.0), obj(100.0)];
-        t.update(&mut f, &mut next);
+        t.associate(&mut f, &mut next);
         assert_eq!(f[1].track_id, Some(3));
     }
 }
