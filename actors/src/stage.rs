@@ -103,7 +103,6 @@ pub trait Stage: Send {
 /// reference count, so fan-out does not copy pixels.
 pub struct Outputs {
     links: Vec<LinkSender>,
-    frames_out: u64,
     /// Time spent in sends since the last [`Outputs::take_send_time`]: mostly waiting for a
     /// full downstream queue, which the runner must not count as this stage's work.
     send_time: Duration,
@@ -113,7 +112,6 @@ impl Outputs {
     pub fn new(links: Vec<LinkSender>) -> Self {
         Self {
             links,
-            frames_out: 0,
             send_time: Duration::ZERO,
         }
     }
@@ -125,7 +123,6 @@ impl Outputs {
 
     /// Sends a batch downstream; waits while a downstream queue is full.
     pub fn emit(&mut self, batch: Batch) -> Result<(), StageError> {
-        self.frames_out += batch.frames.len() as u64;
         self.send(DataMessage::Batch(batch))
     }
 
@@ -134,11 +131,6 @@ impl Outputs {
             source_id,
             source_name: source_name.to_string(),
         })
-    }
-
-    /// Frames emitted so far.
-    pub fn frames_out(&self) -> u64 {
-        self.frames_out
     }
 
     fn send(&mut self, message: DataMessage) -> Result<(), StageError> {

@@ -93,13 +93,6 @@ impl LinkSender {
         Ok(())
     }
 
-    /// Sends from async code (network transports, control API).
-    pub async fn send(&self, message: DataMessage) -> Result<(), LinkClosed> {
-        self.tx.send(message).await.map_err(|_| self.closed())?;
-        self.stats.sent.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// The link's name, `producer->consumer`.
     pub fn name(&self) -> &str {
         &self.name
