@@ -6,6 +6,7 @@
 //!
 //! A new stage kind is one module here plus one line in [`registry::STAGE_KINDS`].
 
+pub mod analytics;
 pub mod broker;
 pub mod infer;
 pub mod msgconv;

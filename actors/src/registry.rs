@@ -22,6 +22,7 @@ pub static STAGE_KINDS: &[StageKind] = &[
     crate::preprocess::KIND,
     crate::infer::KIND,
     crate::track::KIND,
+    crate::analytics::KIND,
     crate::osd::KIND,
     crate::sink::KIND,
     crate::broker::KIND,

@@ -5,12 +5,13 @@
 //!   `"trackingId|left|top|right|bottom|label"` (DeepStream's minimal schema); untracked
 //!   objects carry DeepStream's `UNTRACKED_OBJECT_ID` (2^64-1).
 //! * `native`: vidmesh's own frame metadata as JSON, with full-precision confidences and boxes,
-//!   for consumers that want everything.
+//!   for consumers that want everything. User meta (frame and object) is included; a kind
+//!   ending in `+json` is written as the JSON it holds, other kinds as an array of bytes.
 
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use vidmesh_protocol::{FrameMeta, ObjectMeta};
+use vidmesh_protocol::{BBox, ClassifierMeta, FrameMeta, Mask, ObjectMeta, UserMeta};
 
 /// DeepStream's id for an object no tracker has claimed.
 pub const UNTRACKED_OBJECT_ID: u64 = u64::MAX;
@@ -44,7 +45,84 @@ struct NativePayload<'a> {
     ntp_ns: Option<u64>,
     width: u32,
     height: u32,
-    objects: &'a [ObjectMeta],
+    objects: Vec<NativeObject<'a>>,
+    user: Vec<NativeUser<'a>>,
+}
+
+/// An [`ObjectMeta`] as the native schema writes it: the same fields, user meta readable.
+#[derive(Serialize)]
+struct NativeObject<'a> {
+    component_id: u32,
+    class_id: i32,
+    label: &'a str,
+    confidence: f32,
+    bbox: BBox,
+    track_id: Option<u64>,
+    tracker_confidence: Option<f32>,
+    parent: Option<u32>,
+    classifiers: &'a [ClassifierMeta],
+    mask: &'a Option<Mask>,
+    user: Vec<NativeUser<'a>>,
+}
+
+impl<'a> From<&'a ObjectMeta> for NativeObject<'a> {
+    fn from(o: &'a ObjectMeta) -> Self {
+        // No `..`: a field added to ObjectMeta must be added here too.
+        let ObjectMeta {
+            component_id,
+            class_id,
+            label,
+            confidence,
+            bbox,
+            track_id,
+            tracker_confidence,
+            parent,
+            classifiers,
+            mask,
+            user,
+        } = o;
+        Self {
+            component_id: *component_id,
+            class_id: *class_id,
+            label,
+            confidence: *confidence,
+            bbox: *bbox,
+            track_id: *track_id,
+            tracker_confidence: *tracker_confidence,
+            parent: *parent,
+            classifiers,
+            mask,
+            user: user.iter().map(NativeUser::from).collect(),
+        }
+    }
+}
+
+/// A [`UserMeta`] with `+json` data as JSON rather than bytes.
+#[derive(Serialize)]
+struct NativeUser<'a> {
+    kind: &'a str,
+    data: NativeUserData<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum NativeUserData<'a> {
+    Json(serde_json::Value),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> From<&'a UserMeta> for NativeUser<'a> {
+    fn from(u: &'a UserMeta) -> Self {
+        let json = u
+            .kind
+            .ends_with("+json")
+            .then(|| serde_json::from_slice(&u.data).ok())
+            .flatten();
+        Self {
+            kind: &u.kind,
+            data: json.map_or(NativeUserData::Bytes(&u.data), NativeUserData::Json),
+        }
+    }
 }
 
 /// ISO 8601 UTC with milliseconds, as nvmsgconv writes `@timestamp`.
@@ -99,7 +177,8 @@ pub fn frame_payload(schema: Schema, frame: &FrameMeta) -> String {
             ntp_ns: frame.ntp_ns,
             width: frame.width,
             height: frame.height,
-            objects: &frame.objects,
+            objects: frame.objects.iter().map(NativeObject::from).collect(),
+            user: frame.user.iter().map(NativeUser::from).collect(),
         }),
     };
     // Serialising plain structs of strings and numbers cannot fail.
@@ -154,5 +233,32 @@ mod tests {
         assert_eq!(v["frame_num"], 12);
         assert!((v["objects"][0]["confidence"].as_f64().unwrap() - 0.123_456_78).abs() < 1e-7);
         assert_eq!(v["objects"][0]["track_id"], 5);
+        assert_eq!(v["objects"][0]["bbox"]["left"], 1.5);
+    }
+
+    #[test]
+    fn native_schema_writes_json_user_meta_as_json() {
+        let mut f = frame();
+        f.user.push(UserMeta {
+            kind: "vidmesh.analytics/frame+json".into(),
+            data: br#"{"lines":{"gate":{"entries":1}}}"#.to_vec().into(),
+        });
+        f.objects[0].user.push(UserMeta {
+            kind: "vidmesh.analytics/object+json".into(),
+            data: br#"{"rois":["door"]}"#.to_vec().into(),
+        });
+        f.objects[1].user.push(UserMeta {
+            kind: "app/binary".into(),
+            data: vec![1u8, 2].into(),
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&frame_payload(Schema::Native, &f)).unwrap();
+        assert_eq!(v["user"][0]["kind"], "vidmesh.analytics/frame+json");
+        assert_eq!(v["user"][0]["data"]["lines"]["gate"]["entries"], 1);
+        assert_eq!(v["objects"][0]["user"][0]["data"]["rois"][0], "door");
+        assert_eq!(
+            v["objects"][1]["user"][0]["data"],
+            serde_json::json!([1, 2])
+        );
     }
 }
