@@ -217,6 +217,7 @@ impl Tracker for AppearanceTracker {
             &frame.objects,
             &object_set,
             s.iou_threshold,
+            false,
             |t, o| !contradicts(t, o),
         );
         for (t, o, iou) in by_iou {

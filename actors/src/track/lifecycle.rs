@@ -44,6 +44,12 @@ pub struct KalmanTrack {
     pub hits: u32,
     /// Frames since the last match.
     pub misses: u32,
+    /// Frames since the track started.
+    #[serde(default)]
+    pub age: u32,
+    /// `age` at the latest match: how long the track has been seen, lost time excluded.
+    #[serde(default)]
+    pub seen_span: u32,
 }
 
 impl KalmanTrack {
@@ -57,6 +63,8 @@ impl KalmanTrack {
             filter: KalmanBox::new(&object.bbox),
             hits: 1,
             misses: 0,
+            age: 0,
+            seen_span: 0,
         };
         let confirmed = track.confirm_if_due(min_hits, ids);
         (track, confirmed)
@@ -64,6 +72,7 @@ impl KalmanTrack {
 
     /// Advances the motion estimate one frame (every track, every frame, matched or not).
     pub fn predict(&mut self) {
+        self.age += 1;
         self.filter.predict(self.state == TrackState::Lost);
     }
 
@@ -86,6 +95,7 @@ impl KalmanTrack {
         self.filter.update(bbox);
         self.hits = self.hits.saturating_add(1);
         self.misses = 0;
+        self.seen_span = self.age;
         match self.state {
             TrackState::Tentative => self.confirm_if_due(min_hits, ids),
             TrackState::Confirmed | TrackState::Lost => {
@@ -204,15 +214,17 @@ pub struct Prediction {
 }
 
 /// Matches the tracks `track_set` (indices into `predictions`) with the objects `object_set`
-/// (indices into `objects`) by IoU: same class only, overlap at least `min_iou` (and some
-/// overlap at all), cost `1 − IoU`, optimal assignment. `allow(track, object)` can veto a
-/// pair. Returns `(track, object, iou)` in global indices.
+/// (indices into `objects`) by IoU: same class only, similarity at least `min_iou` (and some
+/// overlap at all), cost `1 − similarity`, optimal assignment. The similarity is the IoU, or
+/// with `fuse_score` the IoU times the detection's confidence (ByteTrack's `fuse_score`).
+/// `allow(track, object)` can veto a pair. Returns `(track, object, iou)` in global indices.
 pub fn associate_by_iou(
     predictions: &[Prediction],
     track_set: &[usize],
     objects: &[ObjectMeta],
     object_set: &[usize],
     min_iou: f32,
+    fuse_score: bool,
     allow: impl Fn(usize, usize) -> bool,
 ) -> Vec<(usize, usize, f32)> {
     let mut candidates = Vec::new();
@@ -222,11 +234,17 @@ pub fn associate_by_iou(
                 continue;
             }
             let iou = predictions[t].bbox.iou(&objects[o].bbox);
-            if iou > 0.0 && iou >= min_iou && allow(t, o) {
+            // ByteTrack's score fusion: a confident detection's overlap counts for more.
+            let similarity = if fuse_score {
+                iou * objects[o].confidence.clamp(0.0, 1.0)
+            } else {
+                iou
+            };
+            if iou > 0.0 && similarity >= min_iou && allow(t, o) {
                 candidates.push(Candidate {
                     track: ti,
                     detection: oi,
-                    cost: f64::from(1.0 - iou),
+                    cost: f64::from(1.0 - similarity),
                 });
             }
         }

@@ -111,6 +111,13 @@ pub struct Settings {
     pub match_threshold: f32,
     /// bytetrack: largest `1 − IoU` cost of the low-score association. Default 0.5.
     pub low_match_threshold: f32,
+    /// bytetrack: weigh overlaps by detection confidence in the high-score and tentative
+    /// associations (the paper's `fuse_score`; off for very crowded scenes). Default true.
+    pub fuse_score: bool,
+    /// bytetrack: let low-score detections re-find lost tracks too, not only confirmed ones
+    /// (objects leaving an occlusion are often detected weakly at first). Default true; false
+    /// is the paper's behaviour.
+    pub low_score_recovers_lost: bool,
     /// appearance: weight of appearance against motion in the matching cost, 0..=1.
     /// Default 0.9.
     pub appearance_weight: f32,
@@ -139,6 +146,8 @@ impl Default for Settings {
             new_track_threshold: None,
             match_threshold: 0.8,
             low_match_threshold: 0.5,
+            fuse_score: true,
+            low_score_recovers_lost: true,
             appearance_weight: 0.9,
             max_appearance_distance: 0.3,
             gallery_size: 10,

@@ -64,6 +64,7 @@ impl Tracker for SortTracker {
             &frame.objects,
             &all_objects,
             iou_threshold,
+            false,
             |_, _| true,
         );
 
