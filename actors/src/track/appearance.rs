@@ -183,6 +183,7 @@ fn occluded(objects: &[ObjectMeta]) -> Vec<bool> {
 
 impl Tracker for AppearanceTracker {
     fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
+        let frame_num = frame.frame_num;
         let descriptors = describe_objects(
             frame,
             &self.settings.embedding_kind,
@@ -192,7 +193,8 @@ impl Tracker for AppearanceTracker {
         for track in &mut self.state.tracks {
             track.motion.predict();
         }
-        let mut matches = FrameMatches::new(self.state.tracks.len(), frame.objects.len());
+        let mut matches =
+            FrameMatches::new(self.state.tracks.len(), frame.objects.len(), frame_num);
 
         // 1. Appearance within the motion gate.
         let mut matched = self.appearance_step(&mut frame.objects, &descriptors, &mut matches, ids);
@@ -257,6 +259,9 @@ impl Tracker for AppearanceTracker {
         }
         let max_age = s.max_age;
         tracks.retain(|t| !t.motion.expired(max_age));
+        if self.settings.past_frame_output {
+            matches.attach_past_frames(frame);
+        }
         matches.newly_confirmed
     }
 

@@ -67,6 +67,7 @@ impl ByteTracker {
 
 impl Tracker for ByteTracker {
     fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
+        let frame_num = frame.frame_num;
         let s = &self.settings;
         self.state.frames += 1;
         let (min_hits, max_age) = (s.min_hits, s.max_age);
@@ -95,7 +96,7 @@ impl Tracker for ByteTracker {
         let pool = in_state(&[TrackState::Confirmed, TrackState::Lost]);
         let tentative = in_state(&[TrackState::Tentative]);
 
-        let mut matches = FrameMatches::new(tracks.len(), objects.len());
+        let mut matches = FrameMatches::new(tracks.len(), objects.len(), frame_num);
         // Which object each track took this frame, to undo a duplicate's id (step 6).
         let mut taken: Vec<Option<usize>> = vec![None; tracks.len()];
         let mut record = |matches: &mut FrameMatches,
@@ -200,6 +201,9 @@ impl Tracker for ByteTracker {
             index += 1;
             keep
         });
+        if self.settings.past_frame_output {
+            matches.attach_past_frames(frame);
+        }
         matches.newly_confirmed
     }
 

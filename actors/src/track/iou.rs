@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use vidmesh_protocol::{BBox, FrameMeta, ObjectMeta};
 
+use super::lifecycle::{attach_past_frames, PastBox, PastFrames};
 use super::{IdAllocator, Settings, Tracker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -12,6 +13,9 @@ struct TrackState {
     bbox: BBox,
     hits: u32,
     misses: u32,
+    /// Boxes of the frames before confirmation, for past-frame output.
+    #[serde(default)]
+    probation: Vec<PastBox>,
 }
 
 /// Tracks of one source.
@@ -40,8 +44,13 @@ impl IouTracker {
     }
 
     /// Associates `objects` with tracks, sets their `track_id`s, and returns how many tracks
-    /// became confirmed.
-    fn associate(&mut self, objects: &mut [ObjectMeta], ids: &mut IdAllocator) -> u64 {
+    /// became confirmed, with the probation boxes of each.
+    fn associate(
+        &mut self,
+        objects: &mut [ObjectMeta],
+        frame_num: u64,
+        ids: &mut IdAllocator,
+    ) -> (u64, Vec<PastFrames>) {
         // All candidate pairs above the threshold, best overlap first: greedy matching by IoU
         // is what DeepStream's IOU tracker does and is stable under equal scores.
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
@@ -66,6 +75,7 @@ impl IouTracker {
             }
         }
         let mut newly_confirmed = 0;
+        let mut past = Vec::new();
         for (t, track) in self.tracks.iter_mut().enumerate() {
             if !track_taken[t] {
                 track.misses += 1;
@@ -80,6 +90,11 @@ impl IouTracker {
                     track.misses = 0;
                     if track.hits == self.settings.min_hits {
                         newly_confirmed += 1;
+                        past.push(PastFrames {
+                            track_id: track.id,
+                            class_id: track.class_id,
+                            frames: std::mem::take(&mut track.probation),
+                        });
                     }
                     t
                 }
@@ -90,6 +105,7 @@ impl IouTracker {
                         bbox: object.bbox,
                         hits: 1,
                         misses: 0,
+                        probation: Vec::new(),
                     });
                     if self.settings.min_hits == 1 {
                         newly_confirmed += 1;
@@ -97,21 +113,31 @@ impl IouTracker {
                     self.tracks.len() - 1
                 }
             };
-            let track = &self.tracks[t];
+            let track = &mut self.tracks[t];
             if track.hits >= self.settings.min_hits {
                 object.track_id = Some(track.id);
                 object.tracker_confidence = Some(1.0);
+            } else {
+                track.probation.push(PastBox {
+                    frame_num,
+                    bbox: object.bbox,
+                    confidence: object.confidence,
+                });
             }
         }
         let max_age = self.settings.max_age;
         self.tracks.retain(|t| t.misses <= max_age);
-        newly_confirmed
+        (newly_confirmed, past)
     }
 }
 
 impl Tracker for IouTracker {
     fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
-        self.associate(&mut frame.objects, ids)
+        let (confirmed, past) = self.associate(&mut frame.objects, frame.frame_num, ids);
+        if self.settings.past_frame_output {
+            attach_past_frames(frame, past);
+        }
+        confirmed
     }
 
     fn save(&self) -> serde_json::Value {
@@ -144,12 +170,12 @@ mod tests {
         let mut t = IouTracker::new(settings(2, 5));
         let mut next = IdAllocator::default();
         let mut f0 = vec![obj(0.0)];
-        assert_eq!(t.associate(&mut f0, &mut next), 0);
+        assert_eq!(t.associate(&mut f0, 0, &mut next).0, 0);
         assert_eq!(f0[0].track_id, None, "tentative on the first hit");
         let mut ids = Vec::new();
         for step in 1..10 {
             let mut f = vec![obj(step as f32 * 2.0)];
-            t.associate(&mut f, &mut next);
+            t.associate(&mut f, 0, &mut next);
             ids.push(f[0].track_id);
         }
         assert!(ids.iter().all(|id| *id == Some(1)), "{ids:?}");
@@ -160,16 +186,16 @@ mod tests {
         let mut t = IouTracker::new(settings(1, 1));
         let mut next = IdAllocator::default();
         let mut f = vec![obj(0.0), obj(100.0)];
-        t.associate(&mut f, &mut next);
+        t.associate(&mut f, 0, &mut next);
         assert_eq!((f[0].track_id, f[1].track_id), (Some(1), Some(2)));
         // The second object disappears for two frames: beyond max_age, so it comes back new.
         for _ in 0..2 {
             let mut f = vec![obj(0.0)];
-            t.associate(&mut f, &mut next);
+            t.associate(&mut f, 0, &mut next);
             assert_eq!(f[0].track_id, Some(1));
         }
         let mut f = vec![obj(0.0), obj(100.0)];
-        t.associate(&mut f, &mut next);
+        t.associate(&mut f, 0, &mut next);
         assert_eq!(f[1].track_id, Some(3));
     }
 }

@@ -14,7 +14,7 @@
 //! on confirmation, so tentative tracks that die in probation leave no gaps in reported ids.
 
 use serde::{Deserialize, Serialize};
-use vidmesh_protocol::{BBox, ObjectMeta};
+use vidmesh_protocol::{BBox, FrameMeta, ObjectMeta, UserMeta};
 
 use super::assignment::{assign, Candidate};
 use super::kalman::KalmanBox;
@@ -50,7 +50,29 @@ pub struct KalmanTrack {
     /// `age` at the latest match: how long the track has been seen, lost time excluded.
     #[serde(default)]
     pub seen_span: u32,
+    /// Boxes of the frames spent tentative, reported as past-frame output on confirmation.
+    #[serde(default)]
+    pub probation: Vec<PastBox>,
 }
+
+/// Where a track's object was in an earlier frame (DeepStream's past-frame object).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PastBox {
+    pub frame_num: u64,
+    pub bbox: BBox,
+    pub confidence: f32,
+}
+
+/// A just-confirmed track's probation boxes, attached to the frame that confirmed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PastFrames {
+    pub track_id: u64,
+    pub class_id: i32,
+    pub frames: Vec<PastBox>,
+}
+
+/// The user meta kind of past-frame output: a JSON array of [`PastFrames`].
+pub const PAST_FRAMES_KIND: &str = "vidmesh.tracker/past-frames+json";
 
 impl KalmanTrack {
     /// A track started from an unmatched detection; confirmed at once when `min_hits` is 1.
@@ -65,6 +87,7 @@ impl KalmanTrack {
             misses: 0,
             age: 0,
             seen_span: 0,
+            probation: Vec::new(),
         };
         let confirmed = track.confirm_if_due(min_hits, ids);
         (track, confirmed)
@@ -143,20 +166,68 @@ impl KalmanTrack {
     }
 }
 
+/// Attaches just-confirmed tracks' probation boxes to the frame that confirmed them, as
+/// nvtracker's past-frame output does (user meta [`PAST_FRAMES_KIND`], a JSON array).
+pub fn attach_past_frames(frame: &mut FrameMeta, past: Vec<PastFrames>) {
+    let past: Vec<PastFrames> = past.into_iter().filter(|p| !p.frames.is_empty()).collect();
+    if past.is_empty() {
+        return;
+    }
+    if let Ok(json) = serde_json::to_vec(&past) {
+        frame.user.push(UserMeta {
+            kind: PAST_FRAMES_KIND.to_string(),
+            data: json.into(),
+        });
+    }
+}
+
 /// One frame's association bookkeeping across the steps of a tracker.
 pub struct FrameMatches {
     pub track_matched: Vec<bool>,
     pub object_matched: Vec<bool>,
     pub newly_confirmed: u64,
+    frame_num: u64,
+    /// Tracks confirmed in this frame, with the boxes of their probation.
+    confirmed_past: Vec<PastFrames>,
 }
 
 impl FrameMatches {
-    pub fn new(tracks: usize, objects: usize) -> Self {
+    pub fn new(tracks: usize, objects: usize, frame_num: u64) -> Self {
         Self {
             track_matched: vec![false; tracks],
             object_matched: vec![false; objects],
             newly_confirmed: 0,
+            frame_num,
+            confirmed_past: Vec::new(),
         }
+    }
+
+    /// Keeps a tentative track's box for past-frame output, or hands its probation over when
+    /// it has just been confirmed.
+    fn note_probation(
+        &mut self,
+        track: &mut KalmanTrack,
+        confirmed_now: bool,
+        object: &ObjectMeta,
+    ) {
+        match (confirmed_now, track.state, track.id) {
+            (true, _, Some(track_id)) => self.confirmed_past.push(PastFrames {
+                track_id,
+                class_id: track.class_id,
+                frames: std::mem::take(&mut track.probation),
+            }),
+            (false, TrackState::Tentative, _) => track.probation.push(PastBox {
+                frame_num: self.frame_num,
+                bbox: object.bbox,
+                confidence: object.confidence,
+            }),
+            _ => {}
+        }
+    }
+
+    /// Attaches the probation boxes of the tracks confirmed in this frame to it.
+    pub fn attach_past_frames(&mut self, frame: &mut FrameMeta) {
+        attach_past_frames(frame, std::mem::take(&mut self.confirmed_past));
     }
 
     /// Records that track `t` matched object `o`: corrects the track with the object's box and
@@ -174,7 +245,9 @@ impl FrameMatches {
     ) {
         self.track_matched[t] = true;
         self.object_matched[o] = true;
-        self.newly_confirmed += u64::from(track.hit(&object.bbox, min_hits, ids));
+        let confirmed_now = track.hit(&object.bbox, min_hits, ids);
+        self.newly_confirmed += u64::from(confirmed_now);
+        self.note_probation(track, confirmed_now, object);
         track.report(object, confidence);
     }
 
@@ -185,8 +258,9 @@ impl FrameMatches {
         min_hits: u32,
         ids: &mut IdAllocator,
     ) -> KalmanTrack {
-        let (track, confirmed) = KalmanTrack::start(object, min_hits, ids);
+        let (mut track, confirmed) = KalmanTrack::start(object, min_hits, ids);
         self.newly_confirmed += u64::from(confirmed);
+        self.note_probation(&mut track, confirmed, object);
         track.report(object, object.confidence);
         track
     }

@@ -31,6 +31,8 @@ mod kalman;
 mod lifecycle;
 mod sort;
 
+pub use lifecycle::{PastBox, PastFrames, PAST_FRAMES_KIND};
+
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
@@ -114,6 +116,10 @@ pub struct Settings {
     /// bytetrack: weigh overlaps by detection confidence in the high-score and tentative
     /// associations (the paper's `fuse_score`; off for very crowded scenes). Default true.
     pub fuse_score: bool,
+    /// When a track is confirmed, attach the boxes of its probation frames to the confirming
+    /// frame as user meta `vidmesh.tracker/past-frames+json` (nvtracker's past-frame output),
+    /// so consumers can recover the frames before the id existed. Default false.
+    pub past_frame_output: bool,
     /// bytetrack: let low-score detections re-find lost tracks too, not only confirmed ones
     /// (objects leaving an occlusion are often detected weakly at first). Default true; false
     /// is the paper's behaviour.
@@ -147,6 +153,7 @@ impl Default for Settings {
             match_threshold: 0.8,
             low_match_threshold: 0.5,
             fuse_score: true,
+            past_frame_output: false,
             low_score_recovers_lost: true,
             appearance_weight: 0.9,
             max_appearance_distance: 0.3,
@@ -616,6 +623,63 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn past_frame_output_reports_the_probation_boxes_on_confirmation() {
+        for algorithm in Algorithm::ALL {
+            let settings = Settings {
+                algorithm,
+                min_hits: 3,
+                past_frame_output: true,
+                ..Settings::default()
+            };
+            let mut track = Track::new(settings);
+            // An empty first frame, so no tracker confirms a track at birth.
+            track.track_frame(&mut FrameMeta {
+                frame_num: 0,
+                ..Default::default()
+            });
+            let mut confirming = None;
+            for n in 1..=4 {
+                let mut f = FrameMeta {
+                    frame_num: n,
+                    objects: vec![ObjectMeta {
+                        bbox: BBox::from_corners(10.0 + n as f32, 10.0, 50.0 + n as f32, 90.0),
+                        confidence: 0.9,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                track.track_frame(&mut f);
+                if let Some(meta) = f.user.iter().find(|u| u.kind == PAST_FRAMES_KIND) {
+                    assert!(confirming.is_none(), "{algorithm:?}: reported twice");
+                    confirming = Some((n, f.objects[0].track_id, meta.data.clone()));
+                }
+            }
+            let (n, id, data) =
+                confirming.unwrap_or_else(|| panic!("{algorithm:?}: no past-frame output"));
+            assert_eq!(n, 3, "{algorithm:?} confirms on the third hit");
+            let past: Vec<PastFrames> = serde_json::from_slice(&data).unwrap();
+            assert_eq!(past.len(), 1, "{algorithm:?}");
+            assert_eq!(Some(past[0].track_id), id, "{algorithm:?}");
+            let frames: Vec<u64> = past[0].frames.iter().map(|p| p.frame_num).collect();
+            assert_eq!(frames, vec![1, 2], "{algorithm:?}");
+            assert_eq!(past[0].frames[0].bbox.left, 11.0, "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn past_frame_output_is_off_by_default() {
+        let mut track = Track::new(Settings {
+            min_hits: 2,
+            ..Settings::default()
+        });
+        for n in 0..4 {
+            let mut f = frame(0, n);
+            track.track_frame(&mut f);
+            assert!(f.user.is_empty());
+        }
     }
 
     #[test]

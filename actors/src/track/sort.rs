@@ -45,6 +45,7 @@ impl SortTracker {
 
 impl Tracker for SortTracker {
     fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
+        let frame_num = frame.frame_num;
         let Settings {
             iou_threshold,
             min_hits,
@@ -68,7 +69,7 @@ impl Tracker for SortTracker {
             |_, _| true,
         );
 
-        let mut frame_matches = FrameMatches::new(tracks.len(), frame.objects.len());
+        let mut frame_matches = FrameMatches::new(tracks.len(), frame.objects.len(), frame_num);
         for (t, o, iou) in matches {
             let object = &mut frame.objects[o];
             frame_matches.record(t, &mut tracks[t], o, object, iou, min_hits, ids);
@@ -83,6 +84,9 @@ impl Tracker for SortTracker {
             tracks.push(track);
         }
         tracks.retain(|t| !t.expired(max_age));
+        if self.settings.past_frame_output {
+            frame_matches.attach_past_frames(frame);
+        }
         frame_matches.newly_confirmed
     }
 
