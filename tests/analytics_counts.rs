@@ -14,30 +14,13 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 use vidmesh::Topology;
-use vidmesh_tests::{ensure_onnxruntime, iou, model, prepared, repo_root, topology_in};
+use vidmesh_tests::{
+    ensure_onnxruntime, ground_truth, iou, model, repo_root, topology_in, Truth,
+    REQUIRED_VISIBILITY,
+};
 
-/// A person must be found when at least this much of them is visible (as in ground_truth.rs).
-const REQUIRED_VISIBILITY: f32 = 0.5;
 const FRAME_META: &str = "vidmesh.analytics/frame+json";
 const OBJECT_META: &str = "vidmesh.analytics/object+json";
-
-#[derive(Deserialize)]
-struct Truth {
-    objects: Vec<TruthObject>,
-}
-
-#[derive(Deserialize)]
-struct TruthObject {
-    id: u32,
-    track: Vec<TruthBox>,
-}
-
-#[derive(Deserialize)]
-struct TruthBox {
-    frame: u64,
-    bbox: [f32; 4],
-    visible: f32,
-}
 
 /// The parts of the analytics stage's settings this test reads.
 #[derive(Deserialize)]
@@ -238,10 +221,7 @@ fn analytics_geometry(topology_path: &std::path::Path) -> StreamGeometry {
 fn analytics_counts_match_the_ground_truth() {
     ensure_onnxruntime();
     model();
-    let truth: Truth = serde_json::from_str(
-        &std::fs::read_to_string(prepared("data/gt/people.truth.json")).unwrap(),
-    )
-    .unwrap();
+    let truth = ground_truth();
     let scratch = tempfile::tempdir().unwrap();
     let topology_path = topology_in("analytics.toml", scratch.path(), &[]);
     let g = analytics_geometry(&topology_path);

@@ -7,31 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Deserialize;
 use vidmesh_tests::{
-    ensure_onnxruntime, iou, model, prepared, read_native, topology_in, NativeFrame,
+    ensure_onnxruntime, ground_truth, iou, model, read_native, topology_in, NativeFrame, Truth,
+    TruthBox, REQUIRED_VISIBILITY,
 };
-
-#[derive(Deserialize)]
-struct Truth {
-    objects: Vec<TruthObject>,
-}
-
-#[derive(Deserialize)]
-struct TruthObject {
-    id: u32,
-    track: Vec<TruthBox>,
-}
-
-#[derive(Deserialize)]
-struct TruthBox {
-    frame: u64,
-    bbox: [f32; 4],
-    visible: f32,
-}
-
-/// A person must be found when at least this much of them is visible.
-const REQUIRED_VISIBILITY: f32 = 0.5;
 
 struct Score {
     required: usize,
@@ -103,8 +82,7 @@ fn id_switches(ids: &[Option<u64>]) -> usize {
 fn detects_and_tracks_the_people_of_the_ground_truth_clip() {
     ensure_onnxruntime();
     model();
-    let truth_path = prepared("data/gt/people.truth.json");
-    let truth: Truth = serde_json::from_str(&std::fs::read_to_string(truth_path).unwrap()).unwrap();
+    let truth = ground_truth();
     let scratch = tempfile::tempdir().unwrap();
     let topology_path = topology_in("ground-truth.toml", scratch.path(), &[]);
     let summary = common::run_ok(&topology_path);

@@ -216,3 +216,34 @@ pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     let inter = w * h;
     inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 }
+
+/// The ground-truth clip's truth file (docs/DATA.md): every person's box per frame.
+#[derive(Debug, serde::Deserialize)]
+pub struct Truth {
+    pub objects: Vec<TruthObject>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct TruthObject {
+    pub id: u32,
+    pub track: Vec<TruthBox>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct TruthBox {
+    pub frame: u64,
+    /// left, top, right, bottom in frame pixels.
+    pub bbox: [f32; 4],
+    /// Fraction of the person that is visible.
+    pub visible: f32,
+}
+
+/// A person must be found when at least this much of them is visible.
+pub const REQUIRED_VISIBILITY: f32 = 0.5;
+
+/// Reads data/gt/people.truth.json.
+pub fn ground_truth() -> Truth {
+    let path = prepared("data/gt/people.truth.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("readable truth file"))
+        .expect("a valid truth file")
+}
