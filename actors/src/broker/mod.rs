@@ -1,5 +1,5 @@
-//! `broker`: publishes one message per frame (schema from [`crate::msgconv`]) to an outside
-//! system, like nvmsgconv + nvmsgbroker. Adapters sit behind [`Publisher`]; the one here writes
+//! `broker`: publishes one message per frame (`minimal`, `native`) or per object (`full`),
+//! schemas from [`crate::msgconv`], to an outside system, like nvmsgconv + nvmsgbroker. Adapters sit behind [`Publisher`]; the one here writes
 //! JSON lines to a file (`file://PATH`), flushed and synced when the stream ends so nothing
 //! that was accepted is lost.
 
@@ -8,6 +8,7 @@ mod file;
 use serde::Deserialize;
 use vidmesh_protocol::Batch;
 
+use crate::msgconv::config::MsgConvConfig;
 use crate::msgconv::{self, Schema};
 use crate::registry::StageKind;
 use crate::settings;
@@ -15,14 +16,20 @@ use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport};
 
 pub const KIND: StageKind = StageKind {
     name: "broker",
-    summary: "publish per-frame metadata in DeepStream's nvmsgconv schema (file:// JSON lines)",
-    check: |t, ctx| Settings::load(t).and_then(|s| s.target(ctx)).map(|_| ()),
+    summary: "publish metadata in DeepStream's nvmsgconv schemas (file:// JSON lines)",
+    check: |t, ctx| {
+        let s = Settings::load(t)?;
+        s.target(ctx)?;
+        s.msgconv_config(ctx).map(|_| ())
+    },
     build: |t, ctx| {
         let s = Settings::load(t)?;
         let target = s.target(ctx)?;
+        let config = s.msgconv_config(ctx)?;
         Ok(Box::new(Broker {
             publisher: Box::new(file::JsonLinesFile::create(&target)?),
             settings: s,
+            config,
             stats: Stats::default(),
         }))
     },
@@ -45,9 +52,13 @@ pub trait Publisher: Send {
 pub struct Settings {
     /// Where to publish. `file://PATH` appends JSON lines. Required.
     pub uri: String,
-    /// "minimal" (default) or "native".
+    /// "minimal" (default), "native" or "full".
     #[serde(default)]
     pub schema: Schema,
+    /// The msgconv config file (sensor, place, analytics module per source index) for the
+    /// `full` schema; relative to the topology. Optional.
+    #[serde(default)]
+    pub config: Option<String>,
     /// Publish every Nth frame of each source (nvmsgconv `frame-interval`). Default 1.
     #[serde(default = "one")]
     pub frame_interval: u64,
@@ -65,7 +76,23 @@ impl Settings {
                 "frame_interval must be at least 1".into(),
             ));
         }
+        if s.config.is_some() && s.schema != Schema::Full {
+            return Err(StageError::Settings(
+                "`config` is only used by schema = \"full\"".into(),
+            ));
+        }
         Ok(s)
+    }
+
+    /// Loads and checks the msgconv config; empty without one.
+    fn msgconv_config(&self, ctx: &BuildContext) -> Result<MsgConvConfig, StageError> {
+        let Some(path) = &self.config else {
+            return Ok(MsgConvConfig::default());
+        };
+        let path = ctx.resolve(path);
+        let config = MsgConvConfig::load(&path)?;
+        config.check_sources(&path, ctx.sources.len())?;
+        Ok(config)
     }
 
     fn target(&self, ctx: &BuildContext) -> Result<std::path::PathBuf, StageError> {
@@ -80,6 +107,7 @@ struct Stats {
 
 struct Broker {
     settings: Settings,
+    config: MsgConvConfig,
     publisher: Box<dyn Publisher>,
     stats: Stats,
 }
@@ -90,9 +118,12 @@ impl Stage for Broker {
             if frame.frame_num % self.settings.frame_interval != 0 {
                 continue;
             }
-            let payload = msgconv::frame_payload(self.settings.schema, frame);
-            self.publisher.publish(&frame.source_name, &payload)?;
-            self.stats.messages += 1;
+            let schema = self.settings.schema;
+            let key = msgconv::publish_key(schema, &self.config, frame);
+            for payload in msgconv::payloads(schema, &self.config, frame) {
+                self.publisher.publish(key, &payload)?;
+                self.stats.messages += 1;
+            }
         }
         out.emit(batch)
     }
@@ -112,5 +143,101 @@ impl Stage for Broker {
         Ok(StageReport::default()
             .with("messages", self.stats.messages)
             .with("output", self.publisher.describe()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vidmesh_protocol::{FrameMeta, ObjectMeta};
+
+    fn ctx(dir: &std::path::Path) -> BuildContext {
+        BuildContext {
+            stage_name: "events".into(),
+            base_dir: dir.to_path_buf(),
+            sources: vec!["street".into()],
+        }
+    }
+
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
+    }
+
+    fn frame(frame_num: u64, objects: usize) -> FrameMeta {
+        FrameMeta {
+            source_name: "street".into(),
+            frame_num,
+            objects: (0..objects)
+                .map(|i| ObjectMeta {
+                    label: "person".into(),
+                    track_id: Some(i as u64),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn full_schema_writes_one_line_per_object() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("msgconv.toml"),
+            "[[sensor]]\nindex = 0\nid = \"CAM-0\"\n",
+        )
+        .unwrap();
+        let t = table(
+            "kind = \"broker\"\nuri = \"file://events.jsonl\"\nschema = \"full\"\nconfig = \"msgconv.toml\"\n",
+        );
+        (KIND.check)(&t, &ctx(dir.path())).unwrap();
+        let mut broker = (KIND.build)(&t, &ctx(dir.path())).unwrap();
+        let mut out = Outputs::new(Vec::new());
+        let batch = Batch {
+            frames: vec![frame(0, 2), frame(1, 0), frame(2, 1)],
+            ..Default::default()
+        };
+        broker.on_batch(batch, &mut out).unwrap();
+        let report = broker.on_finish(&mut out).unwrap();
+        assert!(report
+            .facts
+            .iter()
+            .any(|(k, v)| k == "messages" && v == "3"));
+        let text = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|v| v["sensor"]["id"] == "CAM-0"));
+        let ids: Vec<&str> = lines
+            .iter()
+            .map(|v| v["object"]["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["0", "1", "0"]);
+        assert_ne!(lines[0]["messageid"], lines[2]["messageid"]);
+    }
+
+    #[test]
+    fn config_errors_are_caught_at_check_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing =
+            table("uri = \"file://e.jsonl\"\nschema = \"full\"\nconfig = \"missing.toml\"\n");
+        let e = (KIND.check)(&missing, &ctx(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+
+        std::fs::write(dir.path().join("m.toml"), "[[sensor]]\nindex = 1\n").unwrap();
+        let bad_index = table("uri = \"file://e.jsonl\"\nschema = \"full\"\nconfig = \"m.toml\"\n");
+        let e = (KIND.check)(&bad_index, &ctx(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("m.toml") && e.contains("index 1"), "{e}");
+
+        let not_full = table("uri = \"file://e.jsonl\"\nconfig = \"m.toml\"\n");
+        let e = (KIND.check)(&not_full, &ctx(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only used by schema"), "{e}");
     }
 }

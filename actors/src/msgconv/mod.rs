@@ -7,6 +7,11 @@
 //! * `native`: vidmesh's own frame metadata as JSON, with full-precision confidences and boxes,
 //!   for consumers that want everything. User meta (frame and object) is included; a kind
 //!   ending in `+json` is written as the JSON it holds, other kinds as an array of bytes.
+//! * `full`: DeepStream's full schema, one payload per object with place, sensor and analytics
+//!   module sections from a msgconv config file ([`config`], [`full`]).
+
+pub mod config;
+pub mod full;
 
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
@@ -23,6 +28,7 @@ pub enum Schema {
     #[default]
     Minimal,
     Native,
+    Full,
 }
 
 #[derive(Serialize)]
@@ -159,36 +165,65 @@ fn minimal_object(o: &ObjectMeta) -> String {
     s
 }
 
-/// The payload for one frame.
-pub fn frame_payload(schema: Schema, frame: &FrameMeta) -> String {
-    let json = match schema {
-        Schema::Minimal => serde_json::to_string(&MinimalPayload {
-            version: "4.0",
-            id: frame.frame_num.to_string(),
-            timestamp: timestamp(frame),
-            sensor_id: &frame.source_name,
-            objects: frame.objects.iter().map(minimal_object).collect(),
-        }),
-        Schema::Native => serde_json::to_string(&NativePayload {
-            source_id: frame.source_id,
-            source_name: &frame.source_name,
-            frame_num: frame.frame_num,
-            pts_ns: frame.pts_ns,
-            ntp_ns: frame.ntp_ns,
-            width: frame.width,
-            height: frame.height,
-            objects: frame.objects.iter().map(NativeObject::from).collect(),
-            user: frame.user.iter().map(NativeUser::from).collect(),
-        }),
-    };
+/// The payloads for one frame: one for `minimal` and `native`, one per object for `full`
+/// (none for a frame without objects). `config` is only used by `full`.
+pub fn payloads(schema: Schema, config: &config::MsgConvConfig, frame: &FrameMeta) -> Vec<String> {
+    match schema {
+        Schema::Minimal => vec![minimal_payload(frame)],
+        Schema::Native => vec![native_payload(frame)],
+        Schema::Full => full::object_payloads(config, frame),
+    }
+}
+
+/// The key a frame's messages are published under: its sensor id.
+pub fn publish_key<'a>(
+    schema: Schema,
+    config: &'a config::MsgConvConfig,
+    frame: &'a FrameMeta,
+) -> &'a str {
+    match schema {
+        Schema::Full => full::sensor_id(config, frame),
+        Schema::Minimal | Schema::Native => &frame.source_name,
+    }
+}
+
+fn minimal_payload(frame: &FrameMeta) -> String {
     // Serialising plain structs of strings and numbers cannot fail.
-    json.unwrap_or_default()
+    serde_json::to_string(&MinimalPayload {
+        version: "4.0",
+        id: frame.frame_num.to_string(),
+        timestamp: timestamp(frame),
+        sensor_id: &frame.source_name,
+        objects: frame.objects.iter().map(minimal_object).collect(),
+    })
+    .unwrap_or_default()
+}
+
+fn native_payload(frame: &FrameMeta) -> String {
+    serde_json::to_string(&NativePayload {
+        source_id: frame.source_id,
+        source_name: &frame.source_name,
+        frame_num: frame.frame_num,
+        pts_ns: frame.pts_ns,
+        ntp_ns: frame.ntp_ns,
+        width: frame.width,
+        height: frame.height,
+        objects: frame.objects.iter().map(NativeObject::from).collect(),
+        user: frame.user.iter().map(NativeUser::from).collect(),
+    })
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use vidmesh_protocol::BBox;
+
+    fn frame_payload(schema: Schema, frame: &FrameMeta) -> String {
+        let mut p = payloads(schema, &config::MsgConvConfig::default(), frame);
+        assert_eq!(p.len(), 1);
+        p.remove(0)
+    }
 
     fn frame() -> FrameMeta {
         FrameMeta {
