@@ -1,9 +1,11 @@
 //! `broker`: publishes one message per frame (`minimal`, `native`) or per object (`full`),
-//! schemas from [`crate::msgconv`], to an outside system, like nvmsgconv + nvmsgbroker. Adapters sit behind [`Publisher`]; the one here writes
-//! JSON lines to a file (`file://PATH`), flushed and synced when the stream ends so nothing
-//! that was accepted is lost.
+//! schemas from [`crate::msgconv`], to an outside system, like nvmsgconv + nvmsgbroker.
+//! Adapters sit behind [`Publisher`]: `file://PATH` writes JSON lines, flushed and synced when
+//! a stream ends; `redis://HOST[:PORT]/STREAM` appends to a Redis stream, each message
+//! confirmed by the server.
 
 mod file;
+mod redis;
 
 use serde::Deserialize;
 use vidmesh_protocol::Batch;
@@ -24,10 +26,15 @@ pub const KIND: StageKind = StageKind {
     },
     build: |t, ctx| {
         let s = Settings::load(t)?;
-        let target = s.target(ctx)?;
+        let publisher: Box<dyn Publisher> = match s.target(ctx)? {
+            Target::File(path) => Box::new(file::JsonLinesFile::create(&path)?),
+            Target::Redis(target) => {
+                Box::new(redis::RedisStream::connect(target, s.maxlen, s.timeout)?)
+            }
+        };
         let config = s.msgconv_config(ctx)?;
         Ok(Box::new(Broker {
-            publisher: Box::new(file::JsonLinesFile::create(&target)?),
+            publisher,
             settings: s,
             config,
             stats: Stats::default(),
@@ -50,7 +57,8 @@ pub trait Publisher: Send {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Where to publish. `file://PATH` appends JSON lines. Required.
+    /// Where to publish: `file://PATH` (JSON lines) or `redis://[user:pass@]HOST[:PORT]/STREAM`.
+    /// Required.
     pub uri: String,
     /// "minimal" (default), "native" or "full".
     #[serde(default)]
@@ -62,10 +70,28 @@ pub struct Settings {
     /// Publish every Nth frame of each source (nvmsgconv `frame-interval`). Default 1.
     #[serde(default = "one")]
     pub frame_interval: u64,
+    /// redis: keep about this many entries in the stream (`XADD MAXLEN ~`). Default 1000000.
+    #[serde(default = "maxlen_default")]
+    pub maxlen: u64,
+    /// Network adapters: how long to wait for the broker. Default "5s".
+    #[serde(default = "timeout_default", with = "humantime_serde")]
+    pub timeout: std::time::Duration,
 }
 
 fn one() -> u64 {
     1
+}
+fn maxlen_default() -> u64 {
+    1_000_000
+}
+fn timeout_default() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+/// Where messages go.
+enum Target {
+    File(std::path::PathBuf),
+    Redis(redis::RedisTarget),
 }
 
 impl Settings {
@@ -95,8 +121,13 @@ impl Settings {
         Ok(config)
     }
 
-    fn target(&self, ctx: &BuildContext) -> Result<std::path::PathBuf, StageError> {
-        Ok(ctx.resolve(&settings::file_uri_path(&self.uri)?))
+    fn target(&self, ctx: &BuildContext) -> Result<Target, StageError> {
+        if self.uri.starts_with("redis://") {
+            return Ok(Target::Redis(redis::RedisTarget::parse(&self.uri)?));
+        }
+        Ok(Target::File(
+            ctx.resolve(&settings::file_uri_path(&self.uri)?),
+        ))
     }
 }
 
