@@ -4,50 +4,37 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use vidmesh_tests::make_clip;
+use vidmesh_tests::{free_port, make_clip, ServerProcess};
 
-/// A throwaway redis-server on a free loopback port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
+/// A throwaway redis-server on a free loopback port.
+struct RedisServer(ServerProcess);
 
 impl RedisServer {
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/setup installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port }
+        let port = free_port();
+        let mut command = Command::new("redis-server");
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        Self(ServerProcess::start(command, port))
+    }
+
+    fn port(&self) -> u16 {
+        self.0.port
     }
 
     fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+            .args(["-p", &self.port().to_string()])
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -57,13 +44,6 @@ impl RedisServer {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -88,7 +68,7 @@ fn every_frame_reaches_the_redis_stream_in_order() {
     let summary = common::run_ok(&topology(
         scratch.path(),
         &clip,
-        &format!("redis://127.0.0.1:{}/vidmesh-events", redis.port),
+        &format!("redis://127.0.0.1:{}/vidmesh-events", redis.port()),
     ));
     assert_eq!(summary.fact("events", "messages"), Some("75"));
     assert_eq!(redis.cli(&["XLEN", "vidmesh-events"]).trim(), "75");
@@ -113,11 +93,7 @@ fn every_frame_reaches_the_redis_stream_in_order() {
 
 #[test]
 fn an_unreachable_redis_is_one_clear_error_before_anything_runs() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let scratch = tempfile::tempdir().unwrap();
     let clip = scratch.path().join("clip.mp4");
     make_clip(&clip, 5, 320, 240, false);

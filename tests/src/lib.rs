@@ -247,3 +247,46 @@ pub fn ground_truth() -> Truth {
     serde_json::from_str(&std::fs::read_to_string(&path).expect("readable truth file"))
         .expect("a valid truth file")
 }
+
+/// A loopback TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("loopback")
+        .local_addr()
+        .expect("bound")
+        .port()
+}
+
+/// A server process started by a test, killed when dropped.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts `command` and waits until it accepts connections on `port`.
+    pub fn start(mut command: Command, port: u16) -> Self {
+        let program = format!("{:?}", command.get_program());
+        let child = command
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} runs (scripts/setup installs it): {e}"));
+        let server = Self { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{program} did not start listening on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

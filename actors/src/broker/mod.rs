@@ -73,7 +73,7 @@ pub struct Settings {
     /// redis: keep about this many entries in the stream (`XADD MAXLEN ~`). Default 1000000.
     #[serde(default = "maxlen_default")]
     pub maxlen: u64,
-    /// Network adapters: how long to wait for the broker. Default "5s".
+    /// Network adapters: how long to wait for the broker (connect, replies). Default "5s".
     #[serde(default = "timeout_default", with = "humantime_serde")]
     pub timeout: std::time::Duration,
 }
@@ -122,12 +122,16 @@ impl Settings {
     }
 
     fn target(&self, ctx: &BuildContext) -> Result<Target, StageError> {
-        if self.uri.starts_with("redis://") {
-            return Ok(Target::Redis(redis::RedisTarget::parse(&self.uri)?));
+        match self.uri.split_once("://").map(|(scheme, _)| scheme) {
+            Some("redis") => Ok(Target::Redis(redis::RedisTarget::parse(&self.uri)?)),
+            Some("file") | None => Ok(Target::File(
+                ctx.resolve(&settings::file_uri_path(&self.uri)?),
+            )),
+            Some(other) => Err(StageError::Settings(format!(
+                "unsupported broker URI scheme `{other}` in `{}` (supported: file, redis)",
+                crate::source::redact(&self.uri)
+            ))),
         }
-        Ok(Target::File(
-            ctx.resolve(&settings::file_uri_path(&self.uri)?),
-        ))
     }
 }
 
@@ -192,6 +196,18 @@ mod tests {
 
     fn table(text: &str) -> toml::Table {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn unknown_broker_schemes_are_named_without_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table("kind = \"broker\"\nuri = \"kafka://u:secret@h:9092/t\"\n");
+        let err = (KIND.check)(&t, &ctx(dir.path())).unwrap_err().to_string();
+        assert!(
+            err.contains("unsupported broker URI scheme `kafka`") && err.contains("file, redis"),
+            "{err}"
+        );
+        assert!(!err.contains("secret"), "{err}");
     }
 
     fn frame(frame_num: u64, objects: usize) -> FrameMeta {
