@@ -186,15 +186,13 @@ impl Analytics {
                 });
             self.streams.insert(frame.source_id, state);
         }
-        let state = self
-            .streams
-            .get_mut(&frame.source_id)
-            .expect("the stream was just started");
-        let stats = self
-            .stats
-            .get_mut(&frame.source_id)
-            .expect("stats start with the stream");
-        analyse(&self.configs[state.config], state, stats, frame);
+        // Both exist once the stream has started (just above, or on an earlier frame).
+        if let (Some(state), Some(stats)) = (
+            self.streams.get_mut(&frame.source_id),
+            self.stats.get_mut(&frame.source_id),
+        ) {
+            analyse(&self.configs[state.config], state, stats, frame);
+        }
         Ok(())
     }
 }
