@@ -40,6 +40,12 @@ fn vidmesh(args: &[&str]) -> Output {
         .expect("vidmesh runs")
 }
 
+/// Runs the plain topology on a local file, without progress lines.
+fn run_on_clip(dir: &Path, clip: &Path) -> Output {
+    let topology = plain_topology(dir, &format!("file://{}", clip.display()));
+    vidmesh(&["run", "--progress", "0s", topology.to_str().unwrap()])
+}
+
 /// The `error:` lines of stderr; asserts there is exactly one and the run failed.
 fn one_error_line(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -83,14 +89,7 @@ fn corrupt_file_names_the_source_and_the_file() {
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     std::fs::write(&clip, junk).unwrap();
-    let out = vidmesh(&[
-        "run",
-        "--progress",
-        "0s",
-        plain_topology(dir.path(), &format!("file://{}", clip.display()))
-            .to_str()
-            .unwrap(),
-    ]);
+    let out = run_on_clip(dir.path(), &clip);
     let line = one_error_line(&out);
     assert!(
         line.contains("source `cam0`") && line.contains("corrupt.mp4"),
@@ -107,14 +106,7 @@ fn truncated_file_delivers_the_frames_before_the_damage() {
     let clip = dir.path().join("truncated.mp4");
     std::fs::write(&clip, &bytes[..bytes.len() * 6 / 10]).unwrap();
 
-    let out = vidmesh(&[
-        "run",
-        "--progress",
-        "0s",
-        plain_topology(dir.path(), &format!("file://{}", clip.display()))
-            .to_str()
-            .unwrap(),
-    ]);
+    let out = run_on_clip(dir.path(), &clip);
     let line = one_error_line(&out);
     assert!(
         line.contains("source `cam0`") && line.contains("truncated.mp4"),
