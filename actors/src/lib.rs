@@ -23,4 +23,4 @@ pub mod track;
 mod gst_util;
 
 pub use registry::{find_kind, StageKind, STAGE_KINDS};
-pub use stage::{BuildContext, Outputs, Stage, StageError, StageReport};
+pub use stage::{BuildContext, Outputs, Resume, Stage, StageError, StageReport};

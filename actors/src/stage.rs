@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vidmesh_protocol::{Batch, DataMessage};
+use vidmesh_protocol::{Batch, DataMessage, StreamEnd};
 use vidmesh_transport::{LinkClosed, LinkSender};
 
 /// Why a stage failed. The runner prints it as one line prefixed with the stage's name.
@@ -30,13 +30,22 @@ impl StageError {
     }
 }
 
-/// Facts a stage may need when it is built: where relative paths start, and which sources
-/// exist (names in topology order, index = `source_id`).
+/// Facts a stage may need when it is built: where relative paths start, which sources exist
+/// (names in topology order, index = `source_id`), and whether it takes over mid-stream.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
     pub stage_name: String,
     pub base_dir: PathBuf,
     pub sources: Vec<String>,
+    /// `Some` when this instance replaces one that stopped mid-stream; `None` on a fresh start.
+    pub resume: Option<Resume>,
+}
+
+/// This stage instance replaces one that stopped (crashed or was killed) mid-stream.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// The last snapshot the previous instance committed, if it had one.
+    pub snapshot: Option<Vec<u8>>,
 }
 
 impl BuildContext {
@@ -70,13 +79,8 @@ pub trait Stage: Send {
     fn on_batch(&mut self, batch: Batch, out: &mut Outputs) -> Result<(), StageError>;
 
     /// Source `source_id` ended. The default forwards the notice.
-    fn on_end_of_stream(
-        &mut self,
-        source_id: u32,
-        source_name: &str,
-        out: &mut Outputs,
-    ) -> Result<(), StageError> {
-        out.end_of_stream(source_id, source_name)
+    fn on_end_of_stream(&mut self, end: &StreamEnd, out: &mut Outputs) -> Result<(), StageError> {
+        out.end_of_stream(end.clone())
     }
 
     /// When the stage next wants [`Stage::on_timer`] called even without input (batch timeouts).
@@ -126,11 +130,8 @@ impl Outputs {
         self.send(DataMessage::Batch(batch))
     }
 
-    pub fn end_of_stream(&mut self, source_id: u32, source_name: &str) -> Result<(), StageError> {
-        self.send(DataMessage::EndOfStream {
-            source_id,
-            source_name: source_name.to_string(),
-        })
+    pub fn end_of_stream(&mut self, end: StreamEnd) -> Result<(), StageError> {
+        self.send(DataMessage::EndOfStream(end))
     }
 
     fn send(&mut self, message: DataMessage) -> Result<(), StageError> {

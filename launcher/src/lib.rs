@@ -2,6 +2,9 @@
 //!
 //! The `vidmesh` binary is a thin CLI over this; tests and the Python bindings use it directly.
 
+pub mod launch;
+pub mod node;
+pub mod prometheus;
 pub mod runner;
 pub mod topology;
 

@@ -2,12 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use vidmesh::launch::{launch, LaunchOptions};
+use vidmesh::node::{run_node, NodeOptions};
 use vidmesh::{run, RunOptions, RunSummary, Topology};
+use vidmesh_transport::net::NetConfig;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +37,44 @@ enum Command {
         /// Also write the end-of-run summary as JSON here.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+    },
+    /// Run a topology as one process per source and stage replica, supervised (restarts with
+    /// backoff; Ctrl-C drains, a second Ctrl-C kills).
+    Launch {
+        topology: PathBuf,
+        /// Restart state, pid files and per-process summaries go here (emptied first).
+        #[arg(long, default_value = ".vidmesh/launch")]
+        state_dir: PathBuf,
+        /// Where frames shared between processes live.
+        #[arg(long, default_value = "/dev/shm")]
+        shm_dir: PathBuf,
+        /// How often to print a status line; "0s" turns it off.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        progress: Duration,
+        /// Also write the end-of-run summary as JSON here.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+    /// Run one stage replica (or `source.<id>`) of a topology as this process; `vidmesh launch`
+    /// starts these, and they can be started by hand on other hosts.
+    Stage {
+        #[arg(long)]
+        topology: PathBuf,
+        /// A stage name, or `source.<id>` for a source.
+        #[arg(long)]
+        stage: String,
+        #[arg(long, default_value_t = 0)]
+        replica: u32,
+        /// zenoh endpoints to connect to (the launcher's router), e.g. tcp/127.0.0.1:7447.
+        #[arg(long)]
+        connect: Vec<String>,
+        /// zenoh endpoints to listen on (default tcp/127.0.0.1:0).
+        #[arg(long)]
+        listen: Vec<String>,
+        #[arg(long, default_value = ".vidmesh/launch")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "/dev/shm")]
+        shm_dir: PathBuf,
     },
     /// Check a topology without running it.
     Validate { topology: PathBuf },
@@ -118,6 +159,72 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
+        Command::Launch {
+            topology,
+            state_dir,
+            shm_dir,
+            progress,
+            summary_json,
+        } => {
+            let topology = match Topology::load(&topology) {
+                Ok(t) => t,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let exe = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => return fail(&format!("cannot find the vidmesh binary: {e}")),
+            };
+            let interrupts = Arc::new(AtomicU32::new(0));
+            count_interrupts(interrupts.clone());
+            let options = LaunchOptions {
+                exe,
+                state_dir: absolute(&state_dir),
+                shm_dir,
+                progress_interval: (!progress.is_zero()).then_some(progress),
+            };
+            match launch(&topology, &options, interrupts) {
+                Ok(summary) => finish(&summary, summary_json.as_deref()),
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Stage {
+            topology,
+            stage,
+            replica,
+            connect,
+            listen,
+            state_dir,
+            shm_dir,
+        } => {
+            let topology = match Topology::load(&topology) {
+                Ok(t) => t,
+                Err(e) => return fail(&e.to_string()),
+            };
+            // Sources stop on Ctrl-C and the rest drains; stages keep draining (the launcher
+            // kills them on a second Ctrl-C).
+            let is_source = stage.starts_with("source.");
+            on_interrupt(move || {
+                if is_source {
+                    stop_flag_set();
+                }
+            });
+            let options = NodeOptions {
+                instance: stage,
+                replica,
+                net: NetConfig {
+                    pipeline: topology.name.clone(),
+                    connect,
+                    listen,
+                    mode: None,
+                },
+                state_dir: absolute(&state_dir),
+                shm_dir,
+            };
+            match run_node(&topology, &options, stop_flag()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
         Command::Run {
             topology,
             progress,
@@ -134,25 +241,69 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(&e.to_string()),
             };
-            print_summary(&summary);
-            if let Some(path) = summary_json {
-                let written = serde_json::to_string_pretty(&summary)
-                    .map_err(|e| e.to_string())
-                    .and_then(|json| std::fs::write(&path, json).map_err(|e| e.to_string()));
-                if let Err(e) = written {
-                    return fail(&format!("cannot write {}: {e}", path.display()));
-                }
-            }
-            if summary.errors.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                for e in &summary.errors {
-                    eprintln!("error: {e}");
-                }
-                ExitCode::FAILURE
-            }
+            finish(&summary, summary_json.as_deref())
         }
     }
+}
+
+fn finish(summary: &RunSummary, summary_json: Option<&std::path::Path>) -> ExitCode {
+    print_summary(summary);
+    if let Some(path) = summary_json {
+        let written = serde_json::to_string_pretty(summary)
+            .map_err(|e| e.to_string())
+            .and_then(|json| std::fs::write(path, json).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            return fail(&format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    if summary.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for e in &summary.errors {
+            eprintln!("error: {e}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::env::current_dir()
+        .map(|d| d.join(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+fn stop_flag() -> Arc<AtomicBool> {
+    STOP.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
+}
+
+fn stop_flag_set() {
+    stop_flag().store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Calls `handler` on every SIGINT instead of dying.
+fn on_interrupt(handler: impl Fn() + Send + 'static) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                handler();
+            }
+        });
+    });
+}
+
+fn count_interrupts(counter: Arc<AtomicU32>) {
+    on_interrupt(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    });
 }
 
 fn fail(message: &str) -> ExitCode {

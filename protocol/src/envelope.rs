@@ -17,6 +17,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
+use crate::link::{Announce, Delivery, Feedback};
 use crate::stage_to_stage::DataMessage;
 use crate::PROTOCOL_VERSION;
 
@@ -31,12 +32,21 @@ pub const HEADER_LEN: usize = 12;
 pub enum MessageKind {
     /// [`DataMessage`], stage to stage.
     Data = 1,
+    /// [`Delivery`]: a numbered data message from one stage process to another.
+    Delivery = 2,
+    /// [`Feedback`]: credits, acknowledgements and slot releases back to a producer.
+    Feedback = 3,
+    /// [`Announce`]: heartbeats and lifecycle notices.
+    Announce = 4,
 }
 
 impl MessageKind {
     fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(MessageKind::Data),
+            2 => Some(MessageKind::Delivery),
+            3 => Some(MessageKind::Feedback),
+            4 => Some(MessageKind::Announce),
             _ => None,
         }
     }
@@ -46,12 +56,18 @@ impl MessageKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Envelope {
     Data(DataMessage),
+    Delivery(Delivery),
+    Feedback(Feedback),
+    Announce(Announce),
 }
 
 impl Envelope {
     pub fn kind(&self) -> MessageKind {
         match self {
             Envelope::Data(_) => MessageKind::Data,
+            Envelope::Delivery(_) => MessageKind::Delivery,
+            Envelope::Feedback(_) => MessageKind::Feedback,
+            Envelope::Announce(_) => MessageKind::Announce,
         }
     }
 }
@@ -111,6 +127,9 @@ pub fn encode(message: &Envelope) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![0u8; HEADER_LEN];
     match message {
         Envelope::Data(m) => append_body(&mut out, m)?,
+        Envelope::Delivery(m) => append_body(&mut out, m)?,
+        Envelope::Feedback(m) => append_body(&mut out, m)?,
+        Envelope::Announce(m) => append_body(&mut out, m)?,
     }
     let body_len = out.len() - HEADER_LEN;
     let body_len_u32 =
@@ -180,6 +199,9 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
     let body = &bytes[HEADER_LEN..];
     match kind {
         MessageKind::Data => decode_body(kind, body).map(Envelope::Data),
+        MessageKind::Delivery => decode_body(kind, body).map(Envelope::Delivery),
+        MessageKind::Feedback => decode_body(kind, body).map(Envelope::Feedback),
+        MessageKind::Announce => decode_body(kind, body).map(Envelope::Announce),
     }
 }
 
@@ -286,10 +308,11 @@ mod tests {
 
     #[test]
     fn end_of_stream_round_trips() {
-        let msg = Envelope::Data(DataMessage::EndOfStream {
+        let msg = Envelope::Data(DataMessage::EndOfStream(crate::StreamEnd {
             source_id: 1,
             source_name: "a".into(),
-        });
+            frames: 7,
+        }));
         let bytes = encode(&msg).unwrap();
         assert_eq!(decode(&bytes, &Limits::default()).unwrap(), msg);
     }

@@ -9,18 +9,21 @@
 //! * [`envelope`] is the versioned binary framing (magic, version, kind, length, body). Decoding
 //!   untrusted bytes never panics and never allocates more than the input justifies.
 //! * Messages are grouped by who sends them to whom, one module per direction
-//!   ([`stage_to_stage`]), so the file tree tells who may send what.
+//!   ([`stage_to_stage`] inside a pipeline, [`link`] between stage processes), so the file tree
+//!   tells who may send what.
 
 pub mod envelope;
+pub mod link;
 pub mod meta;
 pub mod payload;
 pub mod stage_to_stage;
 
 pub use envelope::{decode, encode, DecodeError, EncodeError, Envelope, Limits, MessageKind};
+pub use link::{Announce, Delivery, Feedback, Instance, SlotRelease};
 pub use meta::*;
 pub use payload::{ImageLayout, PayloadRef, PixelFormat};
-pub use stage_to_stage::DataMessage;
+pub use stage_to_stage::{DataMessage, StreamEnd};
 
 /// The protocol version this build speaks. Bumped whenever the body encoding of any message
 /// kind changes incompatibly; a peer with a newer version is rejected with both versions named.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

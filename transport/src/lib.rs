@@ -2,12 +2,18 @@
 //!
 //! A link is a bounded queue from one or more producers to one consumer stage. Its capacity is
 //! the number of credits the producers hold: when the consumer falls behind, `send` waits, so a
-//! slow stage slows its producers instead of growing memory. Today the only transport is
-//! in-process (tokio mpsc, frames shared by reference count); shared memory, CUDA IPC and zenoh
-//! links will implement the same [`LinkSender`]/[`LinkReceiver`] surface.
+//! slow stage slows its producers instead of growing memory. In one process a link is a tokio
+//! mpsc channel (frames shared by reference count, this file); between processes it is a
+//! [`net::RemoteOutput`] / [`net::RemoteInbox`] pair over zenoh, with pixels in [`shm`] slots
+//! on one host. A stage writes to either through the same [`LinkSender`].
 //!
 //! Stages run on their own OS threads, so the API is blocking; it drives tokio's channels
 //! through a runtime [`Handle`] so that async transports and timers share one reactor.
+
+/// Links between stage processes and hosts, over zenoh: credits, acknowledgements, re-sends.
+pub mod net;
+/// Shared-memory slot pool: frame pixels between two processes on one host, without a socket.
+pub mod shm;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -40,8 +46,16 @@ pub struct LinkStats {
 #[derive(Clone)]
 pub struct LinkSender {
     name: Arc<str>,
-    tx: mpsc::Sender<DataMessage>,
-    stats: Arc<LinkStats>,
+    route: Route,
+}
+
+#[derive(Clone)]
+enum Route {
+    InProcess {
+        tx: mpsc::Sender<DataMessage>,
+        stats: Arc<LinkStats>,
+    },
+    Remote(Arc<net::RemoteOutput>),
 }
 
 /// The consumer side of a link: a stage's inbox.
@@ -62,8 +76,10 @@ pub fn in_process_link(name: &str, capacity: usize, runtime: Handle) -> (LinkSen
     (
         LinkSender {
             name: name.clone(),
-            tx,
-            stats: stats.clone(),
+            route: Route::InProcess {
+                tx,
+                stats: stats.clone(),
+            },
         },
         LinkReceiver {
             name,
@@ -79,18 +95,30 @@ impl LinkSender {
     /// Sends a message, waiting for a free slot while the queue is full. Must not be called
     /// from inside the async runtime (stages call it from their own threads).
     pub fn send_blocking(&self, message: DataMessage) -> Result<(), LinkClosed> {
-        let message = match self.tx.try_send(message) {
+        let (tx, stats) = match &self.route {
+            Route::InProcess { tx, stats } => (tx, stats),
+            Route::Remote(output) => return output.send_blocking(message),
+        };
+        let message = match tx.try_send(message) {
             Ok(()) => {
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                stats.sent.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.closed()),
             Err(mpsc::error::TrySendError::Full(m)) => m,
         };
-        self.stats.waits.fetch_add(1, Ordering::Relaxed);
-        self.tx.blocking_send(message).map_err(|_| self.closed())?;
-        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        stats.waits.fetch_add(1, Ordering::Relaxed);
+        tx.blocking_send(message).map_err(|_| self.closed())?;
+        stats.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A sender into another process.
+    pub fn remote(output: Arc<net::RemoteOutput>) -> Self {
+        Self {
+            name: Arc::from(output.name()),
+            route: Route::Remote(output),
+        }
     }
 
     /// The link's name, `producer->consumer`.

@@ -1,7 +1,7 @@
 //! Line crossing for one track and one line: which side the track is on, whether its path
 //! went through the segment, and which crossings were already counted.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::geometry::{orientation, segments_intersect, Point};
 use super::settings::Line;
@@ -17,7 +17,7 @@ pub enum Crossing {
 }
 
 /// One track's history with one line.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LineTrackState {
     /// The side (+1/-1, see [`orientation`]) the track was last seen clearly on: at least the
     /// hysteresis away from the line. `None` until it has been.

@@ -24,16 +24,21 @@
 //! ```
 //! `lines_crossed` lists the crossings counted on this frame; `direction` is null for
 //! untracked or slow objects.
+//!
+//! The stage is stateful: its snapshot (`snapshot.rs`) holds every stream's totals and the
+//! per-ROI and per-track state of the streams under way, and a replacement replica built with
+//! [`crate::stage::BuildContext::resume`] carries on from it.
 
 mod crossing;
 mod direction;
 mod geometry;
 mod output;
 mod settings;
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use vidmesh_protocol::{Batch, FrameMeta, ObjectMeta, UserMeta};
+use vidmesh_protocol::{Batch, FrameMeta, ObjectMeta, StreamEnd, UserMeta};
 
 use crate::registry::StageKind;
 use crate::stage::{Outputs, Stage, StageError, StageReport};
@@ -55,7 +60,17 @@ pub const KIND: StageKind = StageKind {
     },
     build: |t, ctx| {
         let configs = crate::settings::parse::<Settings>(t)?.compile(ctx)?;
-        Ok(Box::new(Analytics::new(configs, ctx.sources.clone())))
+        let sources = ctx.sources.clone();
+        match ctx.resume.as_ref().and_then(|r| r.snapshot.as_deref()) {
+            Some(snapshot) => Ok(Box::new(
+                Analytics::restore(configs, sources, snapshot).map_err(|e| {
+                    StageError::Settings(format!(
+                        "analytics: cannot resume from the last snapshot: {e}"
+                    ))
+                })?,
+            )),
+            None => Ok(Box::new(Analytics::new(configs, sources))),
+        }
     },
 };
 
@@ -349,15 +364,10 @@ impl Stage for Analytics {
         out.emit(batch)
     }
 
-    fn on_end_of_stream(
-        &mut self,
-        source_id: u32,
-        source_name: &str,
-        out: &mut Outputs,
-    ) -> Result<(), StageError> {
+    fn on_end_of_stream(&mut self, end: &StreamEnd, out: &mut Outputs) -> Result<(), StageError> {
         // Totals stay in `stats` for the report; the per-track state goes.
-        self.streams.remove(&source_id);
-        out.end_of_stream(source_id, source_name)
+        self.streams.remove(&end.source_id);
+        out.end_of_stream(end.clone())
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
@@ -373,6 +383,10 @@ impl Stage for Analytics {
             }
         }
         Ok(report)
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        Some(self.to_snapshot())
     }
 }
 

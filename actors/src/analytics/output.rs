@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vidmesh_protocol::{DisplayLine, DisplayMeta, DisplayText, Rgba};
 
 use super::crossing::Crossing;
@@ -36,7 +36,7 @@ pub struct RoiCount {
 }
 
 /// Cumulative crossings of one line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineTotals {
     pub entries: u64,
     pub exits: u64,

@@ -417,6 +417,7 @@ mod tests {
             stage_name: "analytics".into(),
             base_dir: ".".into(),
             sources: vec!["cam0".into(), "cam1".into()],
+            resume: None,
         }
     }
 

@@ -1,10 +1,11 @@
 //! The stage on synthetic frames: what it attaches, counts and reports.
 
 use serde_json::Value;
-use vidmesh_protocol::BBox;
+use vidmesh_protocol::{BBox, DataMessage, StreamEnd};
+use vidmesh_transport::{in_process_link, Received};
 
 use super::*;
-use crate::stage::BuildContext;
+use crate::stage::{BuildContext, Resume};
 
 const TOPOLOGY: &str = r#"
     kind = "analytics"
@@ -36,6 +37,7 @@ fn ctx() -> BuildContext {
         stage_name: "analytics".into(),
         base_dir: ".".into(),
         sources: vec!["cam0".into(), "cam1".into()],
+        resume: None,
     }
 }
 
@@ -199,7 +201,15 @@ fn end_of_stream_drops_tracks_but_keeps_totals() {
         a.analyse_frame(&mut f).unwrap();
     }
     let mut out = Outputs::new(Vec::new());
-    a.on_end_of_stream(0, "cam0", &mut out).unwrap();
+    a.on_end_of_stream(
+        &StreamEnd {
+            source_id: 0,
+            source_name: "cam0".into(),
+            frames: 2,
+        },
+        &mut out,
+    )
+    .unwrap();
     assert!(a.streams.is_empty());
     let report = a.on_finish(&mut out).unwrap();
     assert_eq!(report.facts[0], ("cam0/middle entries".into(), "1".into()));
@@ -270,4 +280,209 @@ fn inverse_rois_and_the_centre_reference_point() {
     let o = json(&f.objects[1].user, OBJECT_META_KIND);
     assert_eq!(o["rois"], serde_json::json!(["left"]));
     assert_eq!(o["reference_point"], serde_json::json!([500.0, 270.0]));
+}
+
+/// What a stage is fed, one call each.
+enum Event {
+    Batch(Vec<FrameMeta>),
+    End(u32),
+}
+
+/// 30 frames of cam0 and 12 of cam1 (then its end), with crossings both ways, jitter inside
+/// the hysteresis band, a track forgotten late, untracked objects and overcrowding changes, so
+/// that every cut point leaves some state mid-way.
+fn restart_script() -> Vec<Event> {
+    let jitter = [315.0, 322.0, 318.0, 325.5, 319.0, 326.0, 321.0, 314.0];
+    let mut events = Vec::new();
+    for n in 0..30u64 {
+        let mut cam0 = vec![
+            person(Some(1), 250.0 + 5.3 * n as f32),
+            person(Some(2), 420.0 - 4.1 * n as f32),
+            person(Some(3), jitter[n as usize % jitter.len()]),
+        ];
+        if n < 8 {
+            cam0.push(person(Some(4), 100.0));
+        }
+        if n % 3 == 0 {
+            cam0.push(person(None, 60.0));
+        }
+        let mut frames = vec![frame(0, n, cam0)];
+        if n < 12 {
+            frames.push(frame(1, n, vec![person(Some(10), 290.0 + 6.0 * n as f32)]));
+        }
+        events.push(Event::Batch(frames));
+        if n == 11 {
+            events.push(Event::End(1));
+        }
+    }
+    events
+}
+
+/// Both streams on the "*" entry, with a hysteresis band to be caught inside.
+fn restart_topology() -> String {
+    TOPOLOGY
+        .replace("\"cam0\"", "\"*\"")
+        .replace("hysteresis = 0", "hysteresis = 4")
+}
+
+fn build(text: &str, resume: Option<Resume>) -> Result<Box<dyn Stage>, StageError> {
+    let table: toml::Table = toml::from_str(text).unwrap();
+    (KIND.build)(&table, &BuildContext { resume, ..ctx() })
+}
+
+/// Feeds `events` to `stage` and returns the frames it emitted.
+fn feed(stage: &mut dyn Stage, events: &[Event]) -> Vec<FrameMeta> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (tx, mut rx) = in_process_link("analytics->x", 256, rt.handle().clone());
+    let mut out = Outputs::new(vec![tx]);
+    for event in events {
+        match event {
+            Event::Batch(frames) => {
+                let batch = Batch {
+                    frames: frames.clone(),
+                    ..Default::default()
+                };
+                stage.on_batch(batch, &mut out).unwrap();
+            }
+            Event::End(source_id) => {
+                let end = StreamEnd {
+                    source_id: *source_id,
+                    source_name: ctx().sources[*source_id as usize].clone(),
+                    frames: 12,
+                };
+                stage.on_end_of_stream(&end, &mut out).unwrap();
+            }
+        }
+    }
+    let mut frames = Vec::new();
+    while let Received::Message(m) = rx.recv_blocking(Some(std::time::Instant::now())) {
+        if let DataMessage::Batch(b) = m {
+            frames.extend(b.frames);
+        }
+    }
+    frames
+}
+
+fn finish(stage: &mut dyn Stage) -> StageReport {
+    stage.on_finish(&mut Outputs::new(Vec::new())).unwrap()
+}
+
+#[test]
+fn a_restored_snapshot_carries_on_as_if_uninterrupted() {
+    let text = restart_topology();
+    let events = restart_script();
+    let mut uninterrupted = build(&text, None).unwrap();
+    let expected = feed(uninterrupted.as_mut(), &events);
+    let expected_report = finish(uninterrupted.as_mut());
+
+    // The script exercises what a snapshot must carry.
+    let fact = |key: &str| {
+        let found = expected_report.facts.iter().find(|(k, _)| k == key);
+        found.map(|(_, v)| v.clone()).unwrap_or_default()
+    };
+    assert_eq!(fact("cam0/middle entries"), "2");
+    assert_eq!(fact("cam0/middle exits"), "2");
+    assert_eq!(fact("cam1/middle entries"), "1");
+    let changes = expected
+        .iter()
+        .filter(|f| {
+            json(&f.user, FRAME_META_KIND)
+                .get("overcrowding_changes")
+                .is_some()
+        })
+        .count();
+    assert!(changes >= 2, "{changes} overcrowding changes");
+
+    for cut in 0..=events.len() {
+        let mut first = build(&text, None).unwrap();
+        let mut got = feed(first.as_mut(), &events[..cut]);
+        let snapshot = first.snapshot().expect("analytics is stateful");
+        drop(first);
+        let resume = Resume {
+            snapshot: Some(snapshot),
+        };
+        let mut second = build(&text, Some(resume)).unwrap();
+        got.extend(feed(second.as_mut(), &events[cut..]));
+        assert!(
+            got == expected,
+            "outputs differ when restarted after event {cut}"
+        );
+        assert_eq!(finish(second.as_mut()), expected_report, "cut at {cut}");
+    }
+}
+
+#[test]
+fn the_snapshot_is_versioned_json_with_exact_coordinates() {
+    let text = restart_topology();
+    let mut stage = build(&text, None).unwrap();
+    feed(stage.as_mut(), &restart_script()[..3]);
+    let snapshot: Value = serde_json::from_slice(&stage.snapshot().unwrap()).unwrap();
+    assert_eq!(snapshot["version"], 1);
+    let cam0 = &snapshot["streams"][0];
+    assert_eq!(cam0["name"], "cam0");
+    assert_eq!(
+        cam0["lines"],
+        serde_json::json!([["middle", {"entries": 0, "exits": 0}]])
+    );
+    assert_eq!(cam0["running"]["overcrowded"], serde_json::json!([true]));
+    let track1 = &cam0["running"]["tracks"][0];
+    assert_eq!(track1["id"], 1);
+    // 250 + 5.3 * 2 in f32, widened to f64 without loss.
+    assert_eq!(
+        track1["history"][2],
+        serde_json::json!([2, "260.6000061035156", "300"])
+    );
+}
+
+#[test]
+fn a_snapshot_that_does_not_fit_is_a_settings_error_naming_the_stage() {
+    let text = restart_topology();
+    let mut stage = build(&text, None).unwrap();
+    feed(stage.as_mut(), &restart_script()[..3]);
+    let snapshot = stage.snapshot().unwrap();
+    let track_snapshot = br#"{"ids": {"next": 3}, "confirmed": 2, "streams": []}"#.to_vec();
+    let next_version = String::from_utf8(snapshot.clone())
+        .unwrap()
+        .replace("\"version\":1", "\"version\":2");
+    let cases = [
+        (
+            &text,
+            b"{not json".to_vec(),
+            "unreadable analytics snapshot: key must be a string",
+        ),
+        (
+            &text,
+            track_snapshot,
+            "unreadable analytics snapshot: missing field `version`",
+        ),
+        (
+            &text,
+            next_version.into_bytes(),
+            "analytics snapshot version 2 is not supported (this build reads version 1)",
+        ),
+        (
+            &text.replace("name = \"middle\"", "name = \"gate\""),
+            snapshot,
+            "stream `cam0`: the snapshot's lines are [middle], the configuration's [gate]",
+        ),
+    ];
+    for (text, snapshot, reason) in cases {
+        let resume = Resume {
+            snapshot: Some(snapshot),
+        };
+        let e = build(text, Some(resume)).err().expect("refused");
+        assert!(matches!(e, StageError::Settings(_)), "{e:?}");
+        let e = e.to_string();
+        let expected = format!("analytics: cannot resume from the last snapshot: {reason}");
+        assert!(e.starts_with(&expected), "{e}");
+    }
+}
+
+#[test]
+fn a_replacement_without_a_committed_snapshot_starts_afresh() {
+    let resume = Resume { snapshot: None };
+    let mut stage = build(&restart_topology(), Some(resume)).unwrap();
+    let fresh = build(&restart_topology(), None).unwrap();
+    assert_eq!(stage.snapshot(), fresh.snapshot());
+    assert_eq!(finish(stage.as_mut()), StageReport::default());
 }

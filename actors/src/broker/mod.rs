@@ -3,12 +3,16 @@
 //! Adapters sit behind [`Publisher`]: `file://PATH` writes JSON lines, flushed and synced when
 //! a stream ends; `redis://HOST[:PORT]/STREAM` appends to a Redis stream, each message
 //! confirmed by the server.
+//!
+//! The stage is stateless. A replacement for an instance that stopped mid-stream
+//! ([`BuildContext::resume`]) appends to the file instead of truncating it: the earlier lines
+//! stay, and the reader deduplicates messages published again.
 
 mod file;
 mod redis;
 
 use serde::Deserialize;
-use vidmesh_protocol::Batch;
+use vidmesh_protocol::{Batch, StreamEnd};
 
 use crate::msgconv::config::MsgConvConfig;
 use crate::msgconv::{self, Schema};
@@ -27,6 +31,9 @@ pub const KIND: StageKind = StageKind {
     build: |t, ctx| {
         let s = Settings::load(t)?;
         let publisher: Box<dyn Publisher> = match s.target(ctx)? {
+            Target::File(path) if ctx.resume.is_some() => {
+                Box::new(file::JsonLinesFile::append(&path)?)
+            }
             Target::File(path) => Box::new(file::JsonLinesFile::create(&path)?),
             Target::Redis(target) => {
                 Box::new(redis::RedisStream::connect(target, s.maxlen, s.timeout)?)
@@ -163,14 +170,9 @@ impl Stage for Broker {
         out.emit(batch)
     }
 
-    fn on_end_of_stream(
-        &mut self,
-        source_id: u32,
-        source_name: &str,
-        out: &mut Outputs,
-    ) -> Result<(), StageError> {
+    fn on_end_of_stream(&mut self, end: &StreamEnd, out: &mut Outputs) -> Result<(), StageError> {
         self.publisher.flush()?;
-        out.end_of_stream(source_id, source_name)
+        out.end_of_stream(end.clone())
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
@@ -191,6 +193,7 @@ mod tests {
             stage_name: "events".into(),
             base_dir: dir.to_path_buf(),
             sources: vec!["street".into()],
+            resume: None,
         }
     }
 
@@ -262,6 +265,42 @@ mod tests {
             .collect();
         assert_eq!(ids, ["0", "1", "0"]);
         assert_ne!(lines[0]["messageid"], lines[2]["messageid"]);
+    }
+
+    #[test]
+    fn a_replacement_appends_to_the_file_and_a_fresh_start_truncates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = table("kind = \"broker\"\nuri = \"file://events.jsonl\"\nschema = \"native\"\n");
+        let run = |ctx: &BuildContext, frames: std::ops::Range<u64>| {
+            let mut broker = (KIND.build)(&t, ctx).unwrap();
+            let mut out = Outputs::new(Vec::new());
+            let batch = Batch {
+                frames: frames.map(|n| frame(n, 1)).collect(),
+                ..Default::default()
+            };
+            broker.on_batch(batch, &mut out).unwrap();
+            broker.on_finish(&mut out).unwrap();
+        };
+        let frame_nums = || -> Vec<u64> {
+            std::fs::read_to_string(dir.path().join("events.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["frame_num"].as_u64().unwrap()
+                })
+                .collect()
+        };
+        let fresh = ctx(dir.path());
+        let resumed = BuildContext {
+            resume: Some(crate::stage::Resume::default()),
+            ..ctx(dir.path())
+        };
+        run(&fresh, 0..3);
+        run(&resumed, 2..5);
+        assert_eq!(frame_nums(), [0, 1, 2, 2, 3, 4]);
+        run(&fresh, 7..8);
+        assert_eq!(frame_nums(), [7]);
     }
 
     #[test]

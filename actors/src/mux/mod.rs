@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use vidmesh_protocol::{Batch, FrameMeta};
+use vidmesh_protocol::{Batch, FrameMeta, StreamEnd};
 
 use crate::registry::StageKind;
 use crate::settings;
@@ -120,19 +120,14 @@ impl Stage for Mux {
         Ok(())
     }
 
-    fn on_end_of_stream(
-        &mut self,
-        source_id: u32,
-        source_name: &str,
-        out: &mut Outputs,
-    ) -> Result<(), StageError> {
+    fn on_end_of_stream(&mut self, end: &StreamEnd, out: &mut Outputs) -> Result<(), StageError> {
         // Frames of the ended source must leave before its end-of-stream notice.
-        if self.pending.iter().any(|f| f.source_id == source_id) {
+        if self.pending.iter().any(|f| f.source_id == end.source_id) {
             while !self.pending.is_empty() {
                 self.flush(out)?;
             }
         }
-        out.end_of_stream(source_id, source_name)
+        out.end_of_stream(end.clone())
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -159,7 +154,7 @@ impl Stage for Mux {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vidmesh_protocol::DataMessage;
+    use vidmesh_protocol::{DataMessage, StreamEnd};
     use vidmesh_transport::{in_process_link, Received};
 
     fn frame(source_id: u32, n: u64) -> Batch {
@@ -217,12 +212,17 @@ mod tests {
             batch_timeout: Duration::from_secs(10),
         });
         mux.on_batch(frame(0, 0), &mut out).unwrap();
-        mux.on_end_of_stream(0, "cam0", &mut out).unwrap();
+        let end = StreamEnd {
+            source_id: 0,
+            source_name: "cam0".into(),
+            frames: 1,
+        };
+        mux.on_end_of_stream(&end, &mut out).unwrap();
         let got = drain(&mut rx);
         assert!(matches!(got[0], DataMessage::Batch(_)));
         assert!(matches!(
             got[1],
-            DataMessage::EndOfStream { source_id: 0, .. }
+            DataMessage::EndOfStream(StreamEnd { source_id: 0, .. })
         ));
     }
 }

@@ -5,6 +5,9 @@
 //! more than one source feeds the sink). A file is finalised (MP4 index written) when its
 //! source ends, so a stream that ends early, or a pipeline that stops on an error elsewhere,
 //! still leaves a playable file with every frame that reached the sink.
+//!
+//! An MP4 cannot be appended to: a replacement for an instance that stopped mid-stream
+//! ([`BuildContext::resume`]) rewrites each file from the restart point, and says so.
 
 mod mp4;
 
@@ -12,7 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use vidmesh_protocol::Batch;
+use vidmesh_protocol::{Batch, StreamEnd};
 
 use crate::registry::StageKind;
 use crate::settings;
@@ -29,6 +32,14 @@ pub const KIND: StageKind = StageKind {
             .resolve(&settings::file_uri_path(&settings.uri)?)
             .display()
             .to_string();
+        if ctx.resume.is_some() {
+            tracing::warn!(
+                stage = %ctx.stage_name,
+                output = %template,
+                "the mp4 sink cannot resume after a restart: its files are rewritten from the \
+                 restart point and lose the frames before it"
+            );
+        }
         Ok(Box::new(Sink {
             settings,
             template,
@@ -152,14 +163,9 @@ impl Stage for Sink {
         out.emit(batch)
     }
 
-    fn on_end_of_stream(
-        &mut self,
-        source_id: u32,
-        source_name: &str,
-        out: &mut Outputs,
-    ) -> Result<(), StageError> {
-        self.finish(source_id)?;
-        out.end_of_stream(source_id, source_name)
+    fn on_end_of_stream(&mut self, end: &StreamEnd, out: &mut Outputs) -> Result<(), StageError> {
+        self.finish(end.source_id)?;
+        out.end_of_stream(end.clone())
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {

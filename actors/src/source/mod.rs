@@ -16,7 +16,7 @@ use gstreamer as gst;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use serde::Deserialize;
-use vidmesh_protocol::{Batch, FrameMeta, ImageLayout, PayloadRef, PixelFormat};
+use vidmesh_protocol::{Batch, FrameMeta, ImageLayout, PayloadRef, PixelFormat, StreamEnd};
 
 use crate::gst_util;
 use crate::stage::{BuildContext, Outputs, StageError};
@@ -115,7 +115,11 @@ impl GstSource {
     ) -> SourceReport {
         let mut frames = 0u64;
         let error = self.decode(out, stop, progress, &mut frames).err();
-        let notice = out.end_of_stream(self.source_id, &self.settings.id);
+        let notice = out.end_of_stream(StreamEnd {
+            source_id: self.source_id,
+            source_name: self.settings.id.clone(),
+            frames,
+        });
         // A closed downstream is a consequence of another failure, not this source's.
         let error = match error {
             Some(StageError::Downstream(_)) | None => notice

@@ -105,6 +105,7 @@ mod tests {
             stage_name: "sources".into(),
             base_dir: std::env::temp_dir(),
             sources: vec![],
+            resume: None,
         }
     }
 

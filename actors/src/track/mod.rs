@@ -36,7 +36,7 @@ pub use lifecycle::{PastBox, PastFrames, PAST_FRAMES_KIND};
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use vidmesh_protocol::{Batch, FrameMeta};
+use vidmesh_protocol::{Batch, FrameMeta, StreamEnd};
 
 use crate::registry::StageKind;
 use crate::settings;
@@ -50,10 +50,15 @@ pub const KIND: StageKind = StageKind {
     name: "track",
     summary: "assign stable track ids per source (nvtracker; IoU, SORT, ByteTrack, appearance)",
     check: |t, _| settings::parse::<Settings>(t).and_then(|s| s.validate()),
-    build: |t, _| {
+    build: |t, ctx| {
         let s = settings::parse::<Settings>(t)?;
         s.validate()?;
-        Ok(Box::new(Track::new(s)))
+        match ctx.resume.as_ref().and_then(|r| r.snapshot.as_deref()) {
+            Some(snapshot) => Ok(Box::new(Track::restore(s, snapshot).map_err(|e| {
+                StageError::Settings(format!("track: cannot resume from the last snapshot: {e}"))
+            })?)),
+            None => Ok(Box::new(Track::new(s))),
+        }
     },
 };
 
@@ -295,6 +300,10 @@ fn restore_tracker(
 /// Everything a replacement replica needs to carry on with the same ids.
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
+    /// The algorithm that took it: SORT and ByteTrack states look alike, so the trackers'
+    /// own states cannot tell. Absent from snapshots taken before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    algorithm: Option<Algorithm>,
     ids: IdAllocator,
     confirmed: u64,
     streams: Vec<(u32, serde_json::Value)>,
@@ -322,6 +331,12 @@ impl Track {
     pub fn restore(settings: Settings, snapshot: &[u8]) -> Result<Self, StageError> {
         let s: Snapshot = serde_json::from_slice(snapshot)
             .map_err(|e| StageError::Input(format!("unreadable tracker snapshot: {e}")))?;
+        if let Some(taken_by) = s.algorithm.filter(|a| *a != settings.algorithm) {
+            return Err(StageError::Input(format!(
+                "the tracker snapshot was taken by algorithm {taken_by:?}, not {:?}",
+                settings.algorithm
+            )));
+        }
         let mut per_source = HashMap::new();
         for (source, state) in s.streams {
             per_source.insert(source, restore_tracker(&settings, state)?);
@@ -357,14 +372,9 @@ impl Stage for Track {
         out.emit(batch)
     }
 
-    fn on_end_of_stream(
-        &mut self,
-        source_id: u32,
-        source_name: &str,
-        out: &mut Outputs,
-    ) -> Result<(), StageError> {
-        self.per_source.remove(&source_id);
-        out.end_of_stream(source_id, source_name)
+    fn on_end_of_stream(&mut self, end: &StreamEnd, out: &mut Outputs) -> Result<(), StageError> {
+        self.per_source.remove(&end.source_id);
+        out.end_of_stream(end.clone())
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
@@ -379,6 +389,7 @@ impl Stage for Track {
             .collect();
         streams.sort_by_key(|(k, _)| *k);
         serde_json::to_vec(&Snapshot {
+            algorithm: Some(self.settings.algorithm),
             ids: self.ids.clone(),
             confirmed: self.confirmed,
             streams,
@@ -685,5 +696,65 @@ mod tests {
     #[test]
     fn a_garbled_snapshot_is_an_error() {
         assert!(Track::restore(Settings::default(), b"{not json").is_err());
+    }
+
+    fn resuming(snapshot: Option<Vec<u8>>) -> crate::stage::BuildContext {
+        crate::stage::BuildContext {
+            stage_name: "tracker".into(),
+            base_dir: ".".into(),
+            sources: vec!["cam0".into(), "cam1".into()],
+            resume: Some(crate::stage::Resume { snapshot }),
+        }
+    }
+
+    #[test]
+    fn the_build_function_resumes_from_the_committed_snapshot() {
+        let table: toml::Table = "algorithm = \"sort\"".parse().unwrap();
+        let mut first = Track::new(settings::parse::<Settings>(&table).unwrap());
+        for n in 0..18 {
+            for source in 0..2 {
+                first.track_frame(&mut frame(source, n));
+            }
+        }
+        let snapshot = first.snapshot().unwrap();
+        let resumed = (KIND.build)(&table, &resuming(Some(snapshot.clone()))).unwrap();
+        assert_eq!(resumed.snapshot(), Some(snapshot));
+
+        // A replacement of an instance that never committed a snapshot starts afresh.
+        let fresh = (KIND.build)(&table, &resuming(None)).unwrap();
+        let empty = Track::new(Settings {
+            algorithm: Algorithm::Sort,
+            ..Settings::default()
+        });
+        assert_eq!(fresh.snapshot(), empty.snapshot());
+    }
+
+    #[test]
+    fn resuming_from_another_algorithm_or_a_garbled_snapshot_is_a_settings_error() {
+        let mut sort = Track::new(Settings {
+            algorithm: Algorithm::Sort,
+            ..Settings::default()
+        });
+        sort.track_frame(&mut frame(0, 0));
+        let snapshot = sort.snapshot().unwrap();
+        let bytetrack: toml::Table = "algorithm = \"bytetrack\"".parse().unwrap();
+        let e = (KIND.build)(&bytetrack, &resuming(Some(snapshot)))
+            .err()
+            .expect("a SORT snapshot does not resume ByteTrack");
+        assert!(matches!(e, StageError::Settings(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "track: cannot resume from the last snapshot: the tracker snapshot was taken by \
+             algorithm Sort, not ByteTrack"
+        );
+        let e = (KIND.build)(&bytetrack, &resuming(Some(b"{not json".to_vec())))
+            .err()
+            .expect("garbled");
+        assert!(matches!(e, StageError::Settings(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("track: cannot resume from the last snapshot: unreadable"),
+            "{e}"
+        );
     }
 }

@@ -49,6 +49,7 @@ pub fn settings_from_table(table: &toml::Table) -> Result<Settings> {
         stage_name: "track".into(),
         base_dir: PathBuf::from("."),
         sources: Vec::new(),
+        resume: None,
     };
     (KIND.check)(table, &ctx).with_context(|| {
         let shown: Vec<String> = table.iter().map(|(k, v)| format!("{k} = {v}")).collect();

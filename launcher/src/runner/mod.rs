@@ -269,7 +269,7 @@ pub fn run(
     })
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -299,11 +299,8 @@ fn stage_loop(
                     ingest.map(|i| now_ns().saturating_sub(i)),
                 );
             }
-            Received::Message(DataMessage::EndOfStream {
-                source_id,
-                source_name,
-            }) => {
-                stage.on_end_of_stream(source_id, &source_name, &mut out)?;
+            Received::Message(DataMessage::EndOfStream(end)) => {
+                stage.on_end_of_stream(&end, &mut out)?;
             }
             Received::Timeout => stage.on_timer(Instant::now(), &mut out)?,
             Received::Closed => return stage.on_finish(&mut out),

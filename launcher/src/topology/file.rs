@@ -13,7 +13,9 @@ pub struct TopologyFile {
     #[serde(default)]
     pub stage: toml::map::Map<String, toml::Value>,
     #[serde(default)]
-    pub placement: Option<Spanned<toml::Value>>,
+    pub hosts: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub placement: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]

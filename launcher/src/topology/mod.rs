@@ -7,6 +7,7 @@
 
 mod file;
 mod graph;
+pub mod runtime;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use vidmesh_actors::source::{self, SourceUri};
 use vidmesh_actors::{find_kind, BuildContext, StageKind, STAGE_KINDS};
 
 use file::TopologyFile;
+pub use runtime::{Deployment, Payload, StageRuntime};
 
 /// The name links use for "all sources".
 pub const SOURCES: &str = "sources";
@@ -52,7 +54,9 @@ pub struct SourceEntry {
 pub struct StageEntry {
     pub name: String,
     pub kind: &'static StageKind,
+    /// The kind's own settings (runtime keys taken out).
     pub table: toml::Table,
+    pub runtime: StageRuntime,
 }
 
 impl fmt::Debug for StageEntry {
@@ -76,6 +80,7 @@ pub struct Topology {
     pub stages: Vec<StageEntry>,
     /// (producer, consumer); the producer may be [`SOURCES`].
     pub links: Vec<(String, String)>,
+    pub deployment: Deployment,
 }
 
 impl Topology {
@@ -100,12 +105,6 @@ impl Topology {
         };
         let parsed: TopologyFile = toml::from_str(text)
             .map_err(|e| at(e.span().map(|s| s.start), e.message().trim().to_string()))?;
-        if let Some(p) = &parsed.placement {
-            return Err(at(
-                Some(p.span().start),
-                "[placement] (running stages in other processes or hosts) is not available yet; remove it to run every stage in this process".into(),
-            ));
-        }
         if parsed.pipeline.queue == 0 || parsed.pipeline.queue > 4096 {
             return Err(at(
                 None,
@@ -134,6 +133,7 @@ impl Topology {
             stage_name: stage.to_string(),
             base_dir: base_dir.to_path_buf(),
             sources: source_names.clone(),
+            resume: None,
         };
 
         let mut sources = Vec::new();
@@ -169,6 +169,10 @@ impl Topology {
                     ),
                 ));
             }
+            let mut table = table.clone();
+            let runtime = StageRuntime::take_from(&mut table)
+                .map_err(|e| at(offset, format!("stage `{name}`: {e}")))?;
+            let table = &table;
             let kind_name = table.get("kind").and_then(|k| k.as_str()).ok_or_else(|| {
                 at(
                     offset,
@@ -193,6 +197,7 @@ impl Topology {
                 name: name.clone(),
                 kind,
                 table: table.clone(),
+                runtime,
             });
         }
 
@@ -246,7 +251,9 @@ impl Topology {
         if sources.is_empty() {
             return Err(at(None, "the topology has no [[source]] entries".into()));
         }
+        let deployment = parse_deployment(&parsed, &stages).map_err(|(o, m)| at(o, m))?;
         Ok(Topology {
+            deployment,
             path: path.to_path_buf(),
             name: parsed.pipeline.name,
             queue: parsed.pipeline.queue,
@@ -263,6 +270,7 @@ impl Topology {
             stage_name: name.to_string(),
             base_dir: self.base_dir.clone(),
             sources: self.sources.iter().map(|s| s.settings.id.clone()).collect(),
+            resume: None,
         }
     }
 
@@ -289,6 +297,41 @@ impl Topology {
         s.push_str("}\n");
         s
     }
+}
+
+fn parse_deployment(
+    parsed: &TopologyFile,
+    stages: &[StageEntry],
+) -> Result<Deployment, (Option<usize>, String)> {
+    let mut d = Deployment::default();
+    if let Some(hosts) = &parsed.hosts {
+        let here = Some(hosts.span().start);
+        for (name, v) in hosts.get_ref() {
+            let entry: runtime::HostEntry = v
+                .clone()
+                .try_into()
+                .map_err(|e| (here, format!("[hosts.{name}]: {e}")))?;
+            d.hosts.insert(name.clone(), entry);
+        }
+    }
+    if let Some(placement) = &parsed.placement {
+        let here = Some(placement.span().start);
+        for (name, v) in placement.get_ref() {
+            let entry: runtime::PlacementEntry = v
+                .clone()
+                .try_into()
+                .map_err(|e| (here, format!("[placement.{name}]: {e}")))?;
+            d.placement.insert(name.clone(), entry);
+        }
+        d.check(&|stage| {
+            stages
+                .iter()
+                .find(|s| s.name == stage)
+                .map(|s| s.runtime.replicas)
+        })
+        .map_err(|e| (here, e))?;
+    }
+    Ok(d)
 }
 
 fn kind_names() -> String {

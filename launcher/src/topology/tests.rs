@@ -130,12 +130,38 @@ fn a_stage_nothing_feeds_is_rejected() {
 }
 
 #[test]
-fn placement_is_refused_until_it_exists() {
+fn placement_on_an_undeclared_host_names_the_stage_the_host_and_the_declared_ones() {
     let e = error(&format!(
-        "{GOOD}\n[placement]\ndetect = {{ host = \"a\" }}\n"
+        "{GOOD}\n[hosts]\ngpu-a = {{ zenoh = \"tcp/10.0.0.2:7447\" }}\n[placement]\ndetect = {{ host = \"gpu-z\" }}\n"
     ));
     assert!(
-        e.contains("[placement]") && e.contains("not available yet"),
+        e.starts_with("t.toml:")
+            && e.contains("detect")
+            && e.contains("gpu-z")
+            && e.contains("gpu-a"),
         "{e}"
     );
+}
+
+#[test]
+fn two_stages_on_one_metrics_port_are_refused() {
+    let e = error(&format!(
+        "{GOOD}\n[placement]\ndetect = {{ metrics_port = 9300 }}\nmux = {{ metrics_port = 9300 }}\n"
+    ));
+    assert!(
+        e.contains("`detect`") && e.contains("`mux`") && e.contains("9300"),
+        "{e}"
+    );
+}
+
+#[test]
+fn runtime_keys_do_not_reach_the_stage_kind() {
+    let t = check(&GOOD.replace(
+        "parser = { type = \"ssd\" }",
+        "parser = { type = \"ssd\" }\nreplicas = 3",
+    ))
+    .unwrap();
+    let detect = t.stages.iter().find(|s| s.name == "detect").unwrap();
+    assert_eq!(detect.runtime.replicas, 3);
+    assert!(!detect.table.contains_key("replicas"));
 }

@@ -1,0 +1,375 @@
+//! `vidmesh launch`: one process per source and per stage replica, supervised.
+//!
+//! The launcher hosts the zenoh router the stage processes connect to, starts every instance
+//! with `vidmesh stage`, prefixes their log lines with `[stage/replica]`, restarts an instance
+//! that dies (exponential backoff, at most `max_restarts` times), and announces an instance it
+//! gave up on as retired so that the others stop waiting for it. Ctrl-C stops the sources; the
+//! pipeline then drains and ends; a second Ctrl-C kills everything.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use vidmesh_transport::net::{NetConfig, NetNode};
+use vidmesh_transport::shm::remove_stale_segments;
+
+use crate::node::{source_instance, summary_path, NodeSummary};
+use crate::runner::{RunSummary, SourceSummary, StageSummary};
+use crate::topology::Topology;
+
+/// How to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// The `vidmesh` binary to run stages with.
+    pub exe: PathBuf,
+    /// Where instances keep restart state, pid files and summaries (emptied first).
+    pub state_dir: PathBuf,
+    pub shm_dir: PathBuf,
+    /// Print a status line this often.
+    pub progress_interval: Option<Duration>,
+}
+
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Net(#[from] vidmesh_transport::net::NetError),
+}
+
+/// One instance under supervision.
+struct Supervised {
+    name: String,
+    replica: u32,
+    max_restarts: u32,
+    child: Option<Child>,
+    restarts: u32,
+    restart_at: Option<Instant>,
+    state: InstanceState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum InstanceState {
+    Running,
+    Succeeded,
+    GaveUp(String),
+}
+
+impl Supervised {
+    fn label(&self) -> String {
+        format!("{}/{}", self.name, self.replica)
+    }
+}
+
+/// Ctrl-C presses seen by the launcher (1 = drain, 2 = kill).
+pub type Interrupts = Arc<AtomicU32>;
+
+fn free_port() -> Result<u16, LaunchError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| LaunchError::Setup(format!("cannot find a free port: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| LaunchError::Setup(e.to_string()))
+}
+
+fn prefix_lines(label: String, stream: impl std::io::Read + Send + 'static) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            eprintln!("[{label}] {line}");
+        }
+    });
+}
+
+fn spawn(
+    s: &Supervised,
+    exe: &Path,
+    topology: &Topology,
+    router: &str,
+    options: &LaunchOptions,
+) -> Result<Child, LaunchError> {
+    let mut child = Command::new(exe)
+        .arg("stage")
+        .arg("--topology")
+        .arg(&topology.path)
+        .arg("--stage")
+        .arg(&s.name)
+        .arg("--replica")
+        .arg(s.replica.to_string())
+        .arg("--connect")
+        .arg(router)
+        .arg("--state-dir")
+        .arg(&options.state_dir)
+        .arg("--shm-dir")
+        .arg(&options.shm_dir)
+        .current_dir(&topology.base_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| LaunchError::Setup(format!("cannot start {}: {e}", exe.display())))?;
+    if let Some(out) = child.stdout.take() {
+        prefix_lines(s.label(), out);
+    }
+    if let Some(err) = child.stderr.take() {
+        prefix_lines(s.label(), err);
+    }
+    let pid_file = options
+        .state_dir
+        .join(format!("{}-{}.pid", s.name, s.replica));
+    let _ = std::fs::write(pid_file, child.id().to_string());
+    Ok(child)
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        _ => "ended".into(),
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// Runs `topology` as one process per source and stage replica until everything finished.
+pub fn launch(
+    topology: &Topology,
+    options: &LaunchOptions,
+    interrupts: Interrupts,
+) -> Result<RunSummary, LaunchError> {
+    let started = Instant::now();
+    if options.state_dir.exists() {
+        std::fs::remove_dir_all(&options.state_dir).map_err(|e| {
+            LaunchError::Setup(format!("cannot clear {}: {e}", options.state_dir.display()))
+        })?;
+    }
+    std::fs::create_dir_all(&options.state_dir).map_err(|e| {
+        LaunchError::Setup(format!(
+            "cannot create {}: {e}",
+            options.state_dir.display()
+        ))
+    })?;
+    // Segments of processes killed in an earlier run of this pipeline.
+    let _ = remove_stale_segments(&options.shm_dir, &format!("vidmesh-{}-", topology.name));
+
+    let router = format!("tcp/127.0.0.1:{}", free_port()?);
+    let net = NetNode::open(
+        &NetConfig {
+            pipeline: topology.name.clone(),
+            listen: vec![router.clone()],
+            mode: Some("router".into()),
+            ..Default::default()
+        },
+        "launcher",
+        0,
+    )?;
+    tracing::info!("zenoh router for `{}` listening on {router}", topology.name);
+
+    let mut instances: Vec<Supervised> = Vec::new();
+    for s in &topology.sources {
+        instances.push(Supervised {
+            name: source_instance(&s.settings.id),
+            replica: 0,
+            max_restarts: 5,
+            child: None,
+            restarts: 0,
+            restart_at: None,
+            state: InstanceState::Running,
+        });
+    }
+    for st in &topology.stages {
+        if topology.deployment.host_of(&st.name).is_some() {
+            eprintln!(
+                "launch: stage `{}` is placed on host `{}`; start it there with `vidmesh stage`",
+                st.name,
+                topology.deployment.host_of(&st.name).unwrap_or_default()
+            );
+            continue;
+        }
+        for replica in 0..st.runtime.replicas {
+            instances.push(Supervised {
+                name: st.name.clone(),
+                replica,
+                max_restarts: st.runtime.max_restarts,
+                child: None,
+                restarts: 0,
+                restart_at: None,
+                state: InstanceState::Running,
+            });
+        }
+    }
+    // Consumers first, so that sources find someone to send to.
+    for s in instances.iter_mut().rev() {
+        s.child = Some(spawn(s, &options.exe, topology, &router, options)?);
+    }
+    eprintln!(
+        "launch: `{}` started as {} processes (state in {})",
+        topology.name,
+        instances.len(),
+        options.state_dir.display()
+    );
+
+    let mut interrupts_seen = 0;
+    let mut next_report = options.progress_interval.map(|i| Instant::now() + i);
+    loop {
+        let pressed = interrupts.load(Ordering::Relaxed);
+        if pressed > interrupts_seen {
+            interrupts_seen = pressed;
+            for s in &instances {
+                if let Some(child) = &s.child {
+                    if pressed >= 2 {
+                        signal(child, libc::SIGKILL);
+                    } else if s.name.starts_with("source.") {
+                        signal(child, libc::SIGINT);
+                    }
+                }
+            }
+            eprintln!(
+                "launch: {}",
+                if pressed >= 2 {
+                    "killing every process"
+                } else {
+                    "stopping the sources; the pipeline drains (Ctrl-C again to kill)"
+                }
+            );
+        }
+        for s in instances.iter_mut() {
+            if let Some(at) = s.restart_at {
+                if Instant::now() >= at && interrupts_seen < 2 {
+                    s.restart_at = None;
+                    s.child = Some(spawn(s, &options.exe, topology, &router, options)?);
+                }
+                continue;
+            }
+            let Some(child) = s.child.as_mut() else {
+                continue;
+            };
+            let Ok(Some(status)) = child.try_wait() else {
+                continue;
+            };
+            s.child = None;
+            if status.success() {
+                s.state = InstanceState::Succeeded;
+                continue;
+            }
+            let why = describe_exit(status);
+            if interrupts_seen >= 2 {
+                s.state = InstanceState::GaveUp(format!("{why} (killed on request)"));
+            } else if s.restarts < s.max_restarts {
+                s.restarts += 1;
+                let backoff = Duration::from_millis(200 * (1u64 << (s.restarts - 1).min(5)));
+                eprintln!(
+                    "launch: {} {why}; restarting in {:.1}s (restart {} of {})",
+                    s.label(),
+                    backoff.as_secs_f64(),
+                    s.restarts,
+                    s.max_restarts
+                );
+                s.restart_at = Some(Instant::now() + backoff);
+            } else {
+                eprintln!(
+                    "launch: {} {why}; giving up after {} restart(s)",
+                    s.label(),
+                    s.restarts
+                );
+                s.state = InstanceState::GaveUp(why);
+                for _ in 0..3 {
+                    net.announce_retired(&s.name, s.replica)?;
+                }
+            }
+        }
+        if instances
+            .iter()
+            .all(|s| s.child.is_none() && s.restart_at.is_none())
+        {
+            break;
+        }
+        if let Some(at) = next_report {
+            if Instant::now() >= at {
+                let running = instances.iter().filter(|s| s.child.is_some()).count();
+                let restarts: u32 = instances.iter().map(|s| s.restarts).sum();
+                eprintln!(
+                    "launch: {:.0}s, {running}/{} processes running, {restarts} restart(s)",
+                    started.elapsed().as_secs_f64(),
+                    instances.len()
+                );
+                next_report = options.progress_interval.map(|i| at + i);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    Ok(summarise(topology, options, &instances, started))
+}
+
+fn summarise(
+    topology: &Topology,
+    options: &LaunchOptions,
+    instances: &[Supervised],
+    started: Instant,
+) -> RunSummary {
+    let read = |name: &str, replica: u32| -> Option<NodeSummary> {
+        let text = std::fs::read(summary_path(&options.state_dir, name, replica)).ok()?;
+        serde_json::from_slice(&text).ok()
+    };
+    let mut errors = Vec::new();
+    for s in instances {
+        if let InstanceState::GaveUp(why) = &s.state {
+            let last = read(&s.name, s.replica).and_then(|n| n.error);
+            errors.push(match last {
+                Some(e) => format!("{} {why}: {e}", s.label()),
+                None => format!("{} {why}", s.label()),
+            });
+        }
+    }
+    let mut sources = Vec::new();
+    for s in &topology.sources {
+        let node = read(&source_instance(&s.settings.id), 0);
+        sources.push(SourceSummary {
+            name: s.settings.id.clone(),
+            frames: node.as_ref().map_or(0, |n| n.frames),
+            error: node.and_then(|n| n.error),
+        });
+    }
+    let mut stages = Vec::new();
+    for st in &topology.stages {
+        for replica in 0..st.runtime.replicas {
+            let Some(node) = read(&st.name, replica) else {
+                continue;
+            };
+            let mut facts = node.facts;
+            facts.push(("duplicates dropped".into(), node.duplicates.to_string()));
+            facts.push(("re-sent".into(), node.resent.to_string()));
+            stages.push(StageSummary {
+                name: if st.runtime.replicas == 1 {
+                    st.name.clone()
+                } else {
+                    format!("{}/{replica}", st.name)
+                },
+                kind: st.kind.name.to_string(),
+                facts,
+                metrics: node.metrics,
+            });
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let frames = sources.iter().map(|s| s.frames).sum();
+    RunSummary {
+        pipeline: topology.name.clone(),
+        elapsed_s: elapsed,
+        frames,
+        fps: frames as f64 / elapsed.max(1e-9),
+        sources,
+        stages,
+        errors,
+    }
+}

@@ -1,0 +1,664 @@
+//! One stage replica, or one source, as its own process (`vidmesh stage`).
+//!
+//! The process joins the pipeline's zenoh network, receives from every replica of its
+//! upstream stages, runs the same [`Stage`] code as `vidmesh run`, and sends to every replica
+//! of its downstream stages. Around the stage it keeps a [`Ledger`] so that deliveries are
+//! acknowledged only when they are done downstream, de-duplicates re-sends, holds a source's
+//! end-of-stream until all of its frames are in, and (for stages that need frame order)
+//! reorders frames per source with a bounded wait. Its restart state — the frames done per
+//! source and, for stateful stages, the last committed snapshot — lives in `state_dir`.
+
+pub mod ledger;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use vidmesh_actors::source::{GstSource, SourceProgress};
+use vidmesh_actors::{Outputs, Resume, Stage, StageError};
+use vidmesh_protocol::{Batch, DataMessage, StreamEnd};
+use vidmesh_transport::net::{
+    keys_of, FrameKey, LinkEvent, NetConfig, NetError, NetNode, OutputSettings, PayloadMode,
+    RemoteInbox, RemoteOutput, Routing,
+};
+use vidmesh_transport::LinkSender;
+
+use crate::runner::{MetricsSnapshot, StageMetrics};
+use crate::topology::{Payload, Topology, SOURCES};
+use ledger::{FrameSet, Ledger};
+
+/// A replica that has not been heard from for this long is treated as gone.
+const DEAD_AFTER: Duration = Duration::from_millis(1500);
+/// The longest a stage that needs frame order waits for a missing frame.
+const REORDER_WAIT: Duration = Duration::from_secs(10);
+/// How long a finished instance keeps announcing itself before it exits.
+const LINGER: Duration = Duration::from_millis(400);
+
+/// What to run and where its state lives.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// A stage name, or `source.<id>` for a source.
+    pub instance: String,
+    pub replica: u32,
+    pub net: NetConfig,
+    pub state_dir: PathBuf,
+    pub shm_dir: PathBuf,
+}
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Setup(String),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("stage `{stage}` ({kind}): {error}")]
+    Stage {
+        stage: String,
+        kind: String,
+        error: StageError,
+    },
+    #[error("cannot write restart state {path}: {error}")]
+    State {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// What a finished instance reports (written to `<state_dir>/<instance>-<replica>.summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeSummary {
+    pub instance: String,
+    pub replica: u32,
+    pub kind: String,
+    pub facts: Vec<(String, String)>,
+    pub frames: u64,
+    pub duplicates: u64,
+    pub resent: u64,
+    pub error: Option<String>,
+    pub metrics: MetricsSnapshot,
+}
+
+/// The name a source's process has on the network.
+pub fn source_instance(id: &str) -> String {
+    format!("source.{id}")
+}
+
+/// Restart state.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedState {
+    frontier: Vec<(u32, u64)>,
+    snapshot: Option<Vec<u8>>,
+}
+
+fn state_path(dir: &Path, instance: &str, replica: u32) -> PathBuf {
+    dir.join(format!("{instance}-{replica}.state"))
+}
+
+pub fn summary_path(dir: &Path, instance: &str, replica: u32) -> PathBuf {
+    dir.join(format!("{instance}-{replica}.summary.json"))
+}
+
+fn save_state(path: &Path, state: &SavedState) -> Result<(), NodeError> {
+    let err = |error| NodeError::State {
+        path: path.to_path_buf(),
+        error,
+    };
+    let bytes =
+        postcard::to_allocvec(state).map_err(|e| err(std::io::Error::other(e.to_string())))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn load_state(path: &Path) -> Result<Option<SavedState>, NodeError> {
+    match std::fs::read(path) {
+        Ok(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| {
+            NodeError::Setup(format!(
+                "restart state {} is damaged ({e}); delete it to start this stage afresh",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(NodeError::State {
+            path: path.to_path_buf(),
+            error,
+        }),
+    }
+}
+
+/// How deliveries reach a stage kind's replicas, and whether it needs frames in order.
+/// Stateful kinds take whole sources so a stream's state stays on one replica.
+fn delivery_of(kind: &str) -> (Routing, bool) {
+    match kind {
+        "track" | "analytics" | "sink" | "broker" => (Routing::BySource, true),
+        "mux" => (Routing::BySource, false),
+        _ => (Routing::Balance, false),
+    }
+}
+
+/// Links out of `producer` (a stage name or [`SOURCES`]).
+fn open_outputs(
+    topology: &Topology,
+    producer: &str,
+    net: &NetNode,
+    shm_dir: &Path,
+    events: &mpsc::Sender<LinkEvent>,
+) -> Result<Vec<Arc<RemoteOutput>>, NodeError> {
+    let producer_host = if producer == SOURCES {
+        None
+    } else {
+        topology.deployment.host_of(producer)
+    };
+    let mut outputs = Vec::new();
+    for (_, consumer) in topology.links.iter().filter(|(from, _)| from == producer) {
+        let entry = topology
+            .stages
+            .iter()
+            .find(|s| &s.name == consumer)
+            .ok_or_else(|| NodeError::Setup(format!("no stage `{consumer}`")))?;
+        let same_host = topology.deployment.host_of(consumer) == producer_host;
+        let payload = match entry.runtime.payload {
+            Some(Payload::Shm) => PayloadMode::SharedMemory,
+            Some(Payload::Raw) => PayloadMode::Raw,
+            None if same_host => PayloadMode::SharedMemory,
+            None => PayloadMode::Raw,
+        };
+        let settings = OutputSettings {
+            consumer: consumer.clone(),
+            replicas: entry.runtime.replicas,
+            window: topology.queue as u32,
+            routing: delivery_of(entry.kind.name).0,
+            payload,
+            dead_after: DEAD_AFTER,
+            shm_dir: shm_dir.to_path_buf(),
+        };
+        outputs.push(Arc::new(RemoteOutput::new(net, settings, events.clone())?));
+    }
+    Ok(outputs)
+}
+
+fn wait_acknowledged(outputs: &[Arc<RemoteOutput>], net: &NetNode) -> Result<(), NodeError> {
+    while outputs.iter().any(|o| o.unacked() > 0) {
+        if let Some(e) = net.peers().incompatible() {
+            return Err(NodeError::Setup(e));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn finish_and_linger(net: &NetNode) {
+    net.set_finished(true);
+    std::thread::sleep(LINGER);
+}
+
+fn write_summary(dir: &Path, summary: &NodeSummary) {
+    let path = summary_path(dir, &summary.instance, summary.replica);
+    if let Ok(json) = serde_json::to_vec_pretty(summary) {
+        if let Err(e) = std::fs::write(&path, json) {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+}
+
+/// Runs one instance until its inputs are finished and everything it sent is acknowledged.
+pub fn run_node(
+    topology: &Topology,
+    options: &NodeOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<NodeSummary, NodeError> {
+    std::fs::create_dir_all(&options.state_dir).map_err(|error| NodeError::State {
+        path: options.state_dir.clone(),
+        error,
+    })?;
+    let result = match options.instance.strip_prefix("source.") {
+        Some(id) => run_source(topology, id, options, &stop),
+        None => run_stage(topology, options),
+    };
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            write_summary(
+                &options.state_dir,
+                &NodeSummary {
+                    instance: options.instance.clone(),
+                    replica: options.replica,
+                    kind: String::new(),
+                    facts: Vec::new(),
+                    frames: 0,
+                    duplicates: 0,
+                    resent: 0,
+                    error: Some(e.to_string()),
+                    metrics: MetricsSnapshot::default(),
+                },
+            );
+            return Err(e);
+        }
+    };
+    write_summary(&options.state_dir, &summary);
+    Ok(summary)
+}
+
+fn run_source(
+    topology: &Topology,
+    id: &str,
+    options: &NodeOptions,
+    stop: &AtomicBool,
+) -> Result<NodeSummary, NodeError> {
+    let (index, entry) = topology
+        .sources
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.settings.id == id)
+        .ok_or_else(|| NodeError::Setup(format!("the topology has no source `{id}`")))?;
+    let net = NetNode::open(&options.net, &options.instance, options.replica)?;
+    // A source has no inbox: it only needs to know when its frames are done.
+    let (events, _ignored) = mpsc::channel();
+    let outputs = open_outputs(topology, SOURCES, &net, &options.shm_dir, &events)?;
+    drop(_ignored);
+    let mut out = Outputs::new(outputs.iter().cloned().map(LinkSender::remote).collect());
+    let mut source = GstSource::new(entry.settings.clone(), entry.uri.clone(), index as u32);
+    let progress = SourceProgress::default();
+    let report = source.run(&mut out, stop, &progress);
+    tracing::debug!(
+        frames = report.frames,
+        "source `{id}` ended; waiting for acknowledgements"
+    );
+    wait_acknowledged(&outputs, &net)?;
+    let resent = outputs
+        .iter()
+        .map(|o| o.stats().resent.load(Ordering::Relaxed))
+        .sum();
+    finish_and_linger(&net);
+    let summary = NodeSummary {
+        instance: options.instance.clone(),
+        replica: options.replica,
+        kind: "source".into(),
+        facts: Vec::new(),
+        frames: report.frames,
+        duplicates: 0,
+        resent,
+        error: report.error.clone(),
+        metrics: MetricsSnapshot::default(),
+    };
+    match report.error {
+        Some(e) => Err(NodeError::Setup(format!("source `{id}`: {e}"))),
+        None => Ok(summary),
+    }
+}
+
+/// A stage process's working state around its [`Stage`].
+struct StageNode {
+    name: String,
+    kind: String,
+    stage: Box<dyn Stage>,
+    out: Outputs,
+    outputs: Vec<Arc<RemoteOutput>>,
+    events: Receiver<LinkEvent>,
+    ledger: Ledger,
+    stateful: bool,
+    ordered: bool,
+    /// Hold a source's end-of-stream until all its frames were processed here.
+    hold_end: bool,
+    processed: HashMap<u32, FrameSet>,
+    held_batches: Vec<(Instant, Batch)>,
+    held_ends: Vec<StreamEnd>,
+    state_file: PathBuf,
+    metrics: StageMetrics,
+}
+
+impl StageNode {
+    fn fail(&self, error: StageError) -> NodeError {
+        NodeError::Stage {
+            stage: self.name.clone(),
+            kind: self.kind.clone(),
+            error,
+        }
+    }
+
+    fn drain_events(&mut self) {
+        for event in self.events.try_iter() {
+            match event {
+                LinkEvent::Emitted(keys) => self.ledger.emitted(&keys),
+                LinkEvent::Acked(keys) => self.ledger.acked(&keys),
+            }
+        }
+    }
+
+    fn accept(&mut self, message: DataMessage, fresh: Vec<FrameKey>) -> Result<(), NodeError> {
+        match message {
+            DataMessage::Batch(mut batch) => {
+                if fresh.is_empty() {
+                    return Ok(());
+                }
+                // A batch tensor covers every frame of the batch, so a partly repeated batch
+                // with tensors is processed whole (downstream drops the repeats).
+                if batch.tensors.is_empty() {
+                    batch
+                        .frames
+                        .retain(|f| fresh.contains(&(f.source_id, f.frame_num)));
+                }
+                self.held_batches.push((Instant::now(), batch));
+            }
+            DataMessage::EndOfStream(end) => {
+                if !fresh.is_empty() {
+                    self.held_ends.push(end);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn in_order(&self, batch: &Batch) -> bool {
+        let mut next: HashMap<u32, u64> = HashMap::new();
+        batch.frames.iter().all(|f| {
+            let n = next.entry(f.source_id).or_insert_with(|| {
+                self.processed
+                    .get(&f.source_id)
+                    .map_or(0, |s| s.contiguous())
+            });
+            let ok = f.frame_num <= *n;
+            *n = (*n).max(f.frame_num + 1);
+            ok
+        })
+    }
+
+    /// Processes whatever may go now: batches in order (or after the reorder wait), then the
+    /// end-of-stream notices whose frames are all in.
+    fn process_ready(&mut self, force: bool) -> Result<(), NodeError> {
+        loop {
+            let next = (0..self.held_batches.len()).find(|&i| {
+                let (since, batch) = &self.held_batches[i];
+                force || !self.ordered || self.in_order(batch) || since.elapsed() >= REORDER_WAIT
+            });
+            let Some(i) = next else { break };
+            let (since, batch) = self.held_batches.remove(i);
+            if self.ordered && !force && since.elapsed() >= REORDER_WAIT && !self.in_order(&batch) {
+                tracing::warn!(
+                    "stage `{}`: a frame did not arrive within {REORDER_WAIT:?}; going on without it",
+                    self.name
+                );
+            }
+            self.process_batch(batch)?;
+        }
+        let mut i = 0;
+        while i < self.held_ends.len() {
+            let end = &self.held_ends[i];
+            let have = self
+                .processed
+                .get(&end.source_id)
+                .map_or(0, |s| s.contiguous());
+            let waiting_batches = self
+                .held_batches
+                .iter()
+                .any(|(_, b)| b.frames.iter().any(|f| f.source_id == end.source_id));
+            if force || !self.hold_end || (have >= end.frames && !waiting_batches) {
+                let end = self.held_ends.remove(i);
+                self.stage
+                    .on_end_of_stream(&end, &mut self.out)
+                    .map_err(|e| self.fail(e))?;
+                self.drain_events();
+                self.ledger
+                    .processed(&[(end.source_id, vidmesh_transport::net::END_OF_STREAM)]);
+                self.take_snapshot();
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn process_batch(&mut self, batch: Batch) -> Result<(), NodeError> {
+        let keys = keys_of(&DataMessage::Batch(batch.clone()));
+        let frames = batch.frames.len();
+        let ingest = batch.frames.iter().map(|f| f.ingest_ns).min();
+        let t0 = Instant::now();
+        self.stage
+            .on_batch(batch, &mut self.out)
+            .map_err(|e| self.fail(e))?;
+        let total = t0.elapsed();
+        let sending = self.out.take_send_time();
+        self.metrics.record(
+            frames,
+            total.saturating_sub(sending),
+            sending,
+            ingest.map(|i| crate::runner::now_ns().saturating_sub(i)),
+        );
+        for (s, n) in &keys {
+            self.processed.entry(*s).or_default().insert(*n);
+        }
+        self.drain_events();
+        self.ledger.processed(&keys);
+        self.take_snapshot();
+        Ok(())
+    }
+
+    /// A stateful stage's state after everything processed so far (a commit candidate).
+    fn take_snapshot(&mut self) {
+        if self.stateful {
+            if let Some(snapshot) = self.stage.snapshot() {
+                self.ledger.snapshot_taken(snapshot);
+            }
+        }
+    }
+
+    /// Persists what must be persisted, then acknowledges what is done.
+    fn settle(&mut self, inbox: &RemoteInbox) -> Result<(), NodeError> {
+        self.drain_events();
+        if let Some(commit) = self.ledger.commit_ready() {
+            save_state(
+                &self.state_file,
+                &SavedState {
+                    frontier: commit.frontier.clone(),
+                    snapshot: Some(commit.snapshot.clone()),
+                },
+            )?;
+            self.ledger.committed(&commit);
+        }
+        let ready = self.ledger.take_ready();
+        if !ready.is_empty() {
+            if !self.stateful {
+                save_state(
+                    &self.state_file,
+                    &SavedState {
+                        frontier: self.ledger.frontier(),
+                        snapshot: None,
+                    },
+                )?;
+            }
+            inbox.ack(&ready);
+        }
+        Ok(())
+    }
+}
+
+fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, NodeError> {
+    let entry = topology
+        .stages
+        .iter()
+        .find(|s| s.name == options.instance)
+        .ok_or_else(|| {
+            let names: Vec<&str> = topology.stages.iter().map(|s| s.name.as_str()).collect();
+            NodeError::Setup(format!(
+                "the topology has no stage `{}` (stages: {}; sources run as source.<id>)",
+                options.instance,
+                names.join(", ")
+            ))
+        })?;
+    if options.replica >= entry.runtime.replicas {
+        return Err(NodeError::Setup(format!(
+            "stage `{}` has {} replica(s); there is no replica {}",
+            entry.name, entry.runtime.replicas, options.replica
+        )));
+    }
+    let state_file = state_path(&options.state_dir, &entry.name, options.replica);
+    let saved = load_state(&state_file)?;
+    let mut context = topology.context(&entry.name);
+    context.resume = saved.as_ref().map(|s| Resume {
+        snapshot: s.snapshot.clone(),
+    });
+    if saved.is_some() {
+        tracing::info!(
+            "stage `{}` replica {} resumes from {}",
+            entry.name,
+            options.replica,
+            state_file.display()
+        );
+    }
+    let stage = (entry.kind.build)(&entry.table, &context).map_err(|error| NodeError::Stage {
+        stage: entry.name.clone(),
+        kind: entry.kind.name.to_string(),
+        error,
+    })?;
+
+    let net = NetNode::open(&options.net, &entry.name, options.replica)?;
+    let (events_tx, events) = mpsc::channel();
+    let outputs = open_outputs(topology, &entry.name, &net, &options.shm_dir, &events_tx)?;
+    drop(events_tx);
+    let upstream: Vec<(String, u32)> = topology
+        .links
+        .iter()
+        .filter(|(_, to)| to == &entry.name)
+        .flat_map(|(from, _)| {
+            if from == SOURCES {
+                topology
+                    .sources
+                    .iter()
+                    .map(|s| (source_instance(&s.settings.id), 1))
+                    .collect::<Vec<_>>()
+            } else {
+                let replicas = topology
+                    .stages
+                    .iter()
+                    .find(|s| &s.name == from)
+                    .map_or(1, |s| s.runtime.replicas);
+                vec![(from.clone(), replicas)]
+            }
+        })
+        .collect();
+    let mut inbox = RemoteInbox::new(
+        &net,
+        upstream.clone(),
+        topology.queue as u32,
+        &options.shm_dir,
+    )?;
+
+    let (routing, ordered) = delivery_of(entry.kind.name);
+    let stateful = stage.snapshot().is_some();
+    let frontier = saved
+        .as_ref()
+        .map(|s| s.frontier.clone())
+        .unwrap_or_default();
+    let mut node = StageNode {
+        name: entry.name.clone(),
+        kind: entry.kind.name.to_string(),
+        stage,
+        out: Outputs::new(outputs.iter().cloned().map(LinkSender::remote).collect()),
+        outputs,
+        events,
+        ledger: Ledger::new(
+            topology.links.iter().all(|(f, _)| f != &entry.name),
+            stateful,
+            &frontier,
+        ),
+        stateful,
+        ordered,
+        hold_end: routing == Routing::BySource || entry.runtime.replicas == 1,
+        processed: frontier
+            .iter()
+            .map(|(s, n)| (*s, FrameSet::starting_at(*n)))
+            .collect(),
+        held_batches: Vec::new(),
+        held_ends: Vec::new(),
+        state_file,
+        metrics: StageMetrics::default(),
+    };
+
+    let mut next_status = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(e) = net.peers().incompatible() {
+            return Err(NodeError::Setup(e));
+        }
+        if Instant::now() >= next_status {
+            next_status += Duration::from_secs(5);
+            tracing::debug!(
+                in_progress = node.ledger.in_progress(),
+                unacked = node.outputs.iter().map(|o| o.unacked()).sum::<usize>(),
+                held_batches = node.held_batches.len(),
+                held_ends = node.held_ends.len(),
+                "stage `{}` waiting for its inputs to finish",
+                node.name
+            );
+        }
+        let tick = Instant::now() + Duration::from_millis(50);
+        let deadline = node.stage.next_deadline().map_or(tick, |d| d.min(tick));
+        match inbox.recv(Some(deadline))? {
+            Some(delivery) => {
+                let keys = keys_of(&delivery.message);
+                let fresh = node.ledger.admit(delivery.tag, &keys);
+                node.accept(delivery.message, fresh)?;
+            }
+            None => {
+                if node
+                    .stage
+                    .next_deadline()
+                    .is_some_and(|d| d <= Instant::now())
+                {
+                    node.stage
+                        .on_timer(Instant::now(), &mut node.out)
+                        .map_err(|e| node.fail(e))?;
+                }
+            }
+        }
+        node.process_ready(false)?;
+        node.settle(&inbox)?;
+
+        let upstream_done = upstream.iter().all(|(stage, replicas)| {
+            (0..*replicas).all(|r| {
+                net.peers()
+                    .get(stage, r)
+                    .is_some_and(|p| p.finished || p.retired)
+            })
+        });
+        if upstream_done {
+            break;
+        }
+    }
+    // Everything upstream is finished and acknowledged: flush and end.
+    node.process_ready(true)?;
+    let report = node
+        .stage
+        .on_finish(&mut node.out)
+        .map_err(|e| node.fail(e))?;
+    while node.outputs.iter().any(|o| o.unacked() > 0) || node.ledger.in_progress() > 0 {
+        if let Some(e) = net.peers().incompatible() {
+            return Err(NodeError::Setup(e));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        node.settle(&inbox)?;
+    }
+    node.settle(&inbox)?;
+    let resent = node
+        .outputs
+        .iter()
+        .map(|o| o.stats().resent.load(Ordering::Relaxed))
+        .sum();
+    finish_and_linger(&net);
+    let metrics = node.metrics.snapshot();
+    Ok(NodeSummary {
+        instance: node.name.clone(),
+        replica: options.replica,
+        kind: node.kind.clone(),
+        facts: report.facts,
+        frames: metrics.frames,
+        duplicates: node.ledger.duplicates,
+        resent,
+        error: None,
+        metrics,
+    })
+}

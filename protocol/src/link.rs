@@ -1,0 +1,80 @@
+//! Messages between stage processes: data deliveries one way, credits/acks/releases the other,
+//! and liveness announcements to everyone.
+//!
+//! A stage *instance* is one process running one replica of one stage; its `epoch` changes
+//! every time it starts, so a peer can tell a restarted instance from the one it was talking to
+//! and re-send what the old one never acknowledged.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stage_to_stage::DataMessage;
+
+/// One running replica of one stage (or one source).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Instance {
+    pub stage: String,
+    pub replica: u32,
+    /// Random per process start.
+    pub epoch: u64,
+}
+
+impl std::fmt::Display for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.stage, self.replica)
+    }
+}
+
+/// Producer → consumer: one message of a link, numbered per (producer epoch, consumer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub from: Instance,
+    /// The consumer epoch the producer believes it is talking to; a delivery meant for an
+    /// earlier epoch is still accepted (it is a re-send candidate like any other).
+    pub to_epoch: u64,
+    /// Sequence number, unique per producer epoch and consumer replica; acks name it.
+    pub seq: u64,
+    pub message: DataMessage,
+}
+
+/// Consumer → producer: flow control and completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Feedback {
+    /// The consumer has taken `consumed` deliveries of `producer_epoch` out of its inbox in
+    /// total; the producer may have `window` more than that outstanding.
+    Credit {
+        from: Instance,
+        producer_epoch: u64,
+        consumed: u64,
+        window: u32,
+    },
+    /// These deliveries are fully done: everything that followed from them downstream was
+    /// acknowledged too, so the producer may forget them.
+    Ack {
+        from: Instance,
+        producer_epoch: u64,
+        seqs: Vec<u64>,
+    },
+    /// The consumer no longer reads these shared-memory slots.
+    Release {
+        from: Instance,
+        slots: Vec<SlotRelease>,
+    },
+}
+
+/// One released shared-memory slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRelease {
+    pub segment: String,
+    pub slot: u32,
+    pub generation: u64,
+}
+
+/// Liveness and lifecycle, published by every instance and by the launcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Announce {
+    /// Sent periodically while the instance runs. `finished` means it has nothing more to send
+    /// and everything it sent was acknowledged.
+    Heartbeat { instance: Instance, finished: bool },
+    /// The launcher gave up restarting this replica: nobody should wait for it any more.
+    Retired { stage: String, replica: u32 },
+}

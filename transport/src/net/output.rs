@@ -1,0 +1,634 @@
+//! The producer end of a process link: one stage's output to every replica of one downstream
+//! stage.
+//!
+//! `send_blocking` only queues; a pump thread publishes, so re-sends happen even while the
+//! stage itself is idle or finished. Every delivery stays in `pending` until the consumer
+//! acknowledges it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use vidmesh_protocol::{
+    encode, Batch, DataMessage, Delivery, Envelope, Feedback, Instance, Limits, PayloadRef,
+};
+use zenoh::Wait;
+
+use super::{decode_from, zerr, NetError, NetNode, PeerTable};
+use crate::shm::SlotPool;
+use crate::LinkClosed;
+
+/// (source id, frame number) — what deduplication and acknowledgement key on. A stream's end
+/// notice uses frame number [`END_OF_STREAM`].
+pub type FrameKey = (u32, u64);
+
+/// The frame number standing for a source's end-of-stream notice.
+pub const END_OF_STREAM: u64 = u64::MAX;
+
+/// The keys a message carries.
+pub fn keys_of(message: &DataMessage) -> Vec<FrameKey> {
+    match message {
+        DataMessage::Batch(b) => b
+            .frames
+            .iter()
+            .map(|f| (f.source_id, f.frame_num))
+            .collect(),
+        DataMessage::EndOfStream(end) => vec![(end.source_id, END_OF_STREAM)],
+    }
+}
+
+/// What the producer tells its stage's bookkeeping, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A delivery carrying these keys was queued (one event per delivery, so a broadcast
+    /// end-of-stream counts once per replica).
+    Emitted(Vec<FrameKey>),
+    /// That delivery is done downstream.
+    Acked(Vec<FrameKey>),
+}
+
+/// How deliveries choose a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Any live replica with credits (stateless stages).
+    Balance,
+    /// `source_id % replicas`, so a stream's frames stay on one replica (stateful stages).
+    BySource,
+}
+
+/// How pixels travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadMode {
+    /// Producer-owned shared-memory slots on this host; only a reference crosses the socket.
+    SharedMemory,
+    /// Inside the message (across hosts).
+    Raw,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputSettings {
+    pub consumer: String,
+    pub replicas: u32,
+    /// Deliveries a replica may have outstanding before it grants more credit.
+    pub window: u32,
+    pub routing: Routing,
+    pub payload: PayloadMode,
+    /// A replica not heard from for this long is dead: a load-balanced link re-sends its
+    /// unacknowledged deliveries to the others.
+    pub dead_after: Duration,
+    /// Where shared-memory segments live (normally /dev/shm).
+    pub shm_dir: PathBuf,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct OutputStats {
+    pub sent: AtomicU64,
+    pub resent: AtomicU64,
+    pub acked: AtomicU64,
+}
+
+struct Pending {
+    message: DataMessage,
+    keys: Vec<FrameKey>,
+    /// A fixed replica (sharded links, end-of-stream copies), or any.
+    target: Option<u32>,
+    /// Where it went last: (replica, that replica's epoch).
+    sent_to: Option<(u32, u64)>,
+    sends: u32,
+}
+
+#[derive(Default)]
+struct ReplicaState {
+    /// Learnt from its credits; `None` until the first one.
+    epoch: Option<u64>,
+    sent: u64,
+    consumed: u64,
+    window: u32,
+}
+
+struct State {
+    next_seq: u64,
+    pending: BTreeMap<u64, Pending>,
+    queue: VecDeque<u64>,
+    replicas: Vec<ReplicaState>,
+    round_robin: usize,
+}
+
+struct Shared {
+    me: Instance,
+    settings: OutputSettings,
+    peers: Arc<PeerTable>,
+    state: Mutex<State>,
+    wake: Condvar,
+    events: Sender<LinkEvent>,
+    stop: AtomicBool,
+    pool: Option<SlotPool>,
+    stats: OutputStats,
+}
+
+/// Sends one stage's output to all replicas of one downstream stage.
+pub struct RemoteOutput {
+    shared: Arc<Shared>,
+    name: String,
+    pump: Option<std::thread::JoinHandle<()>>,
+    _feedback: zenoh::pubsub::Subscriber<()>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lessee(&self, replica: u32, epoch: u64) -> String {
+        format!("{}/{}/{:x}", self.settings.consumer, replica, epoch)
+    }
+
+    /// Puts everything sent to `replica` back in the queue (it restarted or died).
+    fn requeue_from(&self, state: &mut State, replica: u32) {
+        let mut back: Vec<u64> = Vec::new();
+        for (seq, p) in state.pending.iter_mut() {
+            if matches!(p.sent_to, Some((r, _)) if r == replica) {
+                p.sent_to = None;
+                back.push(*seq);
+            }
+        }
+        for seq in back.into_iter().rev() {
+            state.queue.push_front(seq);
+        }
+    }
+
+    fn reset_replica(&self, state: &mut State, replica: u32, epoch: Option<u64>) {
+        let old = state.replicas[replica as usize].epoch;
+        if let (Some(pool), Some(old)) = (&self.pool, old) {
+            pool.reclaim(&self.lessee(replica, old));
+        }
+        self.requeue_from(state, replica);
+        let r = &mut state.replicas[replica as usize];
+        r.epoch = epoch;
+        r.sent = 0;
+        r.consumed = 0;
+    }
+
+    fn on_feedback(&self, feedback: Feedback) {
+        let mut state = self.lock();
+        match feedback {
+            Feedback::Credit {
+                from,
+                producer_epoch,
+                consumed,
+                window,
+            } => {
+                if producer_epoch != self.me.epoch || from.replica >= self.settings.replicas {
+                    return;
+                }
+                if state.replicas[from.replica as usize].epoch != Some(from.epoch) {
+                    if state.replicas[from.replica as usize].epoch.is_some() {
+                        tracing::info!(
+                            "{} restarted: re-sending what it had not acknowledged",
+                            from
+                        );
+                    }
+                    self.reset_replica(&mut state, from.replica, Some(from.epoch));
+                }
+                let r = &mut state.replicas[from.replica as usize];
+                r.consumed = r.consumed.max(consumed);
+                r.window = window.max(1);
+            }
+            Feedback::Ack {
+                producer_epoch,
+                seqs,
+                ..
+            } => {
+                if producer_epoch != self.me.epoch {
+                    return;
+                }
+                let mut any = false;
+                for seq in seqs {
+                    if let Some(p) = state.pending.remove(&seq) {
+                        self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.events.send(LinkEvent::Acked(p.keys));
+                        any = true;
+                    }
+                }
+                if any {
+                    let State { pending, queue, .. } = &mut *state;
+                    queue.retain(|s| pending.contains_key(s));
+                }
+            }
+            Feedback::Release { slots, .. } => {
+                if let Some(pool) = &self.pool {
+                    for s in slots {
+                        pool.release(&s.segment, s.slot, s.generation);
+                    }
+                }
+            }
+        }
+        self.wake.notify_all();
+    }
+
+    /// Notices replicas that restarted or died from the announcements.
+    fn check_liveness(&self, state: &mut State) {
+        let consumer = &self.settings.consumer;
+        for replica in 0..self.settings.replicas {
+            let known = state.replicas[replica as usize].epoch;
+            let peer = self.peers.get(consumer, replica);
+            let alive = self
+                .peers
+                .alive(consumer, replica, self.settings.dead_after);
+            match (known, peer) {
+                // Restarted: wait for its first credit, then re-send.
+                (Some(epoch), Some(p)) if p.epoch != epoch && alive => {
+                    self.reset_replica(state, replica, None);
+                }
+                (Some(_), _) if !alive && self.settings.routing == Routing::Balance => {
+                    tracing::warn!(
+                        "{consumer}/{replica} is not responding: its deliveries go to the other replicas"
+                    );
+                    self.reset_replica(state, replica, None);
+                    self.drop_copies_for(state, replica);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A dead replica of a load-balanced stage needs no end-of-stream copy: its frames are
+    /// re-sent to the others, and the stages after it count frames, not notices.
+    fn drop_copies_for(&self, state: &mut State, replica: u32) {
+        let dead: Vec<u64> = state
+            .pending
+            .iter()
+            .filter(|(_, p)| p.target == Some(replica))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in dead {
+            if let Some(p) = state.pending.remove(&seq) {
+                let _ = self.events.send(LinkEvent::Acked(p.keys));
+            }
+        }
+        let State { pending, queue, .. } = state;
+        queue.retain(|s| pending.contains_key(s));
+    }
+
+    fn can_take(&self, state: &State, replica: u32) -> Option<u64> {
+        let r = &state.replicas[replica as usize];
+        let epoch = r.epoch?;
+        let outstanding = r.sent.saturating_sub(r.consumed);
+        (outstanding < r.window as u64
+            && self
+                .peers
+                .alive(&self.settings.consumer, replica, self.settings.dead_after))
+        .then_some(epoch)
+    }
+
+    /// The next delivery that can go now and where, keeping each replica's order.
+    fn pick(&self, state: &mut State) -> Option<(u64, u32, u64)> {
+        let n = self.settings.replicas;
+        let mut blocked_targets: Vec<Option<u32>> = Vec::new();
+        for (index, seq) in state.queue.iter().enumerate().take(256) {
+            let p = &state.pending[seq];
+            if blocked_targets.contains(&p.target) {
+                continue;
+            }
+            let choice = match p.target {
+                Some(r) => self.can_take(state, r).map(|e| (r, e)),
+                None => (0..n)
+                    .map(|i| (state.round_robin + i as usize) % n as usize)
+                    .filter_map(|r| {
+                        let r = r as u32;
+                        self.can_take(state, r).map(|e| {
+                            let rs = &state.replicas[r as usize];
+                            let free = rs.window as u64 - rs.sent.saturating_sub(rs.consumed);
+                            (free, r, e)
+                        })
+                    })
+                    .max_by_key(|(free, _, _)| *free)
+                    .map(|(_, r, e)| (r, e)),
+            };
+            match choice {
+                Some((r, e)) => {
+                    let seq = *seq;
+                    state.queue.remove(index);
+                    state.round_robin = (r as usize + 1) % n as usize;
+                    return Some((seq, r, e));
+                }
+                None => blocked_targets.push(p.target),
+            }
+        }
+        None
+    }
+
+    /// Moves frame pixels into shared memory for `lessee`; what stays in `pending` keeps the
+    /// original buffers for re-sends.
+    fn to_wire(&self, message: &DataMessage, lessee: &str) -> Result<DataMessage, NetError> {
+        let (Some(pool), DataMessage::Batch(batch)) = (&self.pool, message) else {
+            return Ok(message.clone());
+        };
+        let mut out = Batch {
+            batch_id: batch.batch_id,
+            frames: Vec::with_capacity(batch.frames.len()),
+            tensors: batch.tensors.clone(),
+        };
+        for frame in &batch.frames {
+            let mut frame = frame.clone();
+            if let PayloadRef::Inline { layout, data } = &frame.payload {
+                let lease = loop {
+                    match pool.write(data, lessee, Duration::from_millis(200)) {
+                        Ok(lease) => break lease,
+                        Err(crate::shm::ShmError::Exhausted { .. })
+                            if !self.stop.load(Ordering::Relaxed) =>
+                        {
+                            continue
+                        }
+                        Err(e) => return Err(NetError::SharedMemory(e.to_string())),
+                    }
+                };
+                frame.payload = PayloadRef::SharedMemory {
+                    segment: lease.segment,
+                    slot: lease.slot,
+                    generation: lease.generation,
+                    layout: *layout,
+                };
+            }
+            out.frames.push(frame);
+        }
+        Ok(DataMessage::Batch(out))
+    }
+
+    fn pump(&self, publishers: Vec<zenoh::pubsub::Publisher<'static>>) {
+        let mut state = self.lock();
+        let mut last_check = std::time::Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            if last_check.elapsed() >= Duration::from_millis(50) {
+                self.check_liveness(&mut state);
+                last_check = std::time::Instant::now();
+            }
+            let Some((seq, replica, epoch)) = self.pick(&mut state) else {
+                state = self
+                    .wake
+                    .wait_timeout(state, Duration::from_millis(50))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            };
+            let p = state.pending.get_mut(&seq).expect("picked from pending");
+            p.sent_to = Some((replica, epoch));
+            p.sends += 1;
+            if p.sends > 1 {
+                self.stats.resent.fetch_add(1, Ordering::Relaxed);
+            }
+            let message = p.message.clone();
+            state.replicas[replica as usize].sent += 1;
+            drop(state);
+
+            let lessee = self.lessee(replica, epoch);
+            let sent = self.to_wire(&message, &lessee).and_then(|message| {
+                let bytes = encode(&Envelope::Delivery(Delivery {
+                    from: self.me.clone(),
+                    to_epoch: epoch,
+                    seq,
+                    message,
+                }))
+                .map_err(zerr)?;
+                publishers[replica as usize].put(bytes).wait().map_err(zerr)
+            });
+            if let Err(e) = sent {
+                tracing::error!(
+                    "link {}->{}/{replica}: {e}",
+                    self.me.stage,
+                    self.settings.consumer
+                );
+            }
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+            state = self.lock();
+        }
+    }
+}
+
+impl RemoteOutput {
+    pub fn new(
+        node: &NetNode,
+        settings: OutputSettings,
+        events: Sender<LinkEvent>,
+    ) -> Result<Self, NetError> {
+        super::check_name(&settings.consumer)?;
+        let me = node.me().clone();
+        let name = format!("{}->{}", me.stage, settings.consumer);
+        let pool = match settings.payload {
+            PayloadMode::SharedMemory => Some(
+                SlotPool::new(
+                    &settings.shm_dir,
+                    &format!(
+                        "vidmesh-{}-{}-{}-{}-{:x}",
+                        node.pipeline(),
+                        me.stage,
+                        me.replica,
+                        settings.consumer,
+                        me.epoch
+                    ),
+                    8,
+                )
+                .map_err(|e| NetError::SharedMemory(e.to_string()))?,
+            ),
+            PayloadMode::Raw => None,
+        };
+        let replicas = settings.replicas.max(1);
+        let shared = Arc::new(Shared {
+            me: me.clone(),
+            peers: node.peers().clone(),
+            state: Mutex::new(State {
+                next_seq: 0,
+                pending: BTreeMap::new(),
+                queue: VecDeque::new(),
+                replicas: (0..replicas)
+                    .map(|_| ReplicaState {
+                        window: settings.window.max(1),
+                        ..Default::default()
+                    })
+                    .collect(),
+                round_robin: 0,
+            }),
+            settings: OutputSettings {
+                replicas,
+                ..settings
+            },
+            wake: Condvar::new(),
+            events,
+            stop: AtomicBool::new(false),
+            pool,
+            stats: OutputStats::default(),
+        });
+        let session = node.session();
+        let mut publishers = Vec::new();
+        for replica in 0..replicas {
+            publishers.push(
+                session
+                    .declare_publisher(node.data_key(&shared.settings.consumer, replica))
+                    .congestion_control(zenoh::qos::CongestionControl::Block)
+                    .wait()
+                    .map_err(zerr)?,
+            );
+        }
+        let feedback = {
+            let shared = shared.clone();
+            let limits = Limits::default();
+            session
+                .declare_subscriber(format!(
+                    "vidmesh/{}/feedback/{}/{}/{}/*",
+                    node.pipeline(),
+                    me.stage,
+                    me.replica,
+                    shared.settings.consumer
+                ))
+                .callback(move |sample| {
+                    let peer = sample.key_expr().as_str().to_string();
+                    match decode_from(&sample.payload().to_bytes(), &peer, &shared.me, &limits) {
+                        Ok(Envelope::Feedback(f)) => shared.on_feedback(f),
+                        Ok(_) => {}
+                        Err(e @ NetError::VersionMismatch { .. }) => {
+                            shared.peers.record_incompatible(e)
+                        }
+                        Err(e) => tracing::warn!("ignoring feedback: {e}"),
+                    }
+                })
+                .wait()
+                .map_err(zerr)?
+        };
+        let pump = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("pump-{}", shared.settings.consumer))
+                .spawn(move || shared.pump(publishers))
+                .map_err(|e| NetError::Zenoh(format!("cannot start a link thread: {e}")))?
+        };
+        Ok(Self {
+            shared,
+            name,
+            pump: Some(pump),
+            _feedback: feedback,
+        })
+    }
+
+    /// `producer->consumer`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues a message for delivery; waits while too much is unacknowledged (backpressure).
+    pub fn send_blocking(&self, message: DataMessage) -> Result<(), LinkClosed> {
+        let s = &self.shared;
+        let n = s.settings.replicas;
+        let parts: Vec<(DataMessage, Option<u32>)> = match message {
+            DataMessage::EndOfStream(end) => match s.settings.routing {
+                Routing::BySource => vec![(
+                    DataMessage::EndOfStream(end.clone()),
+                    Some(end.source_id % n),
+                )],
+                Routing::Balance => (0..n)
+                    .map(|r| (DataMessage::EndOfStream(end.clone()), Some(r)))
+                    .collect(),
+            },
+            DataMessage::Batch(batch) if s.settings.routing == Routing::BySource && n > 1 => {
+                split_by_shard(batch, n)
+                    .into_iter()
+                    .map(|(r, b)| (DataMessage::Batch(b), Some(r)))
+                    .collect()
+            }
+            m => vec![(m, if n == 1 { Some(0) } else { None })],
+        };
+        // Bound what waits for acknowledgement: the consumer's windows plus as much again
+        // in flight further downstream.
+        let limit = (s.settings.window as usize * n as usize * 4).max(8);
+        let mut state = s.lock();
+        for (message, target) in parts {
+            while state.pending.len() >= limit {
+                if s.stop.load(Ordering::Relaxed) {
+                    return Err(LinkClosed {
+                        link: self.name.clone(),
+                    });
+                }
+                state = s
+                    .wake
+                    .wait_timeout(state, Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let keys = keys_of(&message);
+            let _ = s.events.send(LinkEvent::Emitted(keys.clone()));
+            state.pending.insert(
+                seq,
+                Pending {
+                    message,
+                    keys,
+                    target,
+                    sent_to: None,
+                    sends: 0,
+                },
+            );
+            state.queue.push_back(seq);
+        }
+        s.wake.notify_all();
+        Ok(())
+    }
+
+    /// Deliveries not yet acknowledged.
+    pub fn unacked(&self) -> usize {
+        self.shared.lock().pending.len()
+    }
+
+    /// Credits left over all replicas.
+    pub fn credits(&self) -> u64 {
+        let state = self.shared.lock();
+        state
+            .replicas
+            .iter()
+            .filter(|r| r.epoch.is_some())
+            .map(|r| (r.window as u64).saturating_sub(r.sent.saturating_sub(r.consumed)))
+            .sum()
+    }
+
+    pub fn stats(&self) -> &OutputStats {
+        &self.shared.stats
+    }
+}
+
+impl Drop for RemoteOutput {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake.notify_all();
+        if let Some(p) = self.pump.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+/// Splits a batch into one per shard, keeping frame order; batch tensors are per whole batch
+/// and do not survive the split.
+fn split_by_shard(batch: Batch, shards: u32) -> Vec<(u32, Batch)> {
+    let mut parts: BTreeMap<u32, Batch> = BTreeMap::new();
+    let whole = batch
+        .frames
+        .iter()
+        .all(|f| f.source_id % shards == batch.frames[0].source_id % shards);
+    if whole && !batch.frames.is_empty() {
+        return vec![(batch.frames[0].source_id % shards, batch)];
+    }
+    for frame in batch.frames {
+        parts
+            .entry(frame.source_id % shards)
+            .or_insert_with(|| Batch {
+                batch_id: batch.batch_id,
+                frames: Vec::new(),
+                tensors: Vec::new(),
+            })
+            .frames
+            .push(frame);
+    }
+    parts.into_iter().collect()
+}
