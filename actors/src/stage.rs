@@ -97,6 +97,13 @@ pub trait Stage: Send {
         Ok(StageReport::default())
     }
 
+    /// Makes everything processed so far durable (written files flushed, broker deliveries
+    /// confirmed). Across processes the runtime calls it before acknowledging frames upstream,
+    /// so a sink killed right after an acknowledgement has lost nothing.
+    fn flush(&mut self) -> Result<(), StageError> {
+        Ok(())
+    }
+
     /// State from which a replacement replica can resume; `None` for stateless stages.
     fn snapshot(&self) -> Option<Vec<u8>> {
         None

@@ -175,6 +175,10 @@ impl Stage for Broker {
         out.end_of_stream(end.clone())
     }
 
+    fn flush(&mut self) -> Result<(), StageError> {
+        self.publisher.flush()
+    }
+
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
         self.publisher.flush()?;
         Ok(StageReport::default()

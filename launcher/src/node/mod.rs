@@ -462,6 +462,7 @@ impl StageNode {
         }
         let ready = self.ledger.take_ready();
         if !ready.is_empty() {
+            self.stage.flush().map_err(|e| self.fail(e))?;
             if !self.stateful {
                 save_state(
                     &self.state_file,

@@ -249,22 +249,30 @@ impl Shared {
                         "{consumer}/{replica} is not responding: its deliveries go to the other replicas"
                     );
                     self.reset_replica(state, replica, None);
-                    self.drop_copies_for(state, replica);
                 }
                 _ => {}
+            }
+            let retired = self.peers.get(consumer, replica).is_some_and(|p| p.retired);
+            if retired && self.settings.routing == Routing::Balance && self.settings.replicas > 1 {
+                self.drop_end_copies_for(state, replica);
             }
         }
     }
 
-    /// A dead replica of a load-balanced stage needs no end-of-stream copy: its frames are
-    /// re-sent to the others, and the stages after it count frames, not notices.
-    fn drop_copies_for(&self, state: &mut State, replica: u32) {
+    /// A retired replica of a load-balanced stage needs no end-of-stream copy: its frames
+    /// were re-sent to the others, which forward their own copies.
+    fn drop_end_copies_for(&self, state: &mut State, replica: u32) {
         let dead: Vec<u64> = state
             .pending
             .iter()
-            .filter(|(_, p)| p.target == Some(replica))
+            .filter(|(_, p)| {
+                p.target == Some(replica) && matches!(p.message, DataMessage::EndOfStream(_))
+            })
             .map(|(s, _)| *s)
             .collect();
+        if dead.is_empty() {
+            return;
+        }
         for seq in dead {
             if let Some(p) = state.pending.remove(&seq) {
                 let _ = self.events.send(LinkEvent::Acked(p.keys));

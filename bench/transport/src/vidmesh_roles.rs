@@ -1,0 +1,369 @@
+//! vidmesh's links driven as a stage would drive them: `LinkSender`/`LinkReceiver` in one
+//! process, `RemoteOutput`/`RemoteInbox` between two.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use vidmesh_protocol::{
+    encode, Batch, DataMessage, Delivery, Envelope, FrameMeta, ImageLayout, Instance, PayloadRef,
+    PixelFormat, UserMeta,
+};
+use vidmesh_transport::net::{
+    LinkEvent, NetConfig, NetNode, OutputSettings, PayloadMode, RemoteInbox, RemoteOutput,
+    Routing,
+};
+use vidmesh_transport::shm::{SlotLease, SlotPool};
+use vidmesh_transport::{in_process_link, Received};
+
+use crate::common::{
+    now_ns, source_frame, wait_for_stdin_eof, Pacer, Payload, Recorder, RoleArgs, META_BYTES,
+};
+
+/// Credits per link, as in the launcher's default topology.
+pub const WINDOW: u32 = 8;
+const SHM_DIR: &str = "/dev/shm";
+const PIPELINE: &str = "bench";
+
+/// How the producer side of a process link is set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// `PayloadMode::SharedMemory`: `RemoteOutput` copies each frame into its slot pool.
+    Shm,
+    /// `PayloadMode::SharedMemory`, but the frame is already in a slot of the producer's own
+    /// pool (what a decoder writing straight into shared memory would give): only the
+    /// reference is sent. Slots are freed when the consumer acknowledges the frame.
+    ShmPrefilled,
+    /// `PayloadMode::Raw`: pixels inside the zenoh message.
+    Raw,
+}
+
+fn layout(payload: Payload) -> ImageLayout {
+    let format = match payload {
+        Payload::Nv12 => PixelFormat::Nv12,
+        _ => PixelFormat::Rgb24,
+    };
+    ImageLayout::packed(format, 1920, 1080)
+}
+
+/// One frame (or one metadata-only frame) in a batch of one.
+fn message(frame_num: u64, ingest_ns: u64, payload: PayloadRef, user: &[UserMeta]) -> DataMessage {
+    DataMessage::Batch(Batch {
+        batch_id: frame_num,
+        frames: vec![FrameMeta {
+            source_id: 0,
+            frame_num,
+            ingest_ns,
+            width: 1920,
+            height: 1080,
+            payload,
+            user: user.to_vec(),
+            ..Default::default()
+        }],
+        tensors: Vec::new(),
+    })
+}
+
+/// User meta that makes a metadata-only delivery about `META_BYTES` on the wire.
+fn meta_padding(me: &Instance) -> Vec<UserMeta> {
+    let with = |pad: usize| {
+        vec![UserMeta {
+            kind: "bench.pad".into(),
+            data: Bytes::from(vec![7u8; pad]),
+        }]
+    };
+    let wire = |pad: usize| {
+        let delivery = Delivery {
+            from: me.clone(),
+            to_epoch: u64::MAX / 3,
+            seq: 1_000,
+            message: message(1_000, now_ns(), PayloadRef::None, &with(pad)),
+        };
+        encode(&Envelope::Delivery(delivery)).map_or(0, |b| b.len())
+    };
+    let mut pad = META_BYTES.saturating_sub(wire(0));
+    // The length prefix of the padding grows by a byte past 127.
+    while pad > 0 && wire(pad) > META_BYTES {
+        pad -= 1;
+    }
+    with(pad)
+}
+
+/// Checks what arrived; a frame must be exactly the frame's bytes and, when the producer
+/// copied it, the source's bytes.
+fn payload_ok(args: &RoleArgs, payload: &PayloadRef) -> bool {
+    match (args.payload.is_frame(), payload) {
+        (false, PayloadRef::None) => true,
+        (true, PayloadRef::Inline { data, .. }) => {
+            let len = args.payload.bytes();
+            data.len() == len
+                && (args.variant != "copy"
+                    || [len / 2, len - 1]
+                        .iter()
+                        .all(|&i| data[i] == (i.wrapping_mul(31) >> 3) as u8))
+        }
+        _ => false,
+    }
+}
+
+/// Both ends in one process, on two threads: the zero-copy baseline.
+pub fn in_process(args: &RoleArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (tx, mut rx) = in_process_link("producer->consumer", WINDOW as usize, runtime.handle().clone());
+    let consumer = {
+        let args = args.clone();
+        std::thread::spawn(move || {
+            let mut recorder = Recorder::new(&args);
+            let deadline = Instant::now() + args.timeout;
+            while !recorder.done() {
+                match rx.recv_blocking(Some(deadline)) {
+                    Received::Message(DataMessage::Batch(batch)) => {
+                        for frame in batch.frames {
+                            if payload_ok(&args, &frame.payload) {
+                                recorder.record(frame.frame_num, frame.ingest_ns);
+                            } else {
+                                recorder.bad += 1;
+                            }
+                        }
+                    }
+                    Received::Message(_) => {}
+                    Received::Timeout | Received::Closed => break,
+                }
+            }
+            recorder.report(args.payload.bytes());
+        })
+    };
+    let source = Bytes::from(source_frame(args.payload.bytes()));
+    let user = if args.payload.is_frame() {
+        Vec::new()
+    } else {
+        let me = Instance {
+            stage: "producer".into(),
+            replica: 0,
+            epoch: 1 << 62,
+        };
+        meta_padding(&me)
+    };
+    let mut pacer = Pacer::new(args.rate_hz);
+    for n in 0..args.total() {
+        pacer.wait();
+        let payload = if args.payload.is_frame() {
+            PayloadRef::Inline {
+                layout: layout(args.payload),
+                data: source.clone(),
+            }
+        } else {
+            PayloadRef::None
+        };
+        if tx.send_blocking(message(n, now_ns(), payload, &user)).is_err() {
+            break;
+        }
+    }
+    consumer.join().map_err(|_| "consumer thread panicked")?;
+    Ok(())
+}
+
+/// The consuming stage: listens on `args.endpoint`, acknowledges every delivery once its
+/// frame is dropped.
+pub fn consume(args: &RoleArgs) -> Result<(), String> {
+    let node = NetNode::open(
+        &NetConfig {
+            pipeline: PIPELINE.into(),
+            connect: Vec::new(),
+            listen: vec![args.endpoint.clone()],
+            mode: None,
+        },
+        "consumer",
+        0,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut inbox = RemoteInbox::new(
+        &node,
+        vec![("producer".into(), 1)],
+        WINDOW,
+        Path::new(SHM_DIR),
+    )
+    .map_err(|e| e.to_string())?;
+    println!("READY");
+    let mut recorder = Recorder::new(args);
+    let deadline = Instant::now() + args.timeout;
+    while !recorder.done() {
+        let Some(delivery) = inbox.recv(Some(deadline)).map_err(|e| e.to_string())? else {
+            eprintln!("vidmesh consumer: timed out");
+            break;
+        };
+        if let DataMessage::Batch(batch) = delivery.message {
+            for frame in batch.frames {
+                if payload_ok(args, &frame.payload) {
+                    recorder.record(frame.frame_num, frame.ingest_ns);
+                } else {
+                    recorder.bad += 1;
+                }
+                // Dropping the frame releases its shared-memory slot.
+            }
+        }
+        inbox.ack(&[delivery.tag]);
+    }
+    recorder.report(args.payload.bytes());
+    Ok(())
+}
+
+/// Frees the prefilled slots as the consumer acknowledges their frames.
+fn release_on_ack(events: Receiver<LinkEvent>, leases: Arc<Mutex<HashMap<u64, SlotLease>>>, pool: SlotPool) {
+    for event in events {
+        if let LinkEvent::Acked(keys) = event {
+            let mut leases = leases.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, frame) in keys {
+                if let Some(lease) = leases.remove(&frame) {
+                    pool.release(&lease.segment, lease.slot, lease.generation);
+                }
+            }
+        }
+    }
+}
+
+/// The producing stage: connects to the consumer, waits for its first credit, then sends.
+pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
+    let node = NetNode::open(
+        &NetConfig {
+            pipeline: PIPELINE.into(),
+            connect: vec![args.endpoint.clone()],
+            listen: Vec::new(),
+            mode: None,
+        },
+        "producer",
+        0,
+    )
+    .map_err(|e| e.to_string())?;
+    let (events_tx, events) = std::sync::mpsc::channel();
+    let output = RemoteOutput::new(
+        &node,
+        OutputSettings {
+            consumer: "consumer".into(),
+            replicas: 1,
+            window: WINDOW,
+            routing: Routing::Balance,
+            payload: match kind {
+                LinkKind::Shm | LinkKind::ShmPrefilled => PayloadMode::SharedMemory,
+                LinkKind::Raw => PayloadMode::Raw,
+            },
+            dead_after: Duration::from_millis(1500),
+            shm_dir: SHM_DIR.into(),
+        },
+        events_tx,
+    )
+    .map_err(|e| e.to_string())?;
+
+    // Our own pool for the prefilled variant: slots as many as RemoteOutput's own pool has.
+    let prefilled = (kind == LinkKind::ShmPrefilled && args.payload.is_frame())
+        .then(|| {
+            SlotPool::new(
+                Path::new(SHM_DIR),
+                &format!("vidmesh-bench-prefilled-{}", std::process::id()),
+                WINDOW,
+            )
+        })
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let leases: Arc<Mutex<HashMap<u64, SlotLease>>> = Arc::default();
+    let events_thread = {
+        let (leases, pool) = (leases.clone(), prefilled.clone());
+        std::thread::spawn(move || match pool {
+            Some(pool) => release_on_ack(events, leases, pool),
+            None => for _ in events {},
+        })
+    };
+
+    let waited = Instant::now();
+    while output.credits() == 0 {
+        if waited.elapsed() > Duration::from_secs(30) {
+            return Err("the consumer granted no credit within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let source = Bytes::from(source_frame(args.payload.bytes()));
+    let user = if args.payload.is_frame() {
+        Vec::new()
+    } else {
+        meta_padding(node.me())
+    };
+    let mut pacer = Pacer::new(args.rate_hz);
+    for n in 0..args.total() {
+        pacer.wait();
+        let ingest = now_ns();
+        let payload = match (&prefilled, args.payload.is_frame()) {
+            (_, false) => PayloadRef::None,
+            (None, true) => PayloadRef::Inline {
+                layout: layout(args.payload),
+                data: source.clone(),
+            },
+            (Some(pool), true) => {
+                let mut slot = pool
+                    .alloc(args.payload.bytes(), "consumer", Duration::from_secs(30))
+                    .map_err(|e| e.to_string())?;
+                slot[..8].copy_from_slice(&n.to_le_bytes());
+                let lease = slot.commit();
+                let reference = PayloadRef::SharedMemory {
+                    segment: lease.segment.clone(),
+                    slot: lease.slot,
+                    generation: lease.generation,
+                    layout: layout(args.payload),
+                };
+                leases
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(n, lease);
+                reference
+            }
+        };
+        output
+            .send_blocking(message(n, ingest, payload, &user))
+            .map_err(|e| e.to_string())?;
+    }
+    wait_for_stdin_eof();
+    drop(output);
+    let _ = events_thread.join();
+    Ok(())
+}
+
+/// What copying a frame into a shared-memory slot costs, alone: alloc, copy, commit, release,
+/// `count` times. Returns µs per frame.
+pub fn slot_copy_cost(payload: Payload, count: u32) -> Result<f64, String> {
+    let pool = SlotPool::new(
+        Path::new(SHM_DIR),
+        &format!("vidmesh-bench-copycost-{}", std::process::id()),
+        WINDOW,
+    )
+    .map_err(|e| e.to_string())?;
+    let source = source_frame(payload.bytes());
+    // Keep WINDOW - 1 slots leased, as a link does, so that the copy goes to a different slot
+    // each time (cold in the cache) rather than to one hot slot.
+    let mut held = std::collections::VecDeque::new();
+    let mut run = || -> Result<(), String> {
+        let lease = pool
+            .write(&source, "nobody", Duration::from_secs(1))
+            .map_err(|e| e.to_string())?;
+        held.push_back(lease);
+        if held.len() >= WINDOW as usize {
+            let old: SlotLease = held.pop_front().expect("not empty");
+            pool.release(&old.segment, old.slot, old.generation);
+        }
+        Ok(())
+    };
+    for _ in 0..WINDOW * 2 {
+        run()?;
+    }
+    let start = Instant::now();
+    for _ in 0..count {
+        run()?;
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e6 / count as f64)
+}

@@ -1,0 +1,244 @@
+//! `vidmesh launch`: one process per stage gives the same metadata as one process, and a stage
+//! killed with SIGKILL mid-stream loses no frame — every frame of the clip appears in the final
+//! metadata exactly once after deduplication, and the output video has every frame.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vidmesh::{run, RunOptions, Topology};
+use vidmesh_tests::{
+    count_frames, ensure_onnxruntime, model, prepared, read_native, repo_root, topology_in,
+    NativeFrame,
+};
+
+const FRAMES: u64 = 300;
+
+/// The ground-truth topology, outputs in `dir`, under its own pipeline name (launches of
+/// different tests must not share shared-memory segment names).
+fn topology(dir: &Path, name: &str, edits: &[(&str, &str)]) -> PathBuf {
+    ensure_onnxruntime();
+    model();
+    prepared("data/gt/people.mp4");
+    let renamed = format!("name = \"{name}\"");
+    let mut all = vec![("name = \"ground-truth\"", renamed.as_str())];
+    all.extend_from_slice(edits);
+    topology_in("ground-truth.toml", dir, &all)
+}
+
+fn events(dir: &Path) -> PathBuf {
+    dir.join("gt/detections.jsonl")
+}
+
+/// Metadata of a reference run in this process.
+fn reference() -> &'static Vec<NativeFrame> {
+    static REFERENCE: std::sync::OnceLock<Vec<NativeFrame>> = std::sync::OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = topology(dir.path(), "mp-reference", &[]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let t = Topology::parse(&path, &text, &repo_root()).unwrap();
+        let summary = run(&t, &RunOptions::default(), Arc::new(AtomicBool::new(false))).unwrap();
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+        read_native(&events(dir.path()))
+    })
+}
+
+fn launch(dir: &Path, topology: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vidmesh"))
+        .current_dir(repo_root())
+        .args(["launch", "--progress", "0s", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--summary-json")
+        .arg(dir.join("summary.json"))
+        .arg(topology)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vidmesh launch starts")
+}
+
+/// Waits for the launcher; returns (success, stdout + stderr).
+fn wait(child: Child, limit: Duration) -> (bool, String) {
+    let started = Instant::now();
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        while started.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // SAFETY: signalling a process we spawned; harmless if it already exited.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().expect("launcher output");
+    drop(watchdog);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < limit,
+        "the launch did not finish within {limit:?}:\n{text}"
+    );
+    (out.status.success(), text)
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Kills `instance`/`replica` of a running launch once `events` has at least `after` lines.
+fn kill_when(dir: &Path, instance: &str, replica: u32, after: usize) {
+    let started = Instant::now();
+    while lines(&events(dir)) < after {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no progress before the kill"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid_file = dir.join("state").join(format!("{instance}-{replica}.pid"));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: the pid is a child of the launcher we started, alive mid-stream.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGKILL) },
+        0,
+        "kill {instance}"
+    );
+}
+
+/// Frames by number after deduplication; repeated frames must be identical.
+fn deduplicated(frames: Vec<NativeFrame>) -> BTreeMap<u64, NativeFrame> {
+    let mut by_number: BTreeMap<u64, NativeFrame> = BTreeMap::new();
+    for f in frames {
+        if let Some(first) = by_number.get(&f.frame_num) {
+            same_objects(first, &f, "a re-sent copy");
+        } else {
+            by_number.insert(f.frame_num, f);
+        }
+    }
+    by_number
+}
+
+fn same_objects(a: &NativeFrame, b: &NativeFrame, what: &str) {
+    assert_eq!(
+        a.objects.len(),
+        b.objects.len(),
+        "frame {}: {what} has another number of objects",
+        a.frame_num
+    );
+    for (x, y) in a.objects.iter().zip(&b.objects) {
+        assert_eq!(x.track_id, y.track_id, "frame {}: {what}", a.frame_num);
+        for (p, q) in x.bbox.corners().iter().zip(y.bbox.corners()) {
+            assert!(
+                (p - q).abs() < 1e-3,
+                "frame {}: {what}: box {p} vs {q}",
+                a.frame_num
+            );
+        }
+    }
+}
+
+/// Every frame exactly once after deduplication, equal to the one-process run, and the video
+/// holds every frame.
+fn assert_complete(dir: &Path) {
+    let frames = deduplicated(read_native(&events(dir)));
+    let numbers: Vec<u64> = frames.keys().copied().collect();
+    assert_eq!(
+        numbers,
+        (0..FRAMES).collect::<Vec<_>>(),
+        "every frame's metadata, once"
+    );
+    for (want, got) in reference().iter().zip(frames.values()) {
+        same_objects(want, got, "the launched pipeline vs one process");
+    }
+    assert_eq!(
+        count_frames(&dir.join("gt/annotated.mp4")) as u64,
+        FRAMES,
+        "the annotated video holds every frame"
+    );
+}
+
+#[test]
+fn one_process_per_stage_gives_the_same_metadata_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology(dir.path(), "mp-same", &[]);
+    let (ok, log) = wait(launch(dir.path(), &path), Duration::from_secs(240));
+    assert!(ok, "{log}");
+    assert_complete(dir.path());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["frames"], FRAMES);
+    assert_eq!(summary["stages"].as_array().unwrap().len(), 7, "{summary}");
+}
+
+fn survives_kill(instance: &str, after: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("mp-kill-{}", instance.replace('.', "-"));
+    let path = topology(dir.path(), &name, &[]);
+    let child = launch(dir.path(), &path);
+    kill_when(dir.path(), instance, 0, after);
+    let (ok, log) = wait(child, Duration::from_secs(300));
+    assert!(ok, "{log}");
+    assert!(
+        log.contains(&format!("{instance}/0 was killed by signal 9; restarting")),
+        "the launcher restarts it:\n{log}"
+    );
+    assert_complete(dir.path());
+}
+
+#[test]
+fn sigkill_of_the_source_loses_no_frame() {
+    survives_kill("source.people", 30);
+}
+
+#[test]
+fn sigkill_of_the_detector_loses_no_frame() {
+    survives_kill("detect", 60);
+}
+
+#[test]
+fn sigkill_of_the_tracker_loses_no_frame_and_keeps_track_ids() {
+    survives_kill("track", 90);
+}
+
+#[test]
+fn sigkill_of_the_osd_loses_no_frame() {
+    survives_kill("osd", 60);
+}
+
+#[test]
+fn sigkill_of_the_broker_loses_no_frame() {
+    survives_kill("events", 120);
+}
+
+#[test]
+fn a_detector_replica_killed_for_good_leaves_its_frames_to_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology(
+        dir.path(),
+        "mp-replicas",
+        &[(
+            "[stage.detect]\nkind = \"infer\"",
+            "[stage.detect]\nkind = \"infer\"\nreplicas = 2\nmax_restarts = 0",
+        )],
+    );
+    let child = launch(dir.path(), &path);
+    kill_when(dir.path(), "detect", 1, 60);
+    let (ok, log) = wait(child, Duration::from_secs(300));
+    assert!(!ok, "a replica that was given up on is reported");
+    assert!(
+        log.contains("detect/1 was killed by signal 9; giving up after 0 restart(s)"),
+        "{log}"
+    );
+    assert_complete(dir.path());
+}
