@@ -17,7 +17,8 @@ use thiserror::Error;
 use vidmesh_transport::net::{NetConfig, NetNode};
 use vidmesh_transport::shm::remove_stale_segments;
 
-use crate::node::{source_instance, summary_path, NodeSummary};
+use crate::node::{metrics_address_path, source_instance, summary_path, NodeSummary};
+use crate::prometheus::{self, Exposition, Sample, RESTARTS_TOTAL};
 use crate::runner::{RunSummary, SourceSummary, StageSummary};
 use crate::topology::Topology;
 
@@ -29,8 +30,11 @@ pub struct LaunchOptions {
     /// Where instances keep restart state, pid files and summaries (emptied first).
     pub state_dir: PathBuf,
     pub shm_dir: PathBuf,
-    /// Print a status line this often.
+    /// Print a status line (per-instance fps and queue depth, scraped from each process's
+    /// Prometheus endpoint) this often.
     pub progress_interval: Option<Duration>,
+    /// Serve every process's metrics, merged, on this address.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -218,8 +222,12 @@ pub fn launch(
         options.state_dir.display()
     );
 
+    let restarts: Arc<std::sync::Mutex<Vec<(String, u32, u32)>>> = Arc::new(
+        std::sync::Mutex::new(instances.iter().map(|s| (s.name.clone(), s.replica, 0)).collect()),
+    );
+    let watcher = MetricsWatcher::start(options, restarts.clone())?;
+
     let mut interrupts_seen = 0;
-    let mut next_report = options.progress_interval.map(|i| Instant::now() + i);
     loop {
         let pressed = interrupts.load(Ordering::Relaxed);
         if pressed > interrupts_seen {
@@ -266,6 +274,14 @@ pub fn launch(
                 s.state = InstanceState::GaveUp(format!("{why} (killed on request)"));
             } else if s.restarts < s.max_restarts {
                 s.restarts += 1;
+                if let Some(r) = restarts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter_mut()
+                    .find(|r| r.0 == s.name && r.1 == s.replica)
+                {
+                    r.2 = s.restarts;
+                }
                 let backoff = Duration::from_millis(200 * (1u64 << (s.restarts - 1).min(5)));
                 eprintln!(
                     "launch: {} {why}; restarting in {:.1}s (restart {} of {})",
@@ -293,20 +309,9 @@ pub fn launch(
         {
             break;
         }
-        if let Some(at) = next_report {
-            if Instant::now() >= at {
-                let running = instances.iter().filter(|s| s.child.is_some()).count();
-                let restarts: u32 = instances.iter().map(|s| s.restarts).sum();
-                eprintln!(
-                    "launch: {:.0}s, {running}/{} processes running, {restarts} restart(s)",
-                    started.elapsed().as_secs_f64(),
-                    instances.len()
-                );
-                next_report = options.progress_interval.map(|i| at + i);
-            }
-        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    drop(watcher);
 
     Ok(summarise(topology, options, &instances, started))
 }
@@ -372,4 +377,146 @@ fn summarise(
         stages,
         errors,
     }
+}
+
+/// Scrapes every process's `/metrics` in the background: prints the status line and serves
+/// the merged view.
+struct MetricsWatcher {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _server: Option<prometheus::MetricsServer>,
+}
+
+type Scraped = Arc<std::sync::Mutex<Vec<(String, Vec<Sample>)>>>;
+
+impl MetricsWatcher {
+    fn start(
+        options: &LaunchOptions,
+        restarts: Arc<std::sync::Mutex<Vec<(String, u32, u32)>>>,
+    ) -> Result<Self, LaunchError> {
+        let scraped: Scraped = Arc::default();
+        let server = match options.metrics_addr {
+            Some(addr) => {
+                let (scraped, restarts) = (scraped.clone(), restarts.clone());
+                let server = prometheus::serve(
+                    addr,
+                    Arc::new(move || merged(&scraped, &restarts)),
+                )
+                .map_err(|e| LaunchError::Setup(format!("launcher: {e}")))?;
+                eprintln!("launch: metrics of every process on http://{}/metrics", server.local_addr());
+                Some(server)
+            }
+            None => None,
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let interval = options.progress_interval;
+        let state_dir = options.state_dir.clone();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let every = interval.unwrap_or(Duration::from_secs(2));
+                let started = Instant::now();
+                let mut next = Instant::now() + every;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if Instant::now() < next {
+                        continue;
+                    }
+                    next += every;
+                    let now = scrape_all(&state_dir, &restarts);
+                    if interval.is_some() {
+                        eprintln!("{}", status_line(started.elapsed(), &now, &restarts));
+                    }
+                    *scraped.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                }
+            })
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            _server: server,
+        })
+    }
+}
+
+impl Drop for MetricsWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn scrape_all(
+    state_dir: &Path,
+    instances: &std::sync::Mutex<Vec<(String, u32, u32)>>,
+) -> Vec<(String, Vec<Sample>)> {
+    let list = instances.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut out = Vec::new();
+    for (name, replica, _) in list {
+        let Ok(addr) = std::fs::read_to_string(metrics_address_path(state_dir, &name, replica))
+        else {
+            continue;
+        };
+        let Ok(addr) = addr.trim().parse() else {
+            continue;
+        };
+        if let Ok(samples) = prometheus::scrape(addr, Duration::from_millis(500)) {
+            out.push((format!("{name}/{replica}"), samples));
+        }
+    }
+    out
+}
+
+fn merged(scraped: &Scraped, restarts: &std::sync::Mutex<Vec<(String, u32, u32)>>) -> String {
+    let scraped = scraped.lock().unwrap_or_else(|p| p.into_inner());
+    let mut e = Exposition::new();
+    for (instance, samples) in scraped.iter() {
+        e.add_scraped(instance, samples);
+    }
+    for (name, replica, n) in restarts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let replica = replica.to_string();
+        e.family(
+            &RESTARTS_TOTAL,
+            &[("stage", name.as_str()), ("replica", replica.as_str())],
+            *n as f64,
+        );
+    }
+    e.render()
+}
+
+/// `launch 12s | source.cam 300 fps | detect/0 31 fps q2 | ... | 1 restart`.
+fn status_line(
+    elapsed: Duration,
+    scraped: &[(String, Vec<Sample>)],
+    restarts: &std::sync::Mutex<Vec<(String, u32, u32)>>,
+) -> String {
+    let mut line = format!("launch {:.0}s", elapsed.as_secs_f64());
+    for (instance, samples) in scraped {
+        let value = |name: &str| {
+            samples
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.value)
+                .sum::<f64>()
+        };
+        line.push_str(&format!(
+            " | {instance} {:.0} fps {:.0} frames",
+            value("vidmesh_fps"),
+            value("vidmesh_frames_total")
+        ));
+        let queued = value("vidmesh_link_queue_depth");
+        if queued > 0.0 {
+            line.push_str(&format!(" ({queued:.0} unacked)"));
+        }
+    }
+    let total: u32 = restarts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|r| r.2)
+        .sum();
+    line.push_str(&format!(" | {total} restart(s)"));
+    line
 }

@@ -54,6 +54,9 @@ enum Command {
         /// Also write the end-of-run summary as JSON here.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+        /// Serve the metrics of every process, merged, on this address (e.g. 127.0.0.1:9100).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run one stage replica (or `source.<id>`) of a topology as this process; `vidmesh launch`
     /// starts these, and they can be started by hand on other hosts.
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
             shm_dir,
             progress,
             summary_json,
+            metrics,
         } => {
             let topology = match Topology::load(&topology) {
                 Ok(t) => t,
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
                 state_dir: absolute(&state_dir),
                 shm_dir,
                 progress_interval: (!progress.is_zero()).then_some(progress),
+                metrics_addr: metrics,
             };
             match launch(&topology, &options, interrupts) {
                 Ok(summary) => finish(&summary, summary_json.as_deref()),

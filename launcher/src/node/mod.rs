@@ -28,6 +28,7 @@ use vidmesh_transport::net::{
 };
 use vidmesh_transport::LinkSender;
 
+use crate::prometheus::{self, LinkSample, MetricsServer};
 use crate::runner::{MetricsSnapshot, StageMetrics};
 use crate::topology::{Payload, Topology, SOURCES};
 use ledger::{FrameSet, Ledger};
@@ -101,6 +102,81 @@ fn state_path(dir: &Path, instance: &str, replica: u32) -> PathBuf {
 
 pub fn summary_path(dir: &Path, instance: &str, replica: u32) -> PathBuf {
     dir.join(format!("{instance}-{replica}.summary.json"))
+}
+
+/// Where an instance writes the address of its Prometheus endpoint.
+pub fn metrics_address_path(dir: &Path, instance: &str, replica: u32) -> PathBuf {
+    dir.join(format!("{instance}-{replica}.metrics"))
+}
+
+/// What an instance's `/metrics` shows, read from other threads.
+struct Exposed {
+    instance: String,
+    replica: u32,
+    metrics: Arc<StageMetrics>,
+    outputs: Vec<Arc<RemoteOutput>>,
+    duplicates: Arc<std::sync::atomic::AtomicU64>,
+    last: std::sync::Mutex<(Instant, u64)>,
+}
+
+impl Exposed {
+    fn render(&self) -> String {
+        let snapshot = self.metrics.snapshot();
+        let fps = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let elapsed = last.0.elapsed().as_secs_f64();
+            let fps = if elapsed > 0.0 {
+                snapshot.frames.saturating_sub(last.1) as f64 / elapsed
+            } else {
+                0.0
+            };
+            *last = (Instant::now(), snapshot.frames);
+            fps
+        };
+        let duplicates = self.duplicates.load(Ordering::Relaxed);
+        let links: Vec<LinkSample> = self
+            .outputs
+            .iter()
+            .map(|o| LinkSample {
+                link: o.name().to_string(),
+                queue_depth: o.unacked() as u64,
+                credits: o.credits(),
+                sent: o.stats().sent.load(Ordering::Relaxed),
+                acked: o.stats().acked.load(Ordering::Relaxed),
+                resent: o.stats().resent.load(Ordering::Relaxed),
+                dropped: 0,
+                duplicates,
+            })
+            .collect();
+        prometheus::render_stage(&self.instance, self.replica, &snapshot, fps, &links)
+    }
+}
+
+/// Serves `/metrics` on the placement's port (+ replica) or any free port, and writes the
+/// address where the launcher finds it.
+fn serve_metrics(
+    topology: &Topology,
+    options: &NodeOptions,
+    exposed: Exposed,
+) -> Result<MetricsServer, NodeError> {
+    let port = topology
+        .deployment
+        .placement
+        .get(&options.instance)
+        .and_then(|p| p.metrics_port)
+        .map_or(0, |base| base + options.replica as u16);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let exposed = Arc::new(exposed);
+    let server = prometheus::serve(addr, Arc::new(move || exposed.render())).map_err(|e| {
+        NodeError::Setup(format!(
+            "{}/{}: {e}",
+            options.instance, options.replica
+        ))
+    })?;
+    let path = metrics_address_path(&options.state_dir, &options.instance, options.replica);
+    std::fs::write(&path, server.local_addr().to_string())
+        .map_err(|error| NodeError::State { path, error })?;
+    Ok(server)
 }
 
 fn save_state(path: &Path, state: &SavedState) -> Result<(), NodeError> {
@@ -261,10 +337,48 @@ fn run_source(
     let (events, _ignored) = mpsc::channel();
     let outputs = open_outputs(topology, SOURCES, &net, &options.shm_dir, &events)?;
     drop(_ignored);
-    let mut out = Outputs::new(outputs.iter().cloned().map(LinkSender::remote).collect());
+    let metrics = Arc::new(StageMetrics::default());
+    let _server = serve_metrics(
+        topology,
+        options,
+        Exposed {
+            instance: options.instance.clone(),
+            replica: options.replica,
+            metrics: metrics.clone(),
+            outputs: outputs.clone(),
+            duplicates: Arc::default(),
+            last: std::sync::Mutex::new((Instant::now(), 0)),
+        },
+    )?;
+    let mut out = Outputs::new(
+        outputs
+            .iter()
+            .cloned()
+            .map(LinkSender::remote)
+            .collect(),
+    );
     let mut source = GstSource::new(entry.settings.clone(), entry.uri.clone(), index as u32);
-    let progress = SourceProgress::default();
+    let progress = Arc::new(SourceProgress::default());
+    let counting = {
+        let (progress, metrics) = (progress.clone(), metrics.clone());
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let t = std::thread::spawn(move || {
+            let mut seen = 0;
+            while !d.load(Ordering::Relaxed) {
+                let now = progress.frames.load(Ordering::Relaxed);
+                if now > seen {
+                    metrics.record((now - seen) as usize, Duration::ZERO, Duration::ZERO, None);
+                    seen = now;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        (done, t)
+    };
     let report = source.run(&mut out, stop, &progress);
+    counting.0.store(true, Ordering::Relaxed);
+    let _ = counting.1.join();
     tracing::debug!(
         frames = report.frames,
         "source `{id}` ended; waiting for acknowledgements"
@@ -284,7 +398,7 @@ fn run_source(
         duplicates: 0,
         resent,
         error: report.error.clone(),
-        metrics: MetricsSnapshot::default(),
+        metrics: metrics.snapshot(),
     };
     match report.error {
         Some(e) => Err(NodeError::Setup(format!("source `{id}`: {e}"))),
@@ -309,7 +423,8 @@ struct StageNode {
     held_batches: Vec<(Instant, Batch)>,
     held_ends: Vec<StreamEnd>,
     state_file: PathBuf,
-    metrics: StageMetrics,
+    metrics: Arc<StageMetrics>,
+    duplicates: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StageNode {
@@ -463,6 +578,8 @@ impl StageNode {
         let ready = self.ledger.take_ready();
         if !ready.is_empty() {
             self.stage.flush().map_err(|e| self.fail(e))?;
+            self.duplicates
+                .store(self.ledger.duplicates, Ordering::Relaxed);
             if !self.stateful {
                 save_state(
                     &self.state_file,
@@ -577,8 +694,21 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
         held_batches: Vec::new(),
         held_ends: Vec::new(),
         state_file,
-        metrics: StageMetrics::default(),
+        metrics: Arc::new(StageMetrics::default()),
+        duplicates: Arc::default(),
     };
+    let _server = serve_metrics(
+        topology,
+        options,
+        Exposed {
+            instance: node.name.clone(),
+            replica: options.replica,
+            metrics: node.metrics.clone(),
+            outputs: node.outputs.clone(),
+            duplicates: node.duplicates.clone(),
+            last: std::sync::Mutex::new((Instant::now(), 0)),
+        },
+    )?;
 
     let mut next_status = Instant::now() + Duration::from_secs(5);
     loop {
