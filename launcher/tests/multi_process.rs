@@ -242,3 +242,74 @@ fn a_detector_replica_killed_for_good_leaves_its_frames_to_the_other() {
     );
     assert_complete(dir.path());
 }
+
+/// Resident memory of a process in bytes (0 once it is gone).
+fn rss(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn frames_total(state: &Path, instance: &str) -> Option<f64> {
+    let addr = std::fs::read_to_string(state.join(format!("{instance}-0.metrics"))).ok()?;
+    let samples =
+        vidmesh::prometheus::scrape(addr.trim().parse().ok()?, Duration::from_secs(1)).ok()?;
+    samples
+        .iter()
+        .find(|s| s.name == "vidmesh_frames_total")
+        .map(|s| s.value)
+}
+
+#[test]
+fn a_slow_sink_slows_the_source_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology(
+        dir.path(),
+        "mp-slow-sink",
+        &[("kind = \"sink\"", "kind = \"sink\"\nsync = true")],
+    );
+    let mut child = launch(dir.path(), &path);
+    let state = dir.path().join("state");
+    let (mut peak_rss, mut peak_gap, mut samples) = (0u64, 0f64, 0);
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(300), "no end");
+        std::thread::sleep(Duration::from_millis(200));
+        for entry in std::fs::read_dir(&state).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(pid) = name
+                .strip_suffix(".pid")
+                .and_then(|_| std::fs::read_to_string(entry.path()).ok())
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                peak_rss = peak_rss.max(rss(pid));
+            }
+        }
+        if let (Some(decoded), Some(written)) = (
+            frames_total(&state, "source.people"),
+            frames_total(&state, "out"),
+        ) {
+            peak_gap = peak_gap.max(decoded - written);
+            samples += 1;
+        }
+    }
+    let (ok, log) = wait(child, Duration::from_secs(10));
+    assert!(ok, "{log}");
+    assert_complete(dir.path());
+    eprintln!(
+        "slow sink: {samples} samples, at most {peak_gap} frames between the source and the sink, largest process {} MiB",
+        peak_rss >> 20
+    );
+    assert!(samples >= 10, "the run was long enough to watch ({samples} samples)");
+    // A source is at most 16 deliveries (4 × the link queue of 4) ahead of what the whole
+    // pipeline finished, because acknowledgements come back only when frames are done.
+    assert!(peak_gap <= 24.0, "the source ran {peak_gap} frames ahead of the sink");
+    // 300 frames of 1280×720 RGB queued anywhere would be 830 MB.
+    assert!(peak_rss < 400 << 20, "a process grew to {} MiB", peak_rss >> 20);
+}

@@ -46,6 +46,7 @@ pub const KIND: StageKind = StageKind {
             sources: ctx.sources.clone(),
             writers: HashMap::new(),
             done: Vec::new(),
+            clocks: HashMap::new(),
         }))
     },
 };
@@ -65,6 +66,11 @@ pub struct Settings {
     /// Longest distance between keyframes, in frames. Default 60.
     #[serde(default = "key_int_default")]
     pub key_int_max: u32,
+    /// Write frames at the stream's own pace, like a GStreamer/DeepStream sink with `sync=1`:
+    /// a frame is written no earlier than its presentation time after the source's first
+    /// frame. Upstream stages then slow down to real time through backpressure. Default false.
+    #[serde(default)]
+    pub sync: bool,
 }
 
 fn bitrate_default() -> u32 {
@@ -131,6 +137,8 @@ struct Sink {
     writers: HashMap<u32, Mp4Writer>,
     /// Finished files: (path, frames).
     done: Vec<(PathBuf, u64)>,
+    /// With `sync`: per source, when its first frame was written and that frame's pts.
+    clocks: HashMap<u32, (std::time::Instant, u64)>,
 }
 
 impl Sink {
@@ -145,6 +153,15 @@ impl Sink {
 impl Stage for Sink {
     fn on_batch(&mut self, batch: Batch, out: &mut Outputs) -> Result<(), StageError> {
         for frame in &batch.frames {
+            if self.settings.sync {
+                let (start, first_pts) = *self
+                    .clocks
+                    .entry(frame.source_id)
+                    .or_insert((std::time::Instant::now(), frame.pts_ns));
+                let due = start
+                    + std::time::Duration::from_nanos(frame.pts_ns.saturating_sub(first_pts));
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            }
             let writer = match self.writers.get_mut(&frame.source_id) {
                 Some(w) => w,
                 None => {
