@@ -22,5 +22,5 @@ pub mod track;
 
 mod gst_util;
 
-pub use registry::{find_kind, StageKind, STAGE_KINDS};
+pub use registry::{find_kind, Delivery, StageKind, STAGE_KINDS};
 pub use stage::{BuildContext, Outputs, Resume, Stage, StageError, StageReport};

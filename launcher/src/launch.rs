@@ -222,9 +222,12 @@ pub fn launch(
         options.state_dir.display()
     );
 
-    let restarts: Arc<std::sync::Mutex<Vec<(String, u32, u32)>>> = Arc::new(
-        std::sync::Mutex::new(instances.iter().map(|s| (s.name.clone(), s.replica, 0)).collect()),
-    );
+    let restarts: Arc<std::sync::Mutex<Vec<(String, u32, u32)>>> = Arc::new(std::sync::Mutex::new(
+        instances
+            .iter()
+            .map(|s| (s.name.clone(), s.replica, 0))
+            .collect(),
+    ));
     let watcher = MetricsWatcher::start(options, restarts.clone())?;
 
     let mut interrupts_seen = 0;
@@ -398,12 +401,12 @@ impl MetricsWatcher {
         let server = match options.metrics_addr {
             Some(addr) => {
                 let (scraped, restarts) = (scraped.clone(), restarts.clone());
-                let server = prometheus::serve(
-                    addr,
-                    Arc::new(move || merged(&scraped, &restarts)),
-                )
-                .map_err(|e| LaunchError::Setup(format!("launcher: {e}")))?;
-                eprintln!("launch: metrics of every process on http://{}/metrics", server.local_addr());
+                let server = prometheus::serve(addr, Arc::new(move || merged(&scraped, &restarts)))
+                    .map_err(|e| LaunchError::Setup(format!("launcher: {e}")))?;
+                eprintln!(
+                    "launch: metrics of every process on http://{}/metrics",
+                    server.local_addr()
+                );
                 Some(server)
             }
             None => None,

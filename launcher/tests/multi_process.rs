@@ -306,10 +306,20 @@ fn a_slow_sink_slows_the_source_and_memory_stays_bounded() {
         "slow sink: {samples} samples, at most {peak_gap} frames between the source and the sink, largest process {} MiB",
         peak_rss >> 20
     );
-    assert!(samples >= 10, "the run was long enough to watch ({samples} samples)");
+    assert!(
+        samples >= 10,
+        "the run was long enough to watch ({samples} samples)"
+    );
     // A source is at most 16 deliveries (4 × the link queue of 4) ahead of what the whole
     // pipeline finished, because acknowledgements come back only when frames are done.
-    assert!(peak_gap <= 24.0, "the source ran {peak_gap} frames ahead of the sink");
+    assert!(
+        peak_gap <= 24.0,
+        "the source ran {peak_gap} frames ahead of the sink"
+    );
     // 300 frames of 1280×720 RGB queued anywhere would be 830 MB.
-    assert!(peak_rss < 400 << 20, "a process grew to {} MiB", peak_rss >> 20);
+    assert!(
+        peak_rss < 400 << 20,
+        "a process grew to {} MiB",
+        peak_rss >> 20
+    );
 }

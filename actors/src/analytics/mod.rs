@@ -40,7 +40,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use vidmesh_protocol::{Batch, FrameMeta, ObjectMeta, StreamEnd, UserMeta};
 
-use crate::registry::StageKind;
+use crate::registry::{Delivery, StageKind};
 use crate::stage::{Outputs, Stage, StageError, StageReport};
 use crossing::LineTrackState;
 use geometry::Point;
@@ -51,6 +51,7 @@ pub use settings::{ReferencePoint, Settings, StreamConfig, ANY_SOURCE};
 
 pub const KIND: StageKind = StageKind {
     name: "analytics",
+    delivery: Delivery::PER_SOURCE_ORDERED,
     summary:
         "ROI counts, line crossing, overcrowding, direction of travel per stream (nvdsanalytics)",
     check: |t, ctx| {

@@ -16,12 +16,13 @@ use vidmesh_protocol::{Batch, StreamEnd};
 
 use crate::msgconv::config::MsgConvConfig;
 use crate::msgconv::{self, Schema};
-use crate::registry::StageKind;
+use crate::registry::{Delivery, StageKind};
 use crate::settings;
 use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport};
 
 pub const KIND: StageKind = StageKind {
     name: "broker",
+    delivery: Delivery::PER_SOURCE_ORDERED,
     summary: "publish metadata in DeepStream's nvmsgconv schemas (file:// JSON lines)",
     check: |t, ctx| {
         let s = Settings::load(t)?;

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use vidmesh_protocol::{Batch, ObjectMeta, TensorMeta};
 
-use crate::registry::StageKind;
+use crate::registry::{Delivery, StageKind};
 use crate::settings;
 use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport};
 pub use nms::non_max_suppression;
@@ -23,6 +23,7 @@ pub use parser::{BoxFormat, Detection, ParserSettings};
 
 pub const KIND: StageKind = StageKind {
     name: "infer",
+    delivery: Delivery::ANY_REPLICA,
     summary: "run an ONNX detector (ONNX Runtime) and parse its boxes (nvinfer)",
     check: |t, ctx| Settings::load(t, ctx).map(|_| ()),
     build: |t, ctx| {

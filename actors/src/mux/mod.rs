@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use vidmesh_protocol::{Batch, FrameMeta, StreamEnd};
 
-use crate::registry::StageKind;
+use crate::registry::{Delivery, StageKind};
 use crate::settings;
 use crate::stage::{Outputs, Stage, StageError, StageReport};
 
 pub const KIND: StageKind = StageKind {
     name: "mux",
+    delivery: Delivery::PER_SOURCE,
     summary: "batch frames from several sources by size and timeout (nvstreammux)",
     check: |t, _| settings::parse::<Settings>(t).and_then(|s| s.validate()),
     build: |t, _| {

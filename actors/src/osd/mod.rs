@@ -13,7 +13,7 @@ use vidmesh_protocol::{
     Batch, DisplayRect, DisplayText, ObjectMeta, PayloadRef, PixelFormat, Rgba,
 };
 
-use crate::registry::StageKind;
+use crate::registry::{Delivery, StageKind};
 use crate::settings;
 use crate::stage::{BuildContext, Outputs, Stage, StageError};
 use draw::Canvas;
@@ -21,6 +21,7 @@ use text::GlyphCache;
 
 pub const KIND: StageKind = StageKind {
     name: "osd",
+    delivery: Delivery::ANY_REPLICA,
     summary: "draw boxes, labels, track ids and display meta onto frames (nvdsosd)",
     check: |t, ctx| Settings::load(t, ctx).map(|_| ()),
     build: |t, ctx| {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use vidmesh_protocol::{Batch, DataType, FrameTransform, PixelFormat, TensorLayout, TensorMeta};
 
-use crate::registry::StageKind;
+use crate::registry::{Delivery, StageKind};
 use crate::settings;
 use crate::stage::{Outputs, Stage, StageError};
 pub use resize::Interpolation;
@@ -19,6 +19,7 @@ use resize::ResizePlan;
 
 pub const KIND: StageKind = StageKind {
     name: "preprocess",
+    delivery: Delivery::ANY_REPLICA,
     summary: "scale/letterbox, colour order and normalisation into the model's input tensor",
     check: |t, _| settings::parse::<Settings>(t).and_then(|s| s.validate()),
     build: |t, _| {

@@ -17,13 +17,14 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use vidmesh_protocol::{Batch, StreamEnd};
 
-use crate::registry::StageKind;
+use crate::registry::{Delivery, StageKind};
 use crate::settings;
 use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport};
 use mp4::Mp4Writer;
 
 pub const KIND: StageKind = StageKind {
     name: "sink",
+    delivery: Delivery::PER_SOURCE_ORDERED,
     summary: "encode frames to H.264 MP4 files, one per source (x264 via GStreamer)",
     check: |t, ctx| Settings::load(t, ctx).map(|_| ()),
     build: |t, ctx| {
@@ -158,8 +159,8 @@ impl Stage for Sink {
                     .clocks
                     .entry(frame.source_id)
                     .or_insert((std::time::Instant::now(), frame.pts_ns));
-                let due = start
-                    + std::time::Duration::from_nanos(frame.pts_ns.saturating_sub(first_pts));
+                let due =
+                    start + std::time::Duration::from_nanos(frame.pts_ns.saturating_sub(first_pts));
                 std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
             }
             let writer = match self.writers.get_mut(&frame.source_id) {

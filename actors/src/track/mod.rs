@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use vidmesh_protocol::{Batch, FrameMeta, StreamEnd};
 
-use crate::registry::StageKind;
+use crate::registry::{Delivery, StageKind};
 use crate::settings;
 use crate::stage::{Outputs, Stage, StageError, StageReport};
 use appearance::AppearanceTracker;
@@ -48,6 +48,7 @@ use sort::SortTracker;
 
 pub const KIND: StageKind = StageKind {
     name: "track",
+    delivery: Delivery::PER_SOURCE_ORDERED,
     summary: "assign stable track ids per source (nvtracker; IoU, SORT, ByteTrack, appearance)",
     check: |t, _| settings::parse::<Settings>(t).and_then(|s| s.validate()),
     build: |t, ctx| {

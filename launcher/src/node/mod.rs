@@ -167,12 +167,8 @@ fn serve_metrics(
         .map_or(0, |base| base + options.replica as u16);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let exposed = Arc::new(exposed);
-    let server = prometheus::serve(addr, Arc::new(move || exposed.render())).map_err(|e| {
-        NodeError::Setup(format!(
-            "{}/{}: {e}",
-            options.instance, options.replica
-        ))
-    })?;
+    let server = prometheus::serve(addr, Arc::new(move || exposed.render()))
+        .map_err(|e| NodeError::Setup(format!("{}/{}: {e}", options.instance, options.replica)))?;
     let path = metrics_address_path(&options.state_dir, &options.instance, options.replica);
     std::fs::write(&path, server.local_addr().to_string())
         .map_err(|error| NodeError::State { path, error })?;
@@ -208,13 +204,13 @@ fn load_state(path: &Path) -> Result<Option<SavedState>, NodeError> {
 }
 
 /// How deliveries reach a stage kind's replicas, and whether it needs frames in order.
-/// Stateful kinds take whole sources so a stream's state stays on one replica.
-fn delivery_of(kind: &str) -> (Routing, bool) {
-    match kind {
-        "track" | "analytics" | "sink" | "broker" => (Routing::BySource, true),
-        "mux" => (Routing::BySource, false),
-        _ => (Routing::Balance, false),
-    }
+fn delivery_of(kind: &vidmesh_actors::StageKind) -> (Routing, bool) {
+    let routing = if kind.delivery.per_source {
+        Routing::BySource
+    } else {
+        Routing::Balance
+    };
+    (routing, kind.delivery.ordered)
 }
 
 /// Links out of `producer` (a stage name or [`SOURCES`]).
@@ -248,7 +244,7 @@ fn open_outputs(
             consumer: consumer.clone(),
             replicas: entry.runtime.replicas,
             window: topology.queue as u32,
-            routing: delivery_of(entry.kind.name).0,
+            routing: delivery_of(entry.kind).0,
             payload,
             dead_after: DEAD_AFTER,
             shm_dir: shm_dir.to_path_buf(),
@@ -350,13 +346,7 @@ fn run_source(
             last: std::sync::Mutex::new((Instant::now(), 0)),
         },
     )?;
-    let mut out = Outputs::new(
-        outputs
-            .iter()
-            .cloned()
-            .map(LinkSender::remote)
-            .collect(),
-    );
+    let mut out = Outputs::new(outputs.iter().cloned().map(LinkSender::remote).collect());
     let mut source = GstSource::new(entry.settings.clone(), entry.uri.clone(), index as u32);
     let progress = Arc::new(SourceProgress::default());
     let counting = {
@@ -666,7 +656,7 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
         &options.shm_dir,
     )?;
 
-    let (routing, ordered) = delivery_of(entry.kind.name);
+    let (routing, ordered) = delivery_of(entry.kind);
     let stateful = stage.snapshot().is_some();
     let frontier = saved
         .as_ref()

@@ -24,6 +24,8 @@
 
 mod inbox;
 mod output;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
