@@ -51,6 +51,7 @@ struct Supervised {
     replica: u32,
     max_restarts: u32,
     child: Option<Child>,
+    started: Instant,
     restarts: u32,
     restart_at: Option<Instant>,
     state: InstanceState,
@@ -68,6 +69,9 @@ impl Supervised {
         format!("{}/{}", self.name, self.replica)
     }
 }
+
+/// An instance silent this long is considered hung.
+const HUNG_AFTER: Duration = Duration::from_secs(10);
 
 /// Ctrl-C presses seen by the launcher (1 = drain, 2 = kill).
 pub type Interrupts = Arc<AtomicU32>;
@@ -185,6 +189,7 @@ pub fn launch(
             replica: 0,
             max_restarts: 5,
             child: None,
+            started: Instant::now(),
             restarts: 0,
             restart_at: None,
             state: InstanceState::Running,
@@ -205,6 +210,7 @@ pub fn launch(
                 replica,
                 max_restarts: st.runtime.max_restarts,
                 child: None,
+                started: Instant::now(),
                 restarts: 0,
                 restart_at: None,
                 state: InstanceState::Running,
@@ -214,6 +220,7 @@ pub fn launch(
     // Consumers first, so that sources find someone to send to.
     for s in instances.iter_mut().rev() {
         s.child = Some(spawn(s, &options.exe, topology, &router, options)?);
+        s.started = Instant::now();
     }
     eprintln!(
         "launch: `{}` started as {} processes (state in {})",
@@ -258,12 +265,26 @@ pub fn launch(
                 if Instant::now() >= at && interrupts_seen < 2 {
                     s.restart_at = None;
                     s.child = Some(spawn(s, &options.exe, topology, &router, options)?);
+                    s.started = Instant::now();
                 }
                 continue;
             }
+            let label = s.label();
             let Some(child) = s.child.as_mut() else {
                 continue;
             };
+            // Health: a process that stopped announcing itself (hung, deadlocked) is killed,
+            // and then restarted like any other that died.
+            if let Some(peer) = net.peers().get(&s.name, s.replica) {
+                let silent = peer.last_seen.elapsed();
+                if silent > HUNG_AFTER && s.started.elapsed() > HUNG_AFTER {
+                    eprintln!(
+                        "launch: {label} sent no heartbeat for {:.0}s; killing it",
+                        silent.as_secs_f64()
+                    );
+                    signal(child, libc::SIGKILL);
+                }
+            }
             let Ok(Some(status)) = child.try_wait() else {
                 continue;
             };

@@ -323,3 +323,31 @@ fn a_slow_sink_slows_the_source_and_memory_stays_bounded() {
         peak_rss >> 20
     );
 }
+
+#[test]
+fn interrupting_the_launcher_stops_the_source_and_drains_what_it_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology(dir.path(), "mp-interrupt", &[]);
+    let child = launch(dir.path(), &path);
+    while lines(&events(dir.path())) < 40 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let (ok, log) = wait(child, Duration::from_secs(120));
+    assert!(ok, "{log}");
+    assert!(log.contains("stopping the sources"), "{log}");
+    let frames = deduplicated(read_native(&events(dir.path())));
+    let n = frames.len() as u64;
+    assert!(n >= 40 && n < FRAMES, "stopped early, after {n} frames");
+    assert_eq!(
+        frames.keys().copied().collect::<Vec<_>>(),
+        (0..n).collect::<Vec<_>>(),
+        "every frame the source delivered before stopping reached the end"
+    );
+    assert_eq!(
+        count_frames(&dir.path().join("gt/annotated.mp4")) as u64,
+        n,
+        "and the video was finalised with them"
+    );
+}
