@@ -339,7 +339,7 @@ fn interrupting_the_launcher_stops_the_source_and_drains_what_it_accepted() {
     assert!(log.contains("stopping the sources"), "{log}");
     let frames = deduplicated(read_native(&events(dir.path())));
     let n = frames.len() as u64;
-    assert!(n >= 40 && n < FRAMES, "stopped early, after {n} frames");
+    assert!((40..FRAMES).contains(&n), "stopped early, after {n} frames");
     assert_eq!(
         frames.keys().copied().collect::<Vec<_>>(),
         (0..n).collect::<Vec<_>>(),
