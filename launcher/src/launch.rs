@@ -170,12 +170,19 @@ pub fn launch(
     let _ = remove_stale_segments(&options.shm_dir, &format!("vidmesh-{}-", topology.name));
 
     let router = format!("tcp/127.0.0.1:{}", free_port()?);
+    // The routers of the other hosts, so stages placed there join this pipeline.
+    let other_hosts: Vec<String> = topology
+        .deployment
+        .hosts
+        .values()
+        .map(|h| h.zenoh.clone())
+        .collect();
     let net = NetNode::open(
         &NetConfig {
             pipeline: topology.name.clone(),
             listen: vec![router.clone()],
+            connect: other_hosts,
             mode: Some("router".into()),
-            ..Default::default()
         },
         "launcher",
         0,
@@ -196,12 +203,17 @@ pub fn launch(
         });
     }
     for st in &topology.stages {
-        if topology.deployment.host_of(&st.name).is_some() {
-            eprintln!(
-                "launch: stage `{}` is placed on host `{}`; start it there with `vidmesh stage`",
-                st.name,
-                topology.deployment.host_of(&st.name).unwrap_or_default()
-            );
+        if let Some(host) = topology.deployment.host_of(&st.name) {
+            let endpoint = &topology.deployment.hosts[host].zenoh;
+            for replica in 0..st.runtime.replicas {
+                eprintln!(
+                    "launch: `{}` replica {replica} is placed on host `{host}`; start it there with: \
+                     vidmesh stage --topology {} --stage {} --replica {replica} --listen {endpoint}",
+                    st.name,
+                    topology.path.display(),
+                    st.name,
+                );
+            }
             continue;
         }
         for replica in 0..st.runtime.replicas {

@@ -351,3 +351,43 @@ fn interrupting_the_launcher_stops_the_source_and_drains_what_it_accepted() {
         "and the video was finalised with them"
     );
 }
+
+#[test]
+fn a_stage_placed_on_another_host_joins_through_its_router_with_raw_payloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = topology(dir.path(), "mp-hosts", &[]);
+    let port = vidmesh_tests::free_port();
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "\n[hosts]\nother = {{ zenoh = \"{endpoint}\" }}\n\n[placement]\ndetect = {{ host = \"other\" }}\n"
+    ));
+    std::fs::write(&path, text).unwrap();
+    // "The other host": the detector started by hand, listening where [hosts] says.
+    let remote = Command::new(env!("CARGO_BIN_EXE_vidmesh"))
+        .current_dir(repo_root())
+        .args([
+            "stage",
+            "--stage",
+            "detect",
+            "--listen",
+            &endpoint,
+            "--topology",
+        ])
+        .arg(&path)
+        .arg("--state-dir")
+        .arg(dir.path().join("remote-state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, log) = wait(launch(dir.path(), &path), Duration::from_secs(240));
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("`detect` replica 0 is placed on host `other`"),
+        "{log}"
+    );
+    let (remote_ok, remote_log) = wait(remote, Duration::from_secs(30));
+    assert!(remote_ok, "{remote_log}");
+    assert_complete(dir.path());
+}
