@@ -74,6 +74,8 @@ pub struct RoleArgs {
     pub variant: String,
     /// Frames the shared-memory pool of a bare-zenoh producer holds.
     pub slots: u32,
+    /// Credits of a vidmesh link (deliveries outstanding per consumer).
+    pub window: u32,
     /// The consumer gives up after this long.
     pub timeout: Duration,
 }
@@ -88,13 +90,12 @@ impl RoleArgs {
             endpoint: String::new(),
             variant: "copy".into(),
             slots: 8,
+            window: 8,
             timeout: Duration::from_secs(120),
         };
         let mut it = args.iter();
         while let Some(key) = it.next() {
-            let value = it
-                .next()
-                .ok_or_else(|| format!("`{key}` needs a value"))?;
+            let value = it.next().ok_or_else(|| format!("`{key}` needs a value"))?;
             let bad = |e: &dyn std::fmt::Display| format!("{key} {value}: {e}");
             match key.as_str() {
                 "--payload" => a.payload = Payload::parse(value)?,
@@ -104,6 +105,7 @@ impl RoleArgs {
                 "--endpoint" => a.endpoint = value.clone(),
                 "--variant" => a.variant = value.clone(),
                 "--slots" => a.slots = value.parse().map_err(|e| bad(&e))?,
+                "--window" => a.window = value.parse().map_err(|e| bad(&e))?,
                 "--timeout-s" => {
                     a.timeout = Duration::from_secs(value.parse().map_err(|e| bad(&e))?)
                 }
@@ -126,6 +128,7 @@ impl RoleArgs {
             ("--endpoint", self.endpoint.clone()),
             ("--variant", self.variant.clone()),
             ("--slots", self.slots.to_string()),
+            ("--window", self.window.to_string()),
             ("--timeout-s", self.timeout.as_secs().to_string()),
         ]
         .into_iter()

@@ -28,7 +28,8 @@ usage: transport-bench [run] [options]      run the benchmark, print the table
   --repeat N            run the whole matrix N times; the table shows medians (default 1)
   --json OUT            write every result, the machine and the load average to OUT
 transport-bench copy-cost [--payload rgb] [--count 200]
-                        µs to copy one frame into a vidmesh shared-memory slot
+                        µs to copy one frame into a vidmesh shared-memory slot, and
+                        to encode, gather and decode it as a raw-mode delivery
 roles (started by the parent): inproc, vidmesh-consume, vidmesh-shm-produce,
   vidmesh-tcp-produce, zenoh-consume, zenoh-produce";
 
@@ -66,6 +67,12 @@ fn copy_cost(args: &[String]) -> Result<(), String> {
         payload.name(),
         payload.bytes() as f64 / us / 1e3
     );
+    let [encode, gather, decode] = vidmesh_roles::codec_cost(payload, count)?;
+    println!(
+        "{}: raw-mode delivery: encode {encode:.0} µs, gather into one buffer {gather:.0} µs, \
+         decode {decode:.0} µs per frame",
+        payload.name()
+    );
     Ok(())
 }
 
@@ -100,7 +107,9 @@ fn main() {
             };
             vidmesh_roles::produce(&a, kind)
         }),
-        "vidmesh-tcp-produce" => role_args().and_then(|a| vidmesh_roles::produce(&a, LinkKind::Raw)),
+        "vidmesh-tcp-produce" => {
+            role_args().and_then(|a| vidmesh_roles::produce(&a, LinkKind::Raw))
+        }
         "zenoh-consume" => role_args().and_then(|a| {
             let config = zenoh_roles::config(Some(&a.endpoint), None)?;
             zenoh_roles::consume(&a, config)

@@ -43,6 +43,8 @@ pub struct Plan {
     pub rate_hz: f64,
     pub repeat: u32,
     pub slots: u32,
+    /// Credits of the vidmesh process links.
+    pub window: u32,
     pub json: Option<PathBuf>,
 }
 
@@ -58,6 +60,7 @@ impl Default for Plan {
             rate_hz: 100.0,
             repeat: 1,
             slots: 8,
+            window: 8,
             json: None,
         }
     }
@@ -68,9 +71,7 @@ impl Plan {
         let mut plan = Plan::default();
         let mut it = args.iter();
         while let Some(key) = it.next() {
-            let value = it
-                .next()
-                .ok_or_else(|| format!("`{key}` needs a value"))?;
+            let value = it.next().ok_or_else(|| format!("`{key}` needs a value"))?;
             let bad = |e: &dyn std::fmt::Display| format!("{key} {value}: {e}");
             match key.as_str() {
                 "--transports" => {
@@ -99,6 +100,7 @@ impl Plan {
                 "--rate" => plan.rate_hz = value.parse().map_err(|e| bad(&e))?,
                 "--repeat" => plan.repeat = value.parse().map_err(|e| bad(&e))?,
                 "--slots" => plan.slots = value.parse().map_err(|e| bad(&e))?,
+                "--window" => plan.window = value.parse().map_err(|e| bad(&e))?,
                 "--json" => plan.json = Some(PathBuf::from(value)),
                 other => return Err(format!("unknown option `{other}` (see --help)")),
             }
@@ -124,6 +126,7 @@ impl Plan {
                 "copy".into()
             },
             slots: self.slots,
+            window: self.window,
             timeout: Duration::from_secs(120),
         }
     }
@@ -152,7 +155,11 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_for(lines: &mpsc::Receiver<String>, prefix: &str, until: Instant) -> Result<String, String> {
+fn wait_for(
+    lines: &mpsc::Receiver<String>,
+    prefix: &str,
+    until: Instant,
+) -> Result<String, String> {
     loop {
         let left = until.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
@@ -267,7 +274,13 @@ fn median(mut xs: Vec<f64>) -> Option<f64> {
 }
 
 /// Median of `key` over the repeats of one cell that succeeded.
-fn cell(rows: &[Row], payload: Payload, mode: Mode, transport: Transport, key: &str) -> Option<f64> {
+fn cell(
+    rows: &[Row],
+    payload: Payload,
+    mode: Mode,
+    transport: Transport,
+    key: &str,
+) -> Option<f64> {
     median(
         rows.iter()
             .filter(|r| r.payload == payload && r.mode == mode && r.transport == transport)
@@ -389,7 +402,12 @@ fn print_targets(plan: &Plan, rows: &[Row]) -> Value {
                     .zip(get(payload, Mode::Flat, theirs, "msgs_per_s"))
                     .map(|(a, b)| a / b);
                 check(
-                    format!("{} / {} {} flat-out throughput", ours.name(), theirs.name(), payload.name()),
+                    format!(
+                        "{} / {} {} flat-out throughput",
+                        ours.name(),
+                        theirs.name(),
+                        payload.name()
+                    ),
                     r,
                     ">= 1.00".into(),
                     r.map(|r| r >= 1.0),
@@ -401,7 +419,10 @@ fn print_targets(plan: &Plan, rows: &[Row]) -> Value {
                 .zip(get(payload, Mode::Flat, Transport::ZenohTcp, "msgs_per_s"))
                 .map(|(a, b)| a / b);
             check(
-                format!("vidmesh-tcp / zenoh-tcp {} flat-out throughput", payload.name()),
+                format!(
+                    "vidmesh-tcp / zenoh-tcp {} flat-out throughput",
+                    payload.name()
+                ),
                 r,
                 ">= 0.90".into(),
                 r.map(|r| r >= 0.9),
@@ -422,7 +443,12 @@ fn print_targets(plan: &Plan, rows: &[Row]) -> Value {
             for payload in [Payload::Rgb, Payload::Nv12] {
                 let v = get(payload, Mode::Paced, t, "p99_us");
                 check(
-                    format!("{} {} p99 at {} Hz, µs", t.name(), payload.name(), plan.rate_hz),
+                    format!(
+                        "{} {} p99 at {} Hz, µs",
+                        t.name(),
+                        payload.name(),
+                        plan.rate_hz
+                    ),
                     v,
                     "< 250".into(),
                     v.map(|v| v < 250.0),
@@ -466,8 +492,12 @@ pub fn run(plan: &Plan, command_line: &str) -> Result<bool, String> {
             for &mode in &plan.modes {
                 // Alternate the order on every repeat so a change in the machine's load hits
                 // every transport alike.
-                let mut order: Vec<Transport> =
-                    plan.transports.iter().copied().filter(|t| t.runs(payload)).collect();
+                let mut order: Vec<Transport> = plan
+                    .transports
+                    .iter()
+                    .copied()
+                    .filter(|t| t.runs(payload))
+                    .collect();
                 if repeat % 2 == 1 {
                     order.reverse();
                 }

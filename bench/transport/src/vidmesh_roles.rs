@@ -13,8 +13,7 @@ use vidmesh_protocol::{
     PixelFormat, UserMeta,
 };
 use vidmesh_transport::net::{
-    LinkEvent, NetConfig, NetNode, OutputSettings, PayloadMode, RemoteInbox, RemoteOutput,
-    Routing,
+    LinkEvent, NetConfig, NetNode, OutputSettings, PayloadMode, RemoteInbox, RemoteOutput, Routing,
 };
 use vidmesh_transport::shm::{SlotLease, SlotPool};
 use vidmesh_transport::{in_process_link, Received};
@@ -23,8 +22,9 @@ use crate::common::{
     now_ns, source_frame, wait_for_stdin_eof, Pacer, Payload, Recorder, RoleArgs, META_BYTES,
 };
 
-/// Credits per link, as in the launcher's default topology.
-pub const WINDOW: u32 = 8;
+/// Slots of the producer's own pool (prefilled variant) and of the copy-cost pool: as many as
+/// `RemoteOutput`'s pool has.
+pub const SLOTS: u32 = 8;
 const SHM_DIR: &str = "/dev/shm";
 const PIPELINE: &str = "bench";
 
@@ -116,7 +116,11 @@ pub fn in_process(args: &RoleArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let (tx, mut rx) = in_process_link("producer->consumer", WINDOW as usize, runtime.handle().clone());
+    let (tx, mut rx) = in_process_link(
+        "producer->consumer",
+        args.window as usize,
+        runtime.handle().clone(),
+    );
     let consumer = {
         let args = args.clone();
         std::thread::spawn(move || {
@@ -162,7 +166,10 @@ pub fn in_process(args: &RoleArgs) -> Result<(), String> {
         } else {
             PayloadRef::None
         };
-        if tx.send_blocking(message(n, now_ns(), payload, &user)).is_err() {
+        if tx
+            .send_blocking(message(n, now_ns(), payload, &user))
+            .is_err()
+        {
             break;
         }
     }
@@ -187,7 +194,7 @@ pub fn consume(args: &RoleArgs) -> Result<(), String> {
     let mut inbox = RemoteInbox::new(
         &node,
         vec![("producer".into(), 1)],
-        WINDOW,
+        args.window,
         Path::new(SHM_DIR),
     )
     .map_err(|e| e.to_string())?;
@@ -216,7 +223,11 @@ pub fn consume(args: &RoleArgs) -> Result<(), String> {
 }
 
 /// Frees the prefilled slots as the consumer acknowledges their frames.
-fn release_on_ack(events: Receiver<LinkEvent>, leases: Arc<Mutex<HashMap<u64, SlotLease>>>, pool: SlotPool) {
+fn release_on_ack(
+    events: Receiver<LinkEvent>,
+    leases: Arc<Mutex<HashMap<u64, SlotLease>>>,
+    pool: SlotPool,
+) {
     for event in events {
         if let LinkEvent::Acked(keys) = event {
             let mut leases = leases.lock().unwrap_or_else(|p| p.into_inner());
@@ -248,7 +259,7 @@ pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
         OutputSettings {
             consumer: "consumer".into(),
             replicas: 1,
-            window: WINDOW,
+            window: args.window,
             routing: Routing::Balance,
             payload: match kind {
                 LinkKind::Shm | LinkKind::ShmPrefilled => PayloadMode::SharedMemory,
@@ -256,18 +267,19 @@ pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
             },
             dead_after: Duration::from_millis(1500),
             shm_dir: SHM_DIR.into(),
+            // Every frame must arrive: a benchmark of throughput, not of shedding.
+            drop_oldest: false,
         },
         events_tx,
     )
     .map_err(|e| e.to_string())?;
 
-    // Our own pool for the prefilled variant: slots as many as RemoteOutput's own pool has.
     let prefilled = (kind == LinkKind::ShmPrefilled && args.payload.is_frame())
         .then(|| {
             SlotPool::new(
                 Path::new(SHM_DIR),
                 &format!("vidmesh-bench-prefilled-{}", std::process::id()),
-                WINDOW,
+                SLOTS,
             )
         })
         .transpose()
@@ -340,11 +352,11 @@ pub fn slot_copy_cost(payload: Payload, count: u32) -> Result<f64, String> {
     let pool = SlotPool::new(
         Path::new(SHM_DIR),
         &format!("vidmesh-bench-copycost-{}", std::process::id()),
-        WINDOW,
+        SLOTS,
     )
     .map_err(|e| e.to_string())?;
     let source = source_frame(payload.bytes());
-    // Keep WINDOW - 1 slots leased, as a link does, so that the copy goes to a different slot
+    // Keep SLOTS - 1 slots leased, as a link does, so that the copy goes to a different slot
     // each time (cold in the cache) rather than to one hot slot.
     let mut held = std::collections::VecDeque::new();
     let mut run = || -> Result<(), String> {
@@ -352,13 +364,13 @@ pub fn slot_copy_cost(payload: Payload, count: u32) -> Result<f64, String> {
             .write(&source, "nobody", Duration::from_secs(1))
             .map_err(|e| e.to_string())?;
         held.push_back(lease);
-        if held.len() >= WINDOW as usize {
+        if held.len() >= SLOTS as usize {
             let old: SlotLease = held.pop_front().expect("not empty");
             pool.release(&old.segment, old.slot, old.generation);
         }
         Ok(())
     };
-    for _ in 0..WINDOW * 2 {
+    for _ in 0..SLOTS * 2 {
         run()?;
     }
     let start = Instant::now();
@@ -366,4 +378,53 @@ pub fn slot_copy_cost(payload: Payload, count: u32) -> Result<f64, String> {
         run()?;
     }
     Ok(start.elapsed().as_secs_f64() * 1e6 / count as f64)
+}
+
+/// What `PayloadMode::Raw` does to a frame besides the socket, in µs per frame: encode the
+/// delivery (the pixels are serialised into the message), gather the received message into
+/// one buffer (zenoh hands a message that arrived in fragments over as several slices, and
+/// the inbox asks for them contiguous), decode it (the pixels are copied out again).
+pub fn codec_cost(payload: Payload, count: u32) -> Result<[f64; 3], String> {
+    let source = Bytes::from(source_frame(payload.bytes()));
+    let from = Instance {
+        stage: "producer".into(),
+        replica: 0,
+        epoch: 0x1234_5678_9abc_def1,
+    };
+    let limits = vidmesh_protocol::Limits::default();
+    let mut spent = [Duration::ZERO; 3];
+    for n in 0..count as u64 + 3 {
+        let delivery = Envelope::Delivery(Delivery {
+            from: from.clone(),
+            to_epoch: 1,
+            seq: n,
+            message: message(
+                n,
+                now_ns(),
+                PayloadRef::Inline {
+                    layout: layout(payload),
+                    data: source.clone(),
+                },
+                &[],
+            ),
+        });
+        let t0 = Instant::now();
+        let wire = encode(&delivery).map_err(|e| e.to_string())?;
+        let t1 = Instant::now();
+        let mut gathered = Vec::new();
+        for piece in wire.chunks(64 * 1024) {
+            gathered.extend_from_slice(piece);
+        }
+        let t2 = Instant::now();
+        let decoded = vidmesh_protocol::decode(&gathered, &limits).map_err(|e| e.to_string())?;
+        let t3 = Instant::now();
+        drop((wire, gathered, decoded));
+        // The first runs warm up the allocator.
+        if n >= 3 {
+            spent[0] += t1 - t0;
+            spent[1] += t2 - t1;
+            spent[2] += t3 - t2;
+        }
+    }
+    Ok(spent.map(|d| d.as_secs_f64() * 1e6 / count as f64))
 }

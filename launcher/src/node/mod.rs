@@ -144,7 +144,7 @@ impl Exposed {
                 sent: o.stats().sent.load(Ordering::Relaxed),
                 acked: o.stats().acked.load(Ordering::Relaxed),
                 resent: o.stats().resent.load(Ordering::Relaxed),
-                dropped: 0,
+                dropped: o.stats().dropped.load(Ordering::Relaxed),
                 duplicates,
             })
             .collect();
@@ -237,6 +237,7 @@ fn open_outputs(
         let payload = match entry.runtime.payload {
             Some(Payload::Shm) => PayloadMode::SharedMemory,
             Some(Payload::Raw) => PayloadMode::Raw,
+            Some(Payload::Jpeg { quality }) => PayloadMode::Jpeg { quality },
             None if same_host => PayloadMode::SharedMemory,
             None => PayloadMode::Raw,
         };
@@ -248,6 +249,7 @@ fn open_outputs(
             payload,
             dead_after: DEAD_AFTER,
             shm_dir: shm_dir.to_path_buf(),
+            drop_oldest: entry.runtime.drop_oldest,
         };
         outputs.push(Arc::new(RemoteOutput::new(net, settings, events.clone())?));
     }

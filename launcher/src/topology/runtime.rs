@@ -14,6 +14,8 @@ pub enum Payload {
     Shm,
     /// Inside the message (across hosts); the default when they do not.
     Raw,
+    /// JPEG-encoded inside the message at this quality (across hosts, lossy, ~10× smaller).
+    Jpeg { quality: u8 },
 }
 
 /// The runtime keys of one stage.
@@ -26,6 +28,9 @@ pub struct StageRuntime {
     pub max_restarts: u32,
     /// Forced payload path on the links into this stage; `None` = by placement.
     pub payload: Option<Payload>,
+    /// When the links into this stage are full, drop the oldest unsent delivery (counted)
+    /// instead of making the producer wait.
+    pub drop_oldest: bool,
 }
 
 impl Default for StageRuntime {
@@ -34,11 +39,10 @@ impl Default for StageRuntime {
             replicas: 1,
             max_restarts: 5,
             payload: None,
+            drop_oldest: false,
         }
     }
 }
-
-pub const RUNTIME_KEYS: &[&str] = &["replicas", "max_restarts", "payload"];
 
 impl StageRuntime {
     /// Takes the runtime keys out of a stage table.
@@ -58,12 +62,32 @@ impl StageRuntime {
                 .ok_or_else(|| format!("`max_restarts` must be an integer in 0..=1000, got {v}"))?
                 as u32;
         }
+        let quality = match table.remove("jpeg_quality") {
+            Some(v) => v
+                .as_integer()
+                .filter(|q| (1..=100).contains(q))
+                .ok_or_else(|| format!("`jpeg_quality` must be an integer in 1..=100, got {v}"))?
+                as u8,
+            None => 85,
+        };
         if let Some(v) = table.remove("payload") {
             rt.payload = Some(match v.as_str() {
                 Some("shm") => Payload::Shm,
                 Some("raw") => Payload::Raw,
-                _ => return Err(format!("`payload` must be \"shm\" or \"raw\", got {v}")),
+                Some("jpeg") => Payload::Jpeg { quality },
+                _ => {
+                    return Err(format!(
+                        "`payload` must be \"shm\", \"raw\" or \"jpeg\", got {v}"
+                    ))
+                }
             });
+        }
+        if let Some(v) = table.remove("drop") {
+            rt.drop_oldest = match v.as_str() {
+                Some("oldest") => true,
+                Some("never") => false,
+                _ => return Err(format!("`drop` must be \"oldest\" or \"never\", got {v}")),
+            };
         }
         Ok(rt)
     }
@@ -158,10 +182,18 @@ mod tests {
         assert!(StageRuntime::take_from(&mut bad)
             .unwrap_err()
             .contains("1..=64"));
-        let mut bad: toml::Table = toml::from_str("payload = \"jpeg\"").unwrap();
+        let mut bad: toml::Table = toml::from_str("payload = \"png\"").unwrap();
         assert!(StageRuntime::take_from(&mut bad)
             .unwrap_err()
-            .contains("\"shm\" or \"raw\""));
+            .contains("\"raw\" or \"jpeg\""));
+        let mut t: toml::Table =
+            toml::from_str("payload = \"jpeg\"\njpeg_quality = 70\ndrop = \"oldest\"").unwrap();
+        let rt = StageRuntime::take_from(&mut t).unwrap();
+        assert_eq!(
+            (rt.payload, rt.drop_oldest),
+            (Some(Payload::Jpeg { quality: 70 }), true)
+        );
+        assert!(t.is_empty());
     }
 
     #[test]

@@ -229,6 +229,25 @@ impl RemoteInbox {
             return Ok(message);
         };
         for frame in &mut batch.frames {
+            if let PayloadRef::Encoded {
+                codec: vidmesh_protocol::payload::Codec::Jpeg,
+                data,
+            } = &frame.payload
+            {
+                let (layout, pixels) =
+                    super::jpeg::decode(data).map_err(|reason| NetError::Malformed {
+                        peer: from.to_string(),
+                        reason: format!(
+                            "frame {} of source {}: bad JPEG payload: {reason}",
+                            frame.frame_num, frame.source_id
+                        ),
+                    })?;
+                frame.payload = PayloadRef::Inline {
+                    layout,
+                    data: pixels,
+                };
+                continue;
+            }
             if let PayloadRef::SharedMemory {
                 segment,
                 slot,

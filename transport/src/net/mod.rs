@@ -23,6 +23,7 @@
 //! ```
 
 mod inbox;
+mod jpeg;
 mod output;
 #[cfg(test)]
 mod tests;

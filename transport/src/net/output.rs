@@ -66,6 +66,8 @@ pub enum PayloadMode {
     SharedMemory,
     /// Inside the message (across hosts).
     Raw,
+    /// JPEG-encoded inside the message (across hosts, a tenth of the bytes, lossy).
+    Jpeg { quality: u8 },
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +83,9 @@ pub struct OutputSettings {
     pub dead_after: Duration,
     /// Where shared-memory segments live (normally /dev/shm).
     pub shm_dir: PathBuf,
+    /// When the window is full, drop the oldest delivery not yet sent (counted) instead of
+    /// waiting — for live sources where fresh frames matter more than complete ones.
+    pub drop_oldest: bool,
 }
 
 /// Counters for metrics.
@@ -89,6 +94,8 @@ pub struct OutputStats {
     pub sent: AtomicU64,
     pub resent: AtomicU64,
     pub acked: AtomicU64,
+    /// Deliveries dropped unsent because the link was full (`drop_oldest`).
+    pub dropped: AtomicU64,
 }
 
 struct Pending {
@@ -330,9 +337,45 @@ impl Shared {
         None
     }
 
+    /// Drops the oldest queued delivery that was never sent; false when all are in flight.
+    fn drop_oldest_unsent(&self, state: &mut State) -> bool {
+        let Some(index) = state
+            .queue
+            .iter()
+            .position(|seq| state.pending.get(seq).is_some_and(|p| p.sends == 0))
+        else {
+            return false;
+        };
+        let Some(seq) = state.queue.remove(index) else {
+            return false;
+        };
+        if let Some(p) = state.pending.remove(&seq) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            // Done as far as this stage's bookkeeping goes: nothing waits for it.
+            let _ = self.events.send(LinkEvent::Acked(p.keys));
+        }
+        true
+    }
+
     /// Moves frame pixels into shared memory for `lessee`; what stays in `pending` keeps the
     /// original buffers for re-sends.
     fn to_wire(&self, message: &DataMessage, lessee: &str) -> Result<DataMessage, NetError> {
+        if let (PayloadMode::Jpeg { quality }, DataMessage::Batch(batch)) =
+            (self.settings.payload, message)
+        {
+            let mut batch = batch.clone();
+            for frame in &mut batch.frames {
+                if let PayloadRef::Inline { layout, data } = &frame.payload {
+                    if let Some(jpeg) = super::jpeg::encode(layout, data, quality) {
+                        frame.payload = PayloadRef::Encoded {
+                            codec: vidmesh_protocol::payload::Codec::Jpeg,
+                            data: jpeg,
+                        };
+                    }
+                }
+            }
+            return Ok(DataMessage::Batch(batch));
+        }
         let (Some(pool), DataMessage::Batch(batch)) = (&self.pool, message) else {
             return Ok(message.clone());
         };
@@ -442,7 +485,7 @@ impl RemoteOutput {
                 )
                 .map_err(|e| NetError::SharedMemory(e.to_string()))?,
             ),
-            PayloadMode::Raw => None,
+            PayloadMode::Raw | PayloadMode::Jpeg { .. } => None,
         };
         let replicas = settings.replicas.max(1);
         let shared = Arc::new(Shared {
@@ -554,6 +597,9 @@ impl RemoteOutput {
         let mut state = s.lock();
         for (message, target) in parts {
             while state.pending.len() >= limit {
+                if s.settings.drop_oldest && s.drop_oldest_unsent(&mut state) {
+                    continue;
+                }
                 if s.stop.load(Ordering::Relaxed) {
                     return Err(LinkClosed {
                         link: self.name.clone(),

@@ -61,6 +61,16 @@ fn output(
     window: u32,
     shm: &std::path::Path,
 ) -> (RemoteOutput, mpsc::Receiver<LinkEvent>) {
+    output_with(node, window, shm, PayloadMode::SharedMemory, false)
+}
+
+fn output_with(
+    node: &NetNode,
+    window: u32,
+    shm: &std::path::Path,
+    payload: PayloadMode,
+    drop_oldest: bool,
+) -> (RemoteOutput, mpsc::Receiver<LinkEvent>) {
     let (tx, rx) = mpsc::channel();
     let out = RemoteOutput::new(
         node,
@@ -69,9 +79,10 @@ fn output(
             replicas: 1,
             window,
             routing: Routing::Balance,
-            payload: PayloadMode::SharedMemory,
+            payload,
             dead_after: Duration::from_millis(1500),
             shm_dir: shm.to_path_buf(),
+            drop_oldest,
         },
         tx,
     )
@@ -217,5 +228,69 @@ fn a_peer_of_another_protocol_version_is_named_with_both_versions() {
             && error.contains("track/0")
             && error.contains(&format!("version {PROTOCOL_VERSION}")),
         "{error}"
+    );
+}
+
+#[test]
+fn a_drop_oldest_link_never_holds_the_producer_and_counts_what_it_dropped() {
+    let shm = tempfile::tempdir().unwrap();
+    let (_router, peer) = network("t-drop");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    let mut inbox =
+        RemoteInbox::new(&consumer, vec![("producer".into(), 1)], 2, shm.path()).unwrap();
+    let (out, events) = output_with(&producer, 2, shm.path(), PayloadMode::Raw, true);
+    out.send_blocking(frame(0)).unwrap();
+    let first = recv(&mut inbox); // the link is up; nothing is acknowledged from here on
+    for n in 1..60 {
+        out.send_blocking(frame(n)).unwrap(); // would block at 8 without drop_oldest
+    }
+    let dropped = out
+        .stats()
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped >= 40, "dropped {dropped}");
+    let acked_locally = events
+        .try_iter()
+        .filter(|e| matches!(e, LinkEvent::Acked(_)))
+        .count() as u64;
+    assert_eq!(
+        acked_locally, dropped,
+        "dropped deliveries are settled for the stage's ledger"
+    );
+    inbox.ack(&[first.tag]);
+    let mut last = 0;
+    while let Some(d) = inbox
+        .recv(Some(Instant::now() + Duration::from_secs(3)))
+        .unwrap()
+    {
+        last = frame_of(&d).0;
+        inbox.ack(&[d.tag]);
+    }
+    assert_eq!(last, 59, "the newest frame arrives");
+}
+
+#[test]
+fn jpeg_payloads_arrive_decoded() {
+    let shm = tempfile::tempdir().unwrap();
+    let (_router, peer) = network("t-jpeg");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    let mut inbox =
+        RemoteInbox::new(&consumer, vec![("producer".into(), 1)], 2, shm.path()).unwrap();
+    let (out, _events) = output_with(
+        &producer,
+        2,
+        shm.path(),
+        PayloadMode::Jpeg { quality: 90 },
+        false,
+    );
+    out.send_blocking(frame(77)).unwrap();
+    let d = recv(&mut inbox);
+    let (n, value) = frame_of(&d);
+    assert_eq!(n, 77);
+    assert!(
+        (value as i32 - 77).abs() <= 3,
+        "flat grey survives JPEG: {value}"
     );
 }
