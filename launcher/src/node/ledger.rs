@@ -11,13 +11,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use vidmesh_transport::net::{DeliveryTag, FrameKey};
+use vidmesh_transport::net::{DeliveryTag, FrameKey, END_OF_STREAM};
+
+/// How far behind the newest frame a gap in a [`FrameSet`] is remembered.
+const HORIZON: u64 = 4096;
 
 /// Frame numbers of one source: everything below `below`, plus `above`.
 #[derive(Debug, Clone, Default)]
 pub struct FrameSet {
     below: u64,
     above: BTreeSet<u64>,
+    /// The end-of-stream notice (frame number `END_OF_STREAM`), kept apart from the numbers.
+    ended: bool,
 }
 
 impl FrameSet {
@@ -25,20 +30,37 @@ impl FrameSet {
         Self {
             below,
             above: BTreeSet::new(),
+            ended: false,
         }
     }
 
     pub fn contains(&self, n: u64) -> bool {
+        if n == END_OF_STREAM {
+            return self.ended;
+        }
         n < self.below || self.above.contains(&n)
     }
 
     pub fn insert(&mut self, n: u64) {
+        if n == END_OF_STREAM {
+            self.ended = true;
+            return;
+        }
         if n < self.below {
             return;
         }
         self.above.insert(n);
         while self.above.remove(&self.below) {
             self.below += 1;
+        }
+        // A load-balanced replica sees every other frame or so, so its gaps never close;
+        // frames this far behind the newest can no longer be re-sent (re-sends come from
+        // windows of a few dozen), so the gaps below are forgotten to keep memory bounded.
+        if let Some(&newest) = self.above.last() {
+            if self.above.len() > HORIZON as usize {
+                self.below = newest - HORIZON;
+                self.above = self.above.split_off(&self.below);
+            }
         }
     }
 
@@ -311,6 +333,21 @@ mod tests {
         assert_eq!(s.contiguous(), 4);
         assert!(s.contains(7) && !s.contains(5));
         assert_eq!(s.len_above(), 1);
+    }
+
+    #[test]
+    fn a_frame_set_with_gaps_that_never_close_stays_bounded() {
+        let mut s = FrameSet::default();
+        for n in (0..100_000).step_by(2) {
+            s.insert(n);
+        }
+        assert!(s.len_above() <= HORIZON as usize);
+        assert!(s.contains(99_998) && !s.contains(99_997));
+        s.insert(END_OF_STREAM);
+        assert!(
+            s.contains(END_OF_STREAM) && !s.contains(99_999),
+            "the end is not a number"
+        );
     }
 
     #[test]

@@ -51,16 +51,15 @@ fn produce(args: &RoleArgs) -> Result<(), String> {
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let role = argv.get(1).cloned().unwrap_or_default();
-    let outcome = RoleArgs::parse(argv.get(2..).unwrap_or_default()).and_then(|args| match role
-        .as_str()
-    {
-        "produce" => produce(&args),
-        "consume" => {
-            let config = zenoh_roles::config(Some(&args.endpoint), None)?;
-            zenoh_roles::consume(&args, config)
-        }
-        other => Err(format!("unknown role `{other}` (produce, consume)")),
-    });
+    let outcome =
+        RoleArgs::parse(argv.get(2..).unwrap_or_default()).and_then(|args| match role.as_str() {
+            "produce" => produce(&args),
+            "consume" => {
+                let config = zenoh_roles::config(Some(&args.endpoint), None)?;
+                zenoh_roles::consume(&args, config)
+            }
+            other => Err(format!("unknown role `{other}` (produce, consume)")),
+        });
     if let Err(e) = outcome {
         eprintln!("zenoh-shm-peer {role}: {e}");
         std::process::exit(1);
