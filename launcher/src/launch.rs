@@ -402,17 +402,13 @@ fn summarise(
             });
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let frames = sources.iter().map(|s| s.frames).sum();
-    RunSummary {
-        pipeline: topology.name.clone(),
-        elapsed_s: elapsed,
-        frames,
-        fps: frames as f64 / elapsed.max(1e-9),
+    RunSummary::new(
+        &topology.name,
+        started.elapsed().as_secs_f64(),
         sources,
         stages,
         errors,
-    }
+    )
 }
 
 /// Scrapes every process's `/metrics` in the background: prints the status line and serves

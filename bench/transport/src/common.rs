@@ -152,14 +152,14 @@ pub fn now_ns() -> u64 {
 
 /// Waits until each message's turn at a fixed rate (or not at all, flat out). A late message
 /// goes at once; the schedule does not slip.
-pub struct Pacer {
+struct Pacer {
     start: Instant,
     period: Option<Duration>,
-    next: u64,
+    next: u32,
 }
 
 impl Pacer {
-    pub fn new(rate_hz: f64) -> Self {
+    fn new(rate_hz: f64) -> Self {
         Self {
             start: Instant::now(),
             period: (rate_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / rate_hz)),
@@ -167,15 +167,57 @@ impl Pacer {
         }
     }
 
-    pub fn wait(&mut self) {
+    fn wait(&mut self) {
         if let Some(period) = self.period {
-            let due = self.start + period * self.next as u32;
+            let due = self.start + period * self.next;
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
             }
         }
         self.next += 1;
+    }
+}
+
+/// Pause between the warm-up and the measured messages, after the producer's own drain.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// The producer's message numbers, when each is due: the warm-up, a pause in which the
+/// links drain (so that no measured message waits behind warm-up ones), the measured ones.
+pub struct Schedule {
+    rate_hz: f64,
+    warmup: u64,
+    total: u64,
+    next: u64,
+    pacer: Pacer,
+}
+
+impl Schedule {
+    pub fn new(args: &RoleArgs) -> Self {
+        Self {
+            rate_hz: args.rate_hz,
+            warmup: args.warmup,
+            total: args.total(),
+            next: 0,
+            pacer: Pacer::new(args.rate_hz),
+        }
+    }
+
+    /// The next message number once it is due, `None` after the last. Before the first
+    /// measured message, runs `drain` (which waits until what was sent is consumed, where
+    /// the transport can tell), pauses, and restarts the pacing.
+    pub fn next(&mut self, drain: impl FnOnce()) -> Option<u64> {
+        if self.next >= self.total {
+            return None;
+        }
+        if self.next == self.warmup && self.warmup > 0 {
+            drain();
+            std::thread::sleep(SETTLE);
+            self.pacer = Pacer::new(self.rate_hz);
+        }
+        self.pacer.wait();
+        self.next += 1;
+        Some(self.next - 1)
     }
 }
 

@@ -19,7 +19,7 @@ use vidmesh_transport::shm::{SlotLease, SlotPool};
 use vidmesh_transport::{in_process_link, Received};
 
 use crate::common::{
-    now_ns, source_frame, wait_for_stdin_eof, Pacer, Payload, Recorder, RoleArgs, META_BYTES,
+    now_ns, source_frame, wait_for_stdin_eof, Payload, Recorder, RoleArgs, Schedule, META_BYTES,
 };
 
 /// Slots of the producer's own pool (prefilled variant) and of the copy-cost pool: as many as
@@ -155,9 +155,8 @@ pub fn in_process(args: &RoleArgs) -> Result<(), String> {
         };
         meta_padding(&me)
     };
-    let mut pacer = Pacer::new(args.rate_hz);
-    for n in 0..args.total() {
-        pacer.wait();
+    let mut schedule = Schedule::new(args);
+    while let Some(n) = schedule.next(|| {}) {
         let payload = if args.payload.is_frame() {
             PayloadRef::Inline {
                 layout: layout(args.payload),
@@ -307,9 +306,14 @@ pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
     } else {
         meta_padding(node.me())
     };
-    let mut pacer = Pacer::new(args.rate_hz);
-    for n in 0..args.total() {
-        pacer.wait();
+    let mut schedule = Schedule::new(args);
+    let drained = || {
+        let until = Instant::now() + Duration::from_secs(10);
+        while output.unacked() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    while let Some(n) = schedule.next(drained) {
         let ingest = now_ns();
         let payload = match (&prefilled, args.payload.is_frame()) {
             (_, false) => PayloadRef::None,

@@ -12,7 +12,7 @@ use zenoh::bytes::ZBytes;
 use zenoh::qos::CongestionControl;
 use zenoh::Wait;
 
-use crate::common::{now_ns, read_header, wait_for_stdin_eof, Pacer, Recorder, RoleArgs};
+use crate::common::{now_ns, read_header, wait_for_stdin_eof, Recorder, Schedule, RoleArgs};
 
 /// The one key expression of the benchmark.
 pub const KEY: &str = "bench/transport/frames";
@@ -94,9 +94,8 @@ pub fn produce(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut pacer = Pacer::new(args.rate_hz);
-    for frame in 0..args.total() {
-        pacer.wait();
+    let mut schedule = Schedule::new(args);
+    while let Some(frame) = schedule.next(|| {}) {
         let sent = now_ns();
         let payload = make(frame, sent)?;
         publisher.put(payload).wait().map_err(|e| e.to_string())?;

@@ -77,6 +77,26 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// A summary whose frame count and rate come from the sources.
+    pub fn new(
+        pipeline: &str,
+        elapsed_s: f64,
+        sources: Vec<SourceSummary>,
+        stages: Vec<StageSummary>,
+        errors: Vec<String>,
+    ) -> Self {
+        let frames = sources.iter().map(|s| s.frames).sum();
+        RunSummary {
+            pipeline: pipeline.to_string(),
+            elapsed_s,
+            frames,
+            fps: frames as f64 / elapsed_s.max(1e-9),
+            sources,
+            stages,
+            errors,
+        }
+    }
+
     /// A fact a stage reported, e.g. `fact("track", "tracks")`.
     pub fn fact(&self, stage: &str, key: &str) -> Option<&str> {
         self.stages
@@ -256,17 +276,13 @@ pub fn run(
     if let Some(r) = reporter {
         let _ = r.join();
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let frames = sources.iter().map(|s| s.frames).sum();
-    Ok(RunSummary {
-        pipeline: topology.name.clone(),
-        elapsed_s: elapsed,
-        frames,
-        fps: frames as f64 / elapsed.max(1e-9),
+    Ok(RunSummary::new(
+        &topology.name,
+        started.elapsed().as_secs_f64(),
         sources,
         stages,
         errors,
-    })
+    ))
 }
 
 pub(crate) fn now_ns() -> u64 {
