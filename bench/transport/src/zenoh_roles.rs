@@ -12,7 +12,7 @@ use zenoh::bytes::ZBytes;
 use zenoh::qos::CongestionControl;
 use zenoh::Wait;
 
-use crate::common::{now_ns, read_header, wait_for_stdin_eof, Recorder, Schedule, RoleArgs};
+use crate::common::{now_ns, read_header, wait_for_stdin_eof, Recorder, RoleArgs, Schedule};
 
 /// The one key expression of the benchmark.
 pub const KEY: &str = "bench/transport/frames";
