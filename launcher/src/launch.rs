@@ -76,6 +76,25 @@ const HUNG_AFTER: Duration = Duration::from_secs(10);
 /// Ctrl-C presses seen by the launcher (1 = drain, 2 = kill).
 pub type Interrupts = Arc<AtomicU32>;
 
+/// Removes what an earlier launch left in the state directory (restart state must not leak
+/// into a fresh run), and nothing else: the directory may be shared with other files.
+fn clear_state(dir: &Path) -> Result<(), LaunchError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| LaunchError::Setup(format!("cannot read {}: {e}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let ours = [".state", ".pid", ".summary.json", ".metrics", ".tmp"]
+            .iter()
+            .any(|suffix| name.to_string_lossy().ends_with(suffix));
+        if ours {
+            std::fs::remove_file(entry.path()).map_err(|e| {
+                LaunchError::Setup(format!("cannot remove {}: {e}", entry.path().display()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 fn free_port() -> Result<u16, LaunchError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| LaunchError::Setup(format!("cannot find a free port: {e}")))?;
@@ -155,17 +174,13 @@ pub fn launch(
     interrupts: Interrupts,
 ) -> Result<RunSummary, LaunchError> {
     let started = Instant::now();
-    if options.state_dir.exists() {
-        std::fs::remove_dir_all(&options.state_dir).map_err(|e| {
-            LaunchError::Setup(format!("cannot clear {}: {e}", options.state_dir.display()))
-        })?;
-    }
     std::fs::create_dir_all(&options.state_dir).map_err(|e| {
         LaunchError::Setup(format!(
             "cannot create {}: {e}",
             options.state_dir.display()
         ))
     })?;
+    clear_state(&options.state_dir)?;
     // Segments of processes killed in an earlier run of this pipeline.
     let _ = remove_stale_segments(&options.shm_dir, &format!("vidmesh-{}-", topology.name));
 
