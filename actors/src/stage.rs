@@ -104,6 +104,14 @@ pub trait Stage: Send {
         Ok(())
     }
 
+    /// Takes over `sources` from `snapshot`, taken by another replica of this stage that is
+    /// gone for good, so their streams continue here with the same state.
+    fn adopt(&mut self, _snapshot: &[u8], _sources: &[u32]) -> Result<(), StageError> {
+        Err(StageError::Settings(
+            "this stage kind cannot take over another replica's streams".into(),
+        ))
+    }
+
     /// State from which a replacement replica can resume; `None` for stateless stages.
     fn snapshot(&self) -> Option<Vec<u8>> {
         None

@@ -391,3 +391,96 @@ fn a_stage_placed_on_another_host_joins_through_its_router_with_raw_payloads() {
     assert!(remote_ok, "{remote_log}");
     assert_complete(dir.path());
 }
+
+/// (source id, frame number) → objects as (track id, box corners), from native JSON lines.
+type Objects = Vec<(Option<u64>, [f32; 4])>;
+
+fn by_source_and_frame(path: &Path) -> BTreeMap<(u64, u64), Objects> {
+    let mut out: BTreeMap<(u64, u64), Objects> = BTreeMap::new();
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = (
+            v["source_id"].as_u64().unwrap(),
+            v["frame_num"].as_u64().unwrap(),
+        );
+        let objects: Objects = v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                let b = &o["bbox"];
+                let (l, t) = (b["left"].as_f64().unwrap(), b["top"].as_f64().unwrap());
+                let (w, h) = (b["width"].as_f64().unwrap(), b["height"].as_f64().unwrap());
+                (
+                    o["track_id"].as_u64(),
+                    [l as f32, t as f32, (l + w) as f32, (t + h) as f32],
+                )
+            })
+            .collect();
+        if let Some(first) = out.get(&key) {
+            assert_eq!(
+                first.len(),
+                objects.len(),
+                "{key:?}: a re-sent copy differs"
+            );
+        } else {
+            out.insert(key, objects);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_tracker_replica_retired_mid_stream_hands_its_source_over_with_its_snapshot() {
+    let two_sources = [
+        (
+            "[[source]]\nid = \"people\"\nuri = \"file://data/gt/people.mp4\"",
+            "[[source]]\nid = \"a\"\nuri = \"file://data/gt/people.mp4\"\n\n[[source]]\nid = \"b\"\nuri = \"file://data/gt/people.mp4\"",
+        ),
+        ("gt/annotated.mp4", "gt/{source}.mp4"),
+    ];
+    // The same two-source pipeline in one process is the reference.
+    let reference_dir = tempfile::tempdir().unwrap();
+    let reference_path = topology(reference_dir.path(), "mp-adopt-reference", &two_sources);
+    let text = std::fs::read_to_string(&reference_path).unwrap();
+    let t = Topology::parse(&reference_path, &text, &repo_root()).unwrap();
+    let summary = run(&t, &RunOptions::default(), Arc::new(AtomicBool::new(false))).unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let want = by_source_and_frame(&events(reference_dir.path()));
+    assert_eq!(want.len() as u64, 2 * FRAMES);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut edits = two_sources.to_vec();
+    edits.push((
+        "[stage.track]\nkind = \"track\"",
+        "[stage.track]\nkind = \"track\"\nreplicas = 2\nmax_restarts = 0",
+    ));
+    let path = topology(dir.path(), "mp-adopt", &edits);
+    let child = launch(dir.path(), &path);
+    kill_when(dir.path(), "track", 1, 160);
+    let (ok, log) = wait(child, Duration::from_secs(300));
+    assert!(!ok, "the retired replica is reported");
+    assert!(
+        log.contains("took over source 1 from retired replica 1"),
+        "{log}"
+    );
+    let got = by_source_and_frame(&events(dir.path()));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "every frame of both sources, once"
+    );
+    for (key, objects) in &want {
+        let other = &got[key];
+        assert_eq!(objects.len(), other.len(), "{key:?}");
+        for ((id_a, box_a), (id_b, box_b)) in objects.iter().zip(other) {
+            assert_eq!(
+                id_a, id_b,
+                "{key:?}: track ids continue across the hand-over"
+            );
+            for (p, q) in box_a.iter().zip(box_b) {
+                assert!((p - q).abs() < 1e-3, "{key:?}");
+            }
+        }
+    }
+}

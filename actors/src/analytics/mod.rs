@@ -389,6 +389,20 @@ impl Stage for Analytics {
     fn snapshot(&self) -> Option<Vec<u8>> {
         Some(self.to_snapshot())
     }
+
+    /// Takes over `sources` (state and totals) from a gone replica's snapshot.
+    fn adopt(&mut self, snapshot: &[u8], sources: &[u32]) -> Result<(), StageError> {
+        let mut other = Analytics::restore(self.configs.clone(), self.sources.clone(), snapshot)?;
+        for source in sources {
+            if let Some(state) = other.streams.remove(source) {
+                self.streams.insert(*source, state);
+            }
+            if let Some(stats) = other.stats.remove(source) {
+                self.stats.insert(*source, stats);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

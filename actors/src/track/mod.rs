@@ -247,7 +247,8 @@ pub trait Tracker: Send {
     fn save(&self) -> serde_json::Value;
 }
 
-/// Hands out track ids, unique across every stream of a stage (as DeepStream's are).
+/// Hands out track ids of one stream: `source << 32 | n`, unique across every stream of a
+/// pipeline whichever replica tracks it (DeepStream's unique ids put the stream in the upper half).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdAllocator {
     next: u64,
@@ -260,6 +261,13 @@ impl Default for IdAllocator {
 }
 
 impl IdAllocator {
+    /// Ids `source << 32 | 1, 2, ...` (source 0 counts 1, 2, ...).
+    pub fn for_source(source: u32) -> Self {
+        Self {
+            next: ((source as u64) << 32) | 1,
+        }
+    }
+
     pub fn allocate(&mut self) -> u64 {
         let id = self.next;
         self.next += 1;
@@ -305,7 +313,8 @@ struct Snapshot {
     /// own states cannot tell. Absent from snapshots taken before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     algorithm: Option<Algorithm>,
-    ids: IdAllocator,
+    /// Per source, the id allocator (ids are `source << 32 | n`, as DeepStream's unique ids).
+    ids: Vec<(u32, IdAllocator)>,
     confirmed: u64,
     streams: Vec<(u32, serde_json::Value)>,
 }
@@ -314,7 +323,9 @@ struct Snapshot {
 pub struct Track {
     settings: Settings,
     per_source: HashMap<u32, Box<dyn Tracker>>,
-    ids: IdAllocator,
+    /// One id sequence per source, so a stream's ids do not depend on which other streams
+    /// share this instance (or which replica runs it).
+    ids: HashMap<u32, IdAllocator>,
     confirmed: u64,
 }
 
@@ -323,7 +334,7 @@ impl Track {
         Self {
             settings,
             per_source: HashMap::new(),
-            ids: IdAllocator::default(),
+            ids: HashMap::new(),
             confirmed: 0,
         }
     }
@@ -345,9 +356,24 @@ impl Track {
         Ok(Self {
             settings,
             per_source,
-            ids: s.ids,
+            ids: s.ids.into_iter().collect(),
             confirmed: s.confirmed,
         })
+    }
+
+    /// Takes over `sources` from another replica's snapshot (that replica is gone): their
+    /// trackers and id sequences continue here exactly as they would have there.
+    pub fn adopt(&mut self, snapshot: &[u8], sources: &[u32]) -> Result<(), StageError> {
+        let mut other = Track::restore(self.settings.clone(), snapshot)?;
+        for source in sources {
+            if let Some(tracker) = other.per_source.remove(source) {
+                self.per_source.insert(*source, tracker);
+            }
+            if let Some(ids) = other.ids.remove(source) {
+                self.ids.insert(*source, ids);
+            }
+        }
+        Ok(())
     }
 
     /// Tracks one frame (what `on_batch` does for each frame of a batch).
@@ -356,7 +382,11 @@ impl Track {
             .per_source
             .entry(frame.source_id)
             .or_insert_with(|| new_tracker(&self.settings));
-        self.confirmed += tracker.update(frame, &mut self.ids);
+        let ids = self
+            .ids
+            .entry(frame.source_id)
+            .or_insert_with(|| IdAllocator::for_source(frame.source_id));
+        self.confirmed += tracker.update(frame, ids);
     }
 
     /// Tracks confirmed so far.
@@ -382,6 +412,10 @@ impl Stage for Track {
         Ok(StageReport::default().with("tracks", self.confirmed))
     }
 
+    fn adopt(&mut self, snapshot: &[u8], sources: &[u32]) -> Result<(), StageError> {
+        Track::adopt(self, snapshot, sources)
+    }
+
     fn snapshot(&self) -> Option<Vec<u8>> {
         let mut streams: Vec<(u32, serde_json::Value)> = self
             .per_source
@@ -391,7 +425,12 @@ impl Stage for Track {
         streams.sort_by_key(|(k, _)| *k);
         serde_json::to_vec(&Snapshot {
             algorithm: Some(self.settings.algorithm),
-            ids: self.ids.clone(),
+            ids: {
+                let mut ids: Vec<(u32, IdAllocator)> =
+                    self.ids.iter().map(|(k, v)| (*k, v.clone())).collect();
+                ids.sort_by_key(|(k, _)| *k);
+                ids
+            },
             confirmed: self.confirmed,
             streams,
         })

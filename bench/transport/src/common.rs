@@ -223,7 +223,12 @@ impl Schedule {
 
 /// A frame-sized buffer whose bytes are not all the same (so nothing can cheat by pattern).
 pub fn source_frame(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(31) >> 3) as u8).collect()
+    (0..len).map(source_byte).collect()
+}
+
+/// Byte `i` of [`source_frame`], for consumers to check what arrived.
+pub fn source_byte(i: usize) -> u8 {
+    (i.wrapping_mul(31) >> 3) as u8
 }
 
 /// Writes the bare-payload header.

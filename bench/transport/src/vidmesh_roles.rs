@@ -19,7 +19,8 @@ use vidmesh_transport::shm::{SlotLease, SlotPool};
 use vidmesh_transport::{in_process_link, Received};
 
 use crate::common::{
-    now_ns, source_frame, wait_for_stdin_eof, Payload, Recorder, RoleArgs, Schedule, META_BYTES,
+    now_ns, source_byte, source_frame, wait_for_stdin_eof, Payload, Recorder, RoleArgs, Schedule,
+    META_BYTES,
 };
 
 /// Slots of the producer's own pool (prefilled variant) and of the copy-cost pool: as many as
@@ -103,7 +104,7 @@ fn payload_ok(args: &RoleArgs, payload: &PayloadRef) -> bool {
                 && (args.variant != "copy"
                     || [len / 2, len - 1]
                         .iter()
-                        .all(|&i| data[i] == (i.wrapping_mul(31) >> 3) as u8))
+                        .all(|&i| data[i] == source_byte(i)))
         }
         _ => false,
     }

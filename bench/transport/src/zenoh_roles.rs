@@ -12,7 +12,9 @@ use zenoh::bytes::ZBytes;
 use zenoh::qos::CongestionControl;
 use zenoh::Wait;
 
-use crate::common::{now_ns, read_header, wait_for_stdin_eof, Recorder, RoleArgs, Schedule};
+use crate::common::{
+    now_ns, read_header, source_byte, wait_for_stdin_eof, Recorder, RoleArgs, Schedule,
+};
 
 /// The one key expression of the benchmark.
 pub const KEY: &str = "bench/transport/frames";
@@ -57,7 +59,14 @@ pub fn consume(args: &RoleArgs, config: zenoh::Config) -> Result<(), String> {
         };
         let payload = sample.payload();
         let mut header = [0u8; crate::common::HEADER_BYTES];
-        if payload.len() != expected_len || payload.reader().read_exact(&mut header).is_err() {
+        let copied = args.payload.is_frame() && args.variant == "copy";
+        if payload.len() != expected_len
+            || payload.reader().read_exact(&mut header).is_err()
+            || (copied
+                && [expected_len / 2, expected_len - 1]
+                    .iter()
+                    .any(|&i| byte_at(payload, i) != Some(source_byte(i))))
+        {
             recorder.bad += 1;
             continue;
         }
@@ -68,6 +77,17 @@ pub fn consume(args: &RoleArgs, config: zenoh::Config) -> Result<(), String> {
     }
     recorder.report(expected_len);
     Ok(())
+}
+
+/// The byte at `index` of a payload that may be in several pieces, without gathering them.
+fn byte_at(payload: &ZBytes, mut index: usize) -> Option<u8> {
+    for slice in payload.slices() {
+        if index < slice.len() {
+            return Some(slice[index]);
+        }
+        index -= slice.len();
+    }
+    None
 }
 
 /// Sends `args.total()` messages made by `make(frame, send_ns)`, once the subscriber is known.

@@ -171,6 +171,18 @@ impl Ledger {
         fresh
     }
 
+    /// Frames of `source` below `frontier` were done by a replica this one takes over from.
+    pub fn adopt_frontier(&mut self, source: u32, frontier: u64) {
+        for set in [&mut self.done, &mut self.seen] {
+            // A source arrives here only once its earlier owner is gone, so this replica
+            // has no frames of it yet.
+            let entry = set.entry(source).or_default();
+            if entry.contiguous() < frontier {
+                *entry = FrameSet::starting_at(frontier);
+            }
+        }
+    }
+
     /// Frames of `source` seen (received once) so far, contiguously from 0.
     pub fn seen_contiguous(&self, source: u32) -> u64 {
         self.seen.get(&source).map_or(0, |s| s.contiguous())

@@ -417,6 +417,8 @@ struct StageNode {
     state_file: PathBuf,
     metrics: Arc<StageMetrics>,
     duplicates: Arc<std::sync::atomic::AtomicU64>,
+    /// Sources taken over from retired replicas.
+    adopted: std::collections::HashSet<u32>,
 }
 
 impl StageNode {
@@ -541,6 +543,69 @@ impl StageNode {
         }
         self.drain_events();
         self.ledger.processed(&keys);
+        self.take_snapshot();
+        Ok(())
+    }
+
+    /// A frame of a source another replica owned arrived: that replica was retired, so this
+    /// one continues the stream from the last state it committed (its frontier, and its
+    /// snapshot for stateful stages). Frames after that frontier were never acknowledged and
+    /// are being re-sent here.
+    fn adopt_if_foreign(
+        &mut self,
+        source: u32,
+        me: u32,
+        replicas: u32,
+        state_dir: &Path,
+    ) -> Result<(), NodeError> {
+        if source % replicas == me || !self.adopted.insert(source) {
+            return Ok(());
+        }
+        // The owners before this one, in the order sources move along.
+        let mut best: Option<(u32, SavedState)> = None;
+        let mut r = source % replicas;
+        while r != me {
+            if let Some(saved) = load_state(&state_path(state_dir, &self.name, r))? {
+                let progress = saved
+                    .frontier
+                    .iter()
+                    .find(|(s, _)| *s == source)
+                    .map_or(0, |(_, n)| *n);
+                let best_progress = best.as_ref().map_or(0, |(_, b)| {
+                    b.frontier
+                        .iter()
+                        .find(|(s, _)| *s == source)
+                        .map_or(0, |(_, n)| *n)
+                });
+                if best.is_none() || progress > best_progress {
+                    best = Some((r, saved));
+                }
+            }
+            r = (r + 1) % replicas;
+        }
+        let Some((from, saved)) = best else {
+            tracing::warn!(
+                "stage `{}`: source {source} moved here with no state from its earlier replica",
+                self.name
+            );
+            return Ok(());
+        };
+        if let Some(snapshot) = &saved.snapshot {
+            self.stage
+                .adopt(snapshot, &[source])
+                .map_err(|e| self.fail(e))?;
+        }
+        if let Some((_, frontier)) = saved.frontier.iter().find(|(s, _)| *s == source) {
+            self.ledger.adopt_frontier(source, *frontier);
+            let processed = self.processed.entry(source).or_default();
+            if processed.contiguous() < *frontier {
+                *processed = FrameSet::starting_at(*frontier);
+            }
+        }
+        tracing::warn!(
+            "stage `{}`: took over source {source} from retired replica {from}",
+            self.name
+        );
         self.take_snapshot();
         Ok(())
     }
@@ -688,6 +753,7 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
         state_file,
         metrics: Arc::new(StageMetrics::default()),
         duplicates: Arc::default(),
+        adopted: std::collections::HashSet::new(),
     };
     let _server = serve_metrics(
         topology,
@@ -723,6 +789,16 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
         match inbox.recv(Some(deadline))? {
             Some(delivery) => {
                 let keys = keys_of(&delivery.message);
+                if routing == Routing::BySource && entry.runtime.replicas > 1 {
+                    for (source, _) in &keys {
+                        node.adopt_if_foreign(
+                            *source,
+                            options.replica,
+                            entry.runtime.replicas,
+                            &options.state_dir,
+                        )?;
+                    }
+                }
                 let fresh = node.ledger.admit(delivery.tag, &keys);
                 node.accept(delivery.message, fresh)?;
             }

@@ -260,9 +260,106 @@ impl Shared {
                 _ => {}
             }
             let retired = self.peers.get(consumer, replica).is_some_and(|p| p.retired);
-            if retired && self.settings.routing == Routing::Balance && self.settings.replicas > 1 {
-                self.drop_end_copies_for(state, replica);
+            if retired && self.settings.replicas > 1 {
+                match self.settings.routing {
+                    Routing::Balance => self.drop_end_copies_for(state, replica),
+                    Routing::BySource => {
+                        if state.replicas[replica as usize].epoch.is_some() {
+                            self.reset_replica(state, replica, None);
+                        }
+                        self.retarget_from_retired(state, replica);
+                    }
+                }
             }
+        }
+    }
+
+    /// The replica that takes `source` on a per-source link: `source % replicas`, or the next
+    /// one after it that the launcher has not retired.
+    fn owner(&self, source: u32) -> u32 {
+        let n = self.settings.replicas;
+        let start = source % n;
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|r| {
+                !self
+                    .peers
+                    .get(&self.settings.consumer, *r)
+                    .is_some_and(|p| p.retired)
+            })
+            .unwrap_or(start)
+    }
+
+    /// A retired replica of a per-source link hands its sources to their next owners: what
+    /// it never acknowledged goes there (split where a batch now has two owners), first.
+    fn retarget_from_retired(&self, state: &mut State, replica: u32) {
+        let seqs: Vec<u64> = state
+            .pending
+            .iter()
+            .filter(|(_, p)| p.target == Some(replica))
+            .map(|(s, _)| *s)
+            .collect();
+        if seqs.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            "{}/{replica} was retired: its sources move to the other replicas",
+            self.settings.consumer
+        );
+        let mut front = Vec::new();
+        for seq in seqs {
+            let Some(p) = state.pending.remove(&seq) else {
+                continue;
+            };
+            let parts: Vec<(DataMessage, u32)> = match p.message {
+                DataMessage::EndOfStream(end) => {
+                    let owner = self.owner(end.source_id);
+                    vec![(DataMessage::EndOfStream(end), owner)]
+                }
+                DataMessage::Batch(batch) => split_by(batch, |s| self.owner(s))
+                    .into_iter()
+                    .map(|(r, b)| (DataMessage::Batch(b), r))
+                    .collect(),
+            };
+            if parts.len() == 1 {
+                let (message, target) = parts.into_iter().next().expect("one part");
+                state.pending.insert(
+                    seq,
+                    Pending {
+                        message,
+                        keys: p.keys,
+                        target: Some(target),
+                        sent_to: None,
+                        sends: p.sends,
+                    },
+                );
+                front.push(seq);
+                continue;
+            }
+            for (message, target) in parts {
+                let new_seq = state.next_seq;
+                state.next_seq += 1;
+                let keys = keys_of(&message);
+                let _ = self.events.send(LinkEvent::Emitted(keys.clone()));
+                state.pending.insert(
+                    new_seq,
+                    Pending {
+                        message,
+                        keys,
+                        target: Some(target),
+                        sent_to: None,
+                        sends: 0,
+                    },
+                );
+                front.push(new_seq);
+            }
+            // Replaced by its parts.
+            let _ = self.events.send(LinkEvent::Acked(p.keys));
+        }
+        let State { pending, queue, .. } = state;
+        queue.retain(|s| pending.contains_key(s) && !front.contains(s));
+        for seq in front.into_iter().rev() {
+            queue.push_front(seq);
         }
     }
 
@@ -575,16 +672,16 @@ impl RemoteOutput {
         let n = s.settings.replicas;
         let parts: Vec<(DataMessage, Option<u32>)> = match message {
             DataMessage::EndOfStream(end) => match s.settings.routing {
-                Routing::BySource => vec![(
-                    DataMessage::EndOfStream(end.clone()),
-                    Some(end.source_id % n),
-                )],
+                Routing::BySource => {
+                    let owner = s.owner(end.source_id);
+                    vec![(DataMessage::EndOfStream(end), Some(owner))]
+                }
                 Routing::Balance => (0..n)
                     .map(|r| (DataMessage::EndOfStream(end.clone()), Some(r)))
                     .collect(),
             },
             DataMessage::Batch(batch) if s.settings.routing == Routing::BySource && n > 1 => {
-                split_by_shard(batch, n)
+                split_by(batch, |source| s.owner(source))
                     .into_iter()
                     .map(|(r, b)| (DataMessage::Batch(b), Some(r)))
                     .collect()
@@ -662,20 +759,19 @@ impl Drop for RemoteOutput {
     }
 }
 
-/// Splits a batch into one per shard, keeping frame order; batch tensors are per whole batch
-/// and do not survive the split.
-fn split_by_shard(batch: Batch, shards: u32) -> Vec<(u32, Batch)> {
-    let mut parts: BTreeMap<u32, Batch> = BTreeMap::new();
-    let whole = batch
-        .frames
-        .iter()
-        .all(|f| f.source_id % shards == batch.frames[0].source_id % shards);
-    if whole && !batch.frames.is_empty() {
-        return vec![(batch.frames[0].source_id % shards, batch)];
+/// Splits a batch into one per owner replica, keeping frame order; batch tensors are per
+/// whole batch and do not survive a split.
+fn split_by(batch: Batch, owner: impl Fn(u32) -> u32) -> Vec<(u32, Batch)> {
+    let owners: Vec<u32> = batch.frames.iter().map(|f| owner(f.source_id)).collect();
+    if let Some(&first) = owners.first() {
+        if owners.iter().all(|o| *o == first) {
+            return vec![(first, batch)];
+        }
     }
-    for frame in batch.frames {
+    let mut parts: BTreeMap<u32, Batch> = BTreeMap::new();
+    for (frame, o) in batch.frames.into_iter().zip(owners) {
         parts
-            .entry(frame.source_id % shards)
+            .entry(o)
             .or_insert_with(|| Batch {
                 batch_id: batch.batch_id,
                 frames: Vec::new(),
