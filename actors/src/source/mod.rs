@@ -234,9 +234,13 @@ impl GstSource {
             ));
         }
         let mut duration_known = false;
+        // A network stream that stops sending is detected, not waited on forever.
+        let stall_limit = matches!(self.uri, SourceUri::Rtsp(_)).then_some(self.settings.timeout);
+        let mut last_frame = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             match sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
                 Some(sample) => {
+                    last_frame = std::time::Instant::now();
                     if !duration_known {
                         if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
                             progress.duration_ns.store(d.nseconds(), Ordering::Relaxed);
@@ -260,6 +264,14 @@ impl GstSource {
                     }
                     if sink.is_eos() {
                         return check_complete(progress, *frames).map_err(fail);
+                    }
+                    if let Some(limit) = stall_limit.filter(|l| last_frame.elapsed() > *l) {
+                        return Err(fail(format!(
+                            "no frame for {:.1}s (timeout {:?}): the stream stalled after {} frames",
+                            last_frame.elapsed().as_secs_f64(),
+                            limit,
+                            *frames
+                        )));
                     }
                 }
             }
