@@ -26,6 +26,9 @@ usage: transport-bench [run] [options]      run the benchmark, print the table
   --meta-messages N     metadata messages measured flat out (default 30000)
   --rate HZ             paced rate (default 100)
   --repeat N            run the whole matrix N times; the table shows medians (default 1)
+  --window N            credits of the vidmesh process links (default 8)
+  --slots N             frames the bare-zenoh shared-memory pool holds (default 8, as
+                        vidmesh's slot pool)
   --json OUT            write every result, the machine and the load average to OUT
 transport-bench copy-cost [--payload rgb] [--count 200]
                         µs to copy one frame into a vidmesh shared-memory slot, and
@@ -79,6 +82,7 @@ fn copy_cost(args: &[String]) -> Result<(), String> {
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     let (role, rest) = match argv.get(1).map(String::as_str) {
+        Some("-h" | "--help") => ("help".to_string(), &argv[2..]),
         Some(r) if !r.starts_with("--") => (r.to_string(), &argv[2..]),
         _ => ("run".to_string(), &argv[1..]),
     };
@@ -92,7 +96,7 @@ fn main() {
                 Err("some cells failed (see the table)".into())
             }
         }),
-        "help" | "-h" | "--help" => {
+        "help" => {
             println!("{USAGE}");
             Ok(())
         }

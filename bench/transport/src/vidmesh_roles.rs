@@ -433,3 +433,27 @@ pub fn codec_cost(payload: Payload, count: u32) -> Result<[f64; 3], String> {
     }
     Ok(spent.map(|d| d.as_secs_f64() * 1e6 / count as f64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_delivery_is_about_256_bytes_on_the_wire() {
+        let me = Instance {
+            stage: "producer".into(),
+            replica: 0,
+            // A random epoch is 8-10 bytes as a varint, like this one.
+            epoch: 0x9e37_79b9_7f4a_7c15,
+        };
+        let user = meta_padding(&me);
+        let wire = encode(&Envelope::Delivery(Delivery {
+            from: me,
+            to_epoch: u64::MAX / 5,
+            seq: 12_345,
+            message: message(12_345, now_ns(), PayloadRef::None, &user),
+        }))
+        .unwrap();
+        assert!((248..=258).contains(&wire.len()), "{} bytes", wire.len());
+    }
+}
