@@ -93,6 +93,10 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
+    // zenoh logs "Received Data for unknown key_expr" at error level when a peer that just
+    // finished (and undeclared its keys) still had messages in flight: harmless at the end of
+    // every launch, so hidden unless RUST_LOG asks for it.
+    let default = format!("{default},zenoh::api::session=off");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
