@@ -322,7 +322,7 @@ pub fn launch(
             }
             let why = describe_exit(status);
             if interrupts_seen >= 2 {
-                s.state = InstanceState::GaveUp(format!("{why} (killed on request)"));
+                s.state = InstanceState::GaveUp(format!("{why} (the pipeline was stopped)"));
             } else if s.restarts < s.max_restarts {
                 s.restarts += 1;
                 if let Some(r) = restarts
@@ -351,6 +351,32 @@ pub fn launch(
                 s.state = InstanceState::GaveUp(why);
                 for _ in 0..3 {
                     net.announce_retired(&s.name, s.replica)?;
+                }
+            }
+        }
+        // A stage with no replica left cannot pass anything on: the pipeline cannot finish,
+        // so it stops instead of waiting forever.
+        if interrupts_seen < 2 {
+            // A source given up on just ends its stream (its consumers stop waiting for it).
+            let dead_stage = instances.iter().find(|s| {
+                !s.name.starts_with("source.")
+                    && matches!(s.state, InstanceState::GaveUp(_))
+                    && instances
+                        .iter()
+                        .filter(|o| o.name == s.name)
+                        .all(|o| matches!(o.state, InstanceState::GaveUp(_)))
+            });
+            if let Some(dead) = dead_stage {
+                eprintln!(
+                    "launch: no replica of `{}` is left; stopping the pipeline",
+                    dead.name
+                );
+                interrupts_seen = 2;
+                for s in instances.iter_mut() {
+                    s.restart_at = None;
+                    if let Some(child) = &s.child {
+                        signal(child, libc::SIGKILL);
+                    }
                 }
             }
         }

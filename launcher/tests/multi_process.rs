@@ -484,3 +484,33 @@ fn a_tracker_replica_retired_mid_stream_hands_its_source_over_with_its_snapshot(
         }
     }
 }
+
+#[test]
+fn a_stage_that_keeps_failing_stops_the_pipeline_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.onnx");
+    std::fs::write(&broken, b"not an onnx model").unwrap();
+    let model_line = format!("model = \"{}\"\nmax_restarts = 1", broken.display());
+    let path = topology(
+        dir.path(),
+        "mp-broken",
+        &[(
+            "model = \"models/ssdlite_person.onnx\"",
+            model_line.as_str(),
+        )],
+    );
+    let (ok, log) = wait(launch(dir.path(), &path), Duration::from_secs(120));
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("detect/0 exited with code 1; giving up after 1 restart(s)")
+            && log.contains("no replica of `detect` is left; stopping the pipeline"),
+        "{log}"
+    );
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("detect/0") && e.contains("broken.onnx")),
+        "the stage's own error is in the summary: {errors:?}"
+    );
+}
