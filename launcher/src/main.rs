@@ -174,9 +174,9 @@ fn main() -> ExitCode {
             summary_json,
             metrics,
         } => {
-            let topology = match Topology::load(&topology) {
+            let topology = match load(&topology) {
                 Ok(t) => t,
-                Err(e) => return fail(&e.to_string()),
+                Err(code) => return code,
             };
             let exe = match std::env::current_exe() {
                 Ok(p) => p,
@@ -205,9 +205,9 @@ fn main() -> ExitCode {
             state_dir,
             shm_dir,
         } => {
-            let topology = match Topology::load(&topology) {
+            let topology = match load(&topology) {
                 Ok(t) => t,
-                Err(e) => return fail(&e.to_string()),
+                Err(code) => return code,
             };
             // Sources stop on Ctrl-C and the rest drains; stages keep draining (the launcher
             // kills them on a second Ctrl-C).
@@ -239,9 +239,9 @@ fn main() -> ExitCode {
             progress,
             summary_json,
         } => {
-            let topology = match Topology::load(&topology) {
+            let topology = match load(&topology) {
                 Ok(t) => t,
-                Err(e) => return fail(&e.to_string()),
+                Err(code) => return code,
             };
             let options = RunOptions {
                 progress_interval: (!progress.is_zero()).then_some(progress),
@@ -253,6 +253,11 @@ fn main() -> ExitCode {
             finish(&summary, summary_json.as_deref())
         }
     }
+}
+
+/// Loads a topology, or prints its error (file:line: what was expected) for the exit.
+fn load(path: &std::path::Path) -> Result<Topology, ExitCode> {
+    Topology::load(path).map_err(|e| fail(&e.to_string()))
 }
 
 fn finish(summary: &RunSummary, summary_json: Option<&std::path::Path>) -> ExitCode {

@@ -274,6 +274,26 @@ impl Shared {
         }
     }
 
+    /// Registers a new delivery (announcing its keys to the stage's ledger) and returns its
+    /// sequence number; the caller decides where it goes in the queue.
+    fn add_pending(&self, state: &mut State, message: DataMessage, target: Option<u32>) -> u64 {
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let keys = keys_of(&message);
+        let _ = self.events.send(LinkEvent::Emitted(keys.clone()));
+        state.pending.insert(
+            seq,
+            Pending {
+                message,
+                keys,
+                target,
+                sent_to: None,
+                sends: 0,
+            },
+        );
+        seq
+    }
+
     /// The replica that takes `source` on a per-source link: `source % replicas`, or the next
     /// one after it that the launcher has not retired.
     fn owner(&self, source: u32) -> u32 {
@@ -337,21 +357,7 @@ impl Shared {
                 continue;
             }
             for (message, target) in parts {
-                let new_seq = state.next_seq;
-                state.next_seq += 1;
-                let keys = keys_of(&message);
-                let _ = self.events.send(LinkEvent::Emitted(keys.clone()));
-                state.pending.insert(
-                    new_seq,
-                    Pending {
-                        message,
-                        keys,
-                        target: Some(target),
-                        sent_to: None,
-                        sends: 0,
-                    },
-                );
-                front.push(new_seq);
+                front.push(self.add_pending(state, message, Some(target)));
             }
             // Replaced by its parts.
             let _ = self.events.send(LinkEvent::Acked(p.keys));
@@ -708,20 +714,7 @@ impl RemoteOutput {
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
             }
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            let keys = keys_of(&message);
-            let _ = s.events.send(LinkEvent::Emitted(keys.clone()));
-            state.pending.insert(
-                seq,
-                Pending {
-                    message,
-                    keys,
-                    target,
-                    sent_to: None,
-                    sends: 0,
-                },
-            );
+            let seq = s.add_pending(&mut state, message, target);
             state.queue.push_back(seq);
         }
         s.wake.notify_all();
