@@ -35,6 +35,8 @@ impl StageError {
 #[derive(Debug, Clone)]
 pub struct BuildContext {
     pub stage_name: String,
+    /// Which replica of the stage this is (0 unless the topology runs several).
+    pub replica: u32,
     pub base_dir: PathBuf,
     pub sources: Vec<String>,
     /// `Some` when this instance replaces one that stopped mid-stream; `None` on a fresh start.

@@ -5,6 +5,10 @@
 //! provides it: `scripts/setup` (the README's test command runs it first).
 
 use std::path::{Path, PathBuf};
+pub mod amqp;
+pub mod events;
+pub mod kafka;
+pub mod mqtt;
 pub mod rtsp;
 
 use std::process::Command;
@@ -281,6 +285,23 @@ impl ServerProcess {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         server
+    }
+
+    /// Stops the server as an operator would (SIGTERM, letting it finish writing its data)
+    /// and waits for it to exit.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

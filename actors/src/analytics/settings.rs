@@ -414,6 +414,7 @@ mod tests {
 
     fn ctx() -> BuildContext {
         BuildContext {
+            replica: 0,
             stage_name: "analytics".into(),
             base_dir: ".".into(),
             sources: vec!["cam0".into(), "cam1".into()],

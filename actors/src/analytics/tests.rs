@@ -34,6 +34,7 @@ const TOPOLOGY: &str = r#"
 
 fn ctx() -> BuildContext {
     BuildContext {
+        replica: 0,
         stage_name: "analytics".into(),
         base_dir: ".".into(),
         sources: vec!["cam0".into(), "cam1".into()],

@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::Publisher;
+use super::adapter::Message;
 use crate::stage::StageError;
 
 pub struct JsonLinesFile {
@@ -81,22 +81,28 @@ fn complete_lines_len(file: &mut File, len: u64) -> std::io::Result<u64> {
     Ok(0)
 }
 
-impl Publisher for JsonLinesFile {
-    fn publish(&mut self, _key: &str, payload: &str) -> Result<(), StageError> {
-        self.writer
-            .write_all(payload.as_bytes())
-            .and_then(|_| self.writer.write_all(b"\n"))
-            .map_err(|e| StageError::runtime(format!("cannot write {}", self.path.display()), e))
+impl JsonLinesFile {
+    /// Writes each payload as a line (buffered; [`JsonLinesFile::flush`] makes them durable).
+    pub fn write(&mut self, messages: &[Message]) -> Result<(), StageError> {
+        for m in messages {
+            self.writer
+                .write_all(&m.payload)
+                .and_then(|_| self.writer.write_all(b"\n"))
+                .map_err(|e| {
+                    StageError::runtime(format!("cannot write {}", self.path.display()), e)
+                })?;
+        }
+        Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), StageError> {
+    pub fn flush(&mut self) -> Result<(), StageError> {
         self.writer
             .flush()
             .and_then(|_| self.writer.get_ref().sync_data())
             .map_err(|e| StageError::runtime(format!("cannot flush {}", self.path.display()), e))
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         self.path.display().to_string()
     }
 }
@@ -106,9 +112,15 @@ mod tests {
     use super::*;
 
     fn publish_and_flush(mut file: JsonLinesFile, payloads: &[&str]) {
-        for p in payloads {
-            file.publish("cam", p).unwrap();
-        }
+        let messages: Vec<Message> = payloads
+            .iter()
+            .map(|p| Message {
+                key: "cam".into(),
+                id: String::new(),
+                payload: p.as_bytes().to_vec(),
+            })
+            .collect();
+        file.write(&messages).unwrap();
         file.flush().unwrap();
     }
 

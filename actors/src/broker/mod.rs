@@ -1,65 +1,79 @@
 //! `broker`: publishes one message per frame (`minimal`, `native`) or per object (`full`),
 //! schemas from [`crate::msgconv`], to an outside system, like nvmsgconv + nvmsgbroker.
-//! Adapters sit behind [`Publisher`]: `file://PATH` writes JSON lines, flushed and synced when
-//! a stream ends; `redis://HOST[:PORT]/STREAM` appends to a Redis stream, each message
-//! confirmed by the server.
 //!
-//! The stage is stateless. A replacement for an instance that stopped mid-stream
-//! ([`BuildContext::resume`]) appends to the file instead of truncating it: the earlier lines
-//! stay, and the reader deduplicates messages published again.
+//! `file://PATH` writes JSON lines directly. Every network adapter ([`adapter`]) sits behind
+//! a durable spool ([`spool`]) and a delivery thread ([`delivery`]): `on_batch` only appends to
+//! the spool, so a slow or absent broker never stalls the pipeline until the spool is full,
+//! and what was accepted survives broker outages and a SIGKILL of the stage. At the end of
+//! the run the stage waits up to `drain_timeout` for the broker to confirm the rest.
+//!
+//! A replacement for an instance that stopped mid-stream ([`BuildContext::resume`]) appends
+//! to a `file://` output instead of truncating it, and finds the unconfirmed messages of a
+//! network adapter in the same spool directory.
 
+pub mod adapter;
+mod amqp;
+mod azure_iot;
+mod delivery;
 mod file;
+mod kafka;
+mod mqtt;
 mod redis;
+pub mod spool;
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use vidmesh_protocol::{Batch, StreamEnd};
 
+use self::adapter::{AdapterConfig, Message};
+use self::delivery::Delivery;
+use self::spool::{Spool, SpoolSettings, WhenFull};
 use crate::msgconv::config::MsgConvConfig;
 use crate::msgconv::{self, Schema};
-use crate::registry::{Delivery, StageKind};
+use crate::registry::{Delivery as Routing, StageKind};
 use crate::settings;
 use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport};
 
 pub const KIND: StageKind = StageKind {
     name: "broker",
-    delivery: Delivery::PER_SOURCE_ORDERED,
-    summary: "publish metadata in DeepStream's nvmsgconv schemas (file:// JSON lines)",
+    delivery: Routing::PER_SOURCE_ORDERED,
+    summary: "publish metadata in DeepStream's nvmsgconv schemas (file, Kafka, MQTT, Azure IoT, AMQP, Redis)",
     check: |t, ctx| {
         let s = Settings::load(t)?;
-        s.target(ctx)?;
+        adapter::open(&s.adapter_config())?;
         s.msgconv_config(ctx).map(|_| ())
     },
     build: |t, ctx| {
         let s = Settings::load(t)?;
-        let publisher: Box<dyn Publisher> = match s.target(ctx)? {
-            Target::File(path) if ctx.resume.is_some() => {
-                Box::new(file::JsonLinesFile::append(&path)?)
+        let output = match adapter::open(&s.adapter_config())? {
+            None => {
+                let path = ctx.resolve(&settings::file_uri_path(&s.uri)?);
+                Output::File(if ctx.resume.is_some() {
+                    file::JsonLinesFile::append(&path)?
+                } else {
+                    file::JsonLinesFile::create(&path)?
+                })
             }
-            Target::File(path) => Box::new(file::JsonLinesFile::create(&path)?),
-            Target::Redis(target) => {
-                Box::new(redis::RedisStream::connect(target, s.maxlen, s.timeout)?)
+            Some(adapter) => {
+                let spool = Spool::open(SpoolSettings::new(
+                    s.spool_dir(ctx),
+                    s.spool_max_mb.saturating_mul(1 << 20),
+                    s.when_full,
+                ))?;
+                Output::Spooled(Delivery::start(spool, adapter)?)
             }
         };
         let config = s.msgconv_config(ctx)?;
         Ok(Box::new(Broker {
-            publisher,
+            output: Some(output),
             settings: s,
             config,
             stats: Stats::default(),
         }))
     },
 };
-
-/// An outside system messages go to.
-pub trait Publisher: Send {
-    /// Publishes one payload; `key` (the sensor id) keeps one camera's messages in order on
-    /// partitioned brokers.
-    fn publish(&mut self, key: &str, payload: &str) -> Result<(), StageError>;
-    /// Makes everything published so far durable.
-    fn flush(&mut self) -> Result<(), StageError>;
-    /// Where messages go, for the summary.
-    fn describe(&self) -> String;
-}
 
 /// What the user configures.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,28 +92,40 @@ pub struct Settings {
     /// Publish every Nth frame of each source (nvmsgconv `frame-interval`). Default 1.
     #[serde(default = "one")]
     pub frame_interval: u64,
-    /// redis: keep about this many entries in the stream (`XADD MAXLEN ~`). Default 1000000.
-    #[serde(default = "maxlen_default")]
-    pub maxlen: u64,
-    /// Network adapters: how long to wait for the broker (connect, replies). Default "5s".
+    /// Adapter-specific settings (e.g. librdkafka properties, MQTT QoS); see docs/BROKERS.md.
+    #[serde(default)]
+    pub options: toml::Table,
+    /// Network adapters: how long to wait for the broker (connect, confirmations). Default "5s".
     #[serde(default = "timeout_default", with = "humantime_serde")]
-    pub timeout: std::time::Duration,
+    pub timeout: Duration,
+    /// Network adapters: the spool directory, relative to the working directory. Default
+    /// `.vidmesh/spool/<stage>` (`<stage>-<replica>` for replicas above 0).
+    #[serde(default)]
+    pub spool: Option<String>,
+    /// Network adapters: the spool's size bound in MiB. Default 1024.
+    #[serde(default = "spool_max_mb_default")]
+    pub spool_max_mb: u64,
+    /// Network adapters: "block" (default: wait for the broker, lose nothing), "drop_oldest"
+    /// or "fail", when the spool is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Network adapters: how long the end of the run waits for the broker to confirm what
+    /// is still in the spool. Default "30s".
+    #[serde(default = "drain_timeout_default", with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 fn one() -> u64 {
     1
 }
-fn maxlen_default() -> u64 {
-    1_000_000
+fn timeout_default() -> Duration {
+    Duration::from_secs(5)
 }
-fn timeout_default() -> std::time::Duration {
-    std::time::Duration::from_secs(5)
+fn spool_max_mb_default() -> u64 {
+    1024
 }
-
-/// Where messages go.
-enum Target {
-    File(std::path::PathBuf),
-    Redis(redis::RedisTarget),
+fn drain_timeout_default() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Settings {
@@ -115,7 +141,31 @@ impl Settings {
                 "`config` is only used by schema = \"full\"".into(),
             ));
         }
+        if s.spool_max_mb == 0 {
+            return Err(StageError::Settings(
+                "spool_max_mb must be at least 1".into(),
+            ));
+        }
         Ok(s)
+    }
+
+    fn adapter_config(&self) -> AdapterConfig<'_> {
+        AdapterConfig {
+            uri: &self.uri,
+            options: &self.options,
+            timeout: self.timeout,
+        }
+    }
+
+    fn spool_dir(&self, ctx: &BuildContext) -> PathBuf {
+        match &self.spool {
+            Some(dir) => ctx.resolve(dir),
+            None if ctx.replica == 0 => ctx.resolve(&format!(".vidmesh/spool/{}", ctx.stage_name)),
+            None => ctx.resolve(&format!(
+                ".vidmesh/spool/{}-{}",
+                ctx.stage_name, ctx.replica
+            )),
+        }
     }
 
     /// Loads and checks the msgconv config; empty without one.
@@ -128,19 +178,12 @@ impl Settings {
         config.check_sources(&path, ctx.sources.len())?;
         Ok(config)
     }
+}
 
-    fn target(&self, ctx: &BuildContext) -> Result<Target, StageError> {
-        match self.uri.split_once("://").map(|(scheme, _)| scheme) {
-            Some("redis") => Ok(Target::Redis(redis::RedisTarget::parse(&self.uri)?)),
-            Some("file") | None => Ok(Target::File(
-                ctx.resolve(&settings::file_uri_path(&self.uri)?),
-            )),
-            Some(other) => Err(StageError::Settings(format!(
-                "unsupported broker URI scheme `{other}` in `{}` (supported: file, redis)",
-                crate::source::redact(&self.uri)
-            ))),
-        }
-    }
+/// Where messages go: straight to a local file, or through the spool to a broker.
+enum Output {
+    File(file::JsonLinesFile),
+    Spooled(Delivery),
 }
 
 #[derive(Debug, Default)]
@@ -151,40 +194,76 @@ struct Stats {
 struct Broker {
     settings: Settings,
     config: MsgConvConfig,
-    publisher: Box<dyn Publisher>,
+    /// `None` once finished.
+    output: Option<Output>,
     stats: Stats,
+}
+
+impl Broker {
+    fn output(&mut self) -> Result<&mut Output, StageError> {
+        self.output
+            .as_mut()
+            .ok_or_else(|| StageError::Runtime("the broker stage has already finished".into()))
+    }
 }
 
 impl Stage for Broker {
     fn on_batch(&mut self, batch: Batch, out: &mut Outputs) -> Result<(), StageError> {
+        let schema = self.settings.schema;
+        let mut messages = Vec::new();
         for frame in &batch.frames {
             if frame.frame_num % self.settings.frame_interval != 0 {
                 continue;
             }
-            let schema = self.settings.schema;
             let key = msgconv::publish_key(schema, &self.config, frame);
-            for payload in msgconv::payloads(schema, &self.config, frame) {
-                self.publisher.publish(key, &payload)?;
-                self.stats.messages += 1;
-            }
+            let payloads = msgconv::payloads(schema, &self.config, frame);
+            let ids = msgconv::message_ids(schema, frame);
+            messages.extend(payloads.into_iter().zip(ids).map(|(payload, id)| Message {
+                key: key.to_string(),
+                id,
+                payload: payload.into_bytes(),
+            }));
+        }
+        self.stats.messages += messages.len() as u64;
+        match self.output()? {
+            Output::File(file) => file.write(&messages)?,
+            Output::Spooled(delivery) => delivery.submit(&messages)?,
         }
         out.emit(batch)
     }
 
     fn on_end_of_stream(&mut self, end: &StreamEnd, out: &mut Outputs) -> Result<(), StageError> {
-        self.publisher.flush()?;
+        self.flush()?;
         out.end_of_stream(end.clone())
     }
 
     fn flush(&mut self) -> Result<(), StageError> {
-        self.publisher.flush()
+        match self.output()? {
+            Output::File(file) => file.flush(),
+            Output::Spooled(delivery) => delivery.sync(),
+        }
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
-        self.publisher.flush()?;
-        Ok(StageReport::default()
-            .with("messages", self.stats.messages)
-            .with("output", self.publisher.describe()))
+        let report = StageReport::default().with("messages", self.stats.messages);
+        match self.output.take() {
+            Some(Output::File(mut file)) => {
+                file.flush()?;
+                Ok(report.with("output", file.describe()))
+            }
+            Some(Output::Spooled(delivery)) => {
+                let destination = delivery.destination().to_string();
+                let stats = delivery.finish(self.settings.drain_timeout)?;
+                Ok(report
+                    .with("delivered", stats.delivered)
+                    .with("rejected", stats.rejected)
+                    .with("retries", stats.retries)
+                    .with("dropped", stats.spool.dropped)
+                    .with("recovered", stats.spool.recovered)
+                    .with("output", destination))
+            }
+            None => Ok(report),
+        }
     }
 }
 
@@ -195,6 +274,7 @@ mod tests {
 
     fn ctx(dir: &std::path::Path) -> BuildContext {
         BuildContext {
+            replica: 0,
             stage_name: "events".into(),
             base_dir: dir.to_path_buf(),
             sources: vec!["street".into()],
@@ -209,10 +289,10 @@ mod tests {
     #[test]
     fn unknown_broker_schemes_are_named_without_credentials() {
         let dir = tempfile::tempdir().unwrap();
-        let t = table("kind = \"broker\"\nuri = \"kafka://u:secret@h:9092/t\"\n");
+        let t = table("kind = \"broker\"\nuri = \"nats://u:secret@h:4222/t\"\n");
         let err = (KIND.check)(&t, &ctx(dir.path())).unwrap_err().to_string();
         assert!(
-            err.contains("unsupported broker URI scheme `kafka`") && err.contains("file, redis"),
+            err.contains("unsupported broker URI scheme `nats`") && err.contains("kafka, mqtt"),
             "{err}"
         );
         assert!(!err.contains("secret"), "{err}");

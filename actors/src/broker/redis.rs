@@ -1,10 +1,14 @@
-//! The `redis://` adapter: Redis Streams. Each message is one `XADD` (fields `sensorId` and
-//! `payload`), trimmed approximately to `maxlen` entries; the server's reply (the entry id) is
-//! the delivery confirmation, so a message counts as published only once Redis has it.
+//! The `redis://` adapter: Redis Streams. Each message is one `XADD` (fields `sensorId`,
+//! `messageId` and `payload`), trimmed approximately to `maxlen` entries. A run of messages
+//! goes out as one pipeline; the server's replies (the entry ids) are the confirmations.
+//!
+//! Options: `maxlen` (default 1000000).
 
 use std::time::Duration;
 
-use super::Publisher;
+use serde::Deserialize;
+
+use super::adapter::{parse_options, Adapter, AdapterConfig, ErrorKind, Message, PublishError};
 use crate::source::redact;
 use crate::stage::StageError;
 
@@ -46,57 +50,93 @@ impl RedisTarget {
     }
 }
 
-pub struct RedisStream {
-    target: RedisTarget,
-    connection: redis::Connection,
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisOptions {
+    /// Keep about this many entries in the stream (`XADD MAXLEN ~`).
+    #[serde(default = "maxlen_default")]
     maxlen: u64,
 }
 
+fn maxlen_default() -> u64 {
+    1_000_000
+}
+
+pub struct RedisStream {
+    target: RedisTarget,
+    options: RedisOptions,
+    timeout: Duration,
+    connection: Option<redis::Connection>,
+}
+
 impl RedisStream {
-    /// Connects, failing with one clear line when the server is unreachable.
-    pub fn connect(
-        target: RedisTarget,
-        maxlen: u64,
-        timeout: Duration,
-    ) -> Result<Self, StageError> {
-        let fail = |e: redis::RedisError| {
-            StageError::Runtime(format!("cannot connect to {}: {e}", target.display))
-        };
-        let client = redis::Client::open(target.connection_url.as_str()).map_err(fail)?;
-        let connection = client.get_connection_with_timeout(timeout).map_err(fail)?;
-        connection.set_read_timeout(Some(timeout)).map_err(fail)?;
-        connection.set_write_timeout(Some(timeout)).map_err(fail)?;
+    pub fn new(config: &AdapterConfig) -> Result<Self, StageError> {
         Ok(Self {
-            target,
-            connection,
-            maxlen,
+            target: RedisTarget::parse(config.uri)?,
+            options: parse_options(config, "redis")?,
+            timeout: config.timeout,
+            connection: None,
         })
+    }
+
+    fn connect(&self) -> Result<redis::Connection, PublishError> {
+        let client = redis::Client::open(self.target.connection_url.as_str())
+            .map_err(|e| self.error(0, e))?;
+        let connection = client
+            .get_connection_with_timeout(self.timeout)
+            .map_err(|e| self.error(0, e))?;
+        connection
+            .set_read_timeout(Some(self.timeout))
+            .and_then(|_| connection.set_write_timeout(Some(self.timeout)))
+            .map_err(|e| self.error(0, e))?;
+        Ok(connection)
+    }
+
+    fn error(&self, confirmed: usize, e: redis::RedisError) -> PublishError {
+        // Authentication and permission errors will not go away by reconnecting.
+        let kind = match e.kind() {
+            redis::ErrorKind::AuthenticationFailed => ErrorKind::Refused,
+            _ if e.code() == Some("NOPERM") || e.code() == Some("WRONGPASS") => ErrorKind::Refused,
+            _ => ErrorKind::Unavailable,
+        };
+        PublishError::new(
+            confirmed,
+            kind,
+            format!("cannot publish to {}: {e}", self.target.display),
+        )
     }
 }
 
-impl Publisher for RedisStream {
-    fn publish(&mut self, key: &str, payload: &str) -> Result<(), StageError> {
-        redis::cmd("XADD")
-            .arg(&self.target.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.maxlen)
-            .arg("*")
-            .arg("sensorId")
-            .arg(key)
-            .arg("payload")
-            .arg(payload)
-            .query::<String>(&mut self.connection)
-            .map(|_| ())
-            .map_err(|e| {
-                StageError::Runtime(format!("cannot publish to {}: {e}", self.target.display))
-            })
-    }
-
-    /// Every `XADD` was already confirmed by the server; how long Redis keeps it is the
-    /// server's persistence configuration.
-    fn flush(&mut self) -> Result<(), StageError> {
-        Ok(())
+impl Adapter for RedisStream {
+    fn publish(&mut self, messages: &[Message]) -> Result<(), PublishError> {
+        let mut connection = match self.connection.take() {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let mut pipe = redis::pipe();
+        for m in messages {
+            pipe.cmd("XADD")
+                .arg(&self.target.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.options.maxlen)
+                .arg("*")
+                .arg("sensorId")
+                .arg(&m.key)
+                .arg("messageId")
+                .arg(&m.id)
+                .arg("payload")
+                .arg(&m.payload);
+        }
+        // The pipeline's replies come back together: either every entry id or an error, in
+        // which case none counts as confirmed (the repeats carry the same message ids).
+        match pipe.query::<Vec<String>>(&mut connection) {
+            Ok(_) => {
+                self.connection = Some(connection);
+                Ok(())
+            }
+            Err(e) => Err(self.error(0, e)),
+        }
     }
 
     fn describe(&self) -> String {
@@ -128,5 +168,17 @@ mod tests {
         ] {
             assert!(RedisTarget::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn unknown_options_are_named() {
+        let options: toml::Table = toml::from_str("max_len = 5").unwrap();
+        let config = AdapterConfig {
+            uri: "redis://localhost/events",
+            options: &options,
+            timeout: Duration::from_secs(1),
+        };
+        let err = RedisStream::new(&config).err().unwrap().to_string();
+        assert!(err.contains("redis options") && err.contains("max_len"), "{err}");
     }
 }

@@ -2,9 +2,10 @@
 //! analytics module from the msgconv config ([`super::config`]).
 //!
 //! `messageid` is deterministic: a UUID (version 8 layout) made of the 128-bit FNV-1a hash of
-//! the source name, the frame number and the object's index in the frame, so a frame sent
-//! twice yields the same ids and back ends can drop the repeat. `event.id` is the same id
-//! (one event per message).
+//! the source name, the frame's ingest time, the frame number and the object's index in the
+//! frame, so a frame sent twice (after a broker outage or a stage restart) yields the same ids
+//! and back ends can drop the repeat, while the same clip run again gets new ids. `event.id`
+//! is the same id (one event per message).
 
 use serde::Serialize;
 use vidmesh_protocol::{FrameMeta, ObjectMeta};
@@ -223,6 +224,7 @@ fn fnv1a_128(parts: &[&[u8]]) -> u128 {
 pub fn message_id(frame: &FrameMeta, index: usize) -> String {
     let h = fnv1a_128(&[
         frame.source_name.as_bytes(),
+        &frame.ingest_ns.to_le_bytes(),
         &frame.frame_num.to_le_bytes(),
         &(index as u64).to_le_bytes(),
     ]);

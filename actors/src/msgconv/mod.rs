@@ -14,7 +14,6 @@ pub mod config;
 pub mod full;
 
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use vidmesh_protocol::{BBox, ClassifierMeta, FrameMeta, Mask, ObjectMeta, UserMeta};
 
@@ -131,14 +130,21 @@ impl<'a> From<&'a UserMeta> for NativeUser<'a> {
     }
 }
 
-/// ISO 8601 UTC with milliseconds, as nvmsgconv writes `@timestamp`.
+/// ISO 8601 UTC with exactly three fraction digits, as nvmsgconv writes `@timestamp`
+/// (`2023-11-14T22:13:20.120Z`; RFC 3339 formatting would drop trailing zeros).
 fn timestamp(frame: &FrameMeta) -> String {
     let ns = frame.ntp_ns.unwrap_or(frame.ingest_ns) as i128;
     let t = OffsetDateTime::from_unix_timestamp_nanos(ns).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let t = t
-        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_default()
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 fn minimal_object(o: &ObjectMeta) -> String {
@@ -172,6 +178,20 @@ pub fn payloads(schema: Schema, config: &config::MsgConvConfig, frame: &FrameMet
         Schema::Minimal => vec![minimal_payload(frame)],
         Schema::Native => vec![native_payload(frame)],
         Schema::Full => full::object_payloads(config, frame),
+    }
+}
+
+/// The stable id of each payload [`payloads`] returns, in the same order: `full`'s
+/// `messageid` per object, and for the per-frame schemas an id made the same way from the
+/// source and frame number. A frame published twice (after a restart) gets the same ids, so
+/// consumers can drop the repeat.
+pub fn message_ids(schema: Schema, frame: &FrameMeta) -> Vec<String> {
+    match schema {
+        Schema::Full => (0..frame.objects.len())
+            .map(|i| full::message_id(frame, i))
+            .collect(),
+        // No object has this index, so the frame's id never equals one of its objects'.
+        Schema::Minimal | Schema::Native => vec![full::message_id(frame, usize::MAX)],
     }
 }
 
@@ -255,6 +275,11 @@ mod tests {
         assert_eq!(v["id"], "12");
         assert_eq!(v["sensorId"], "cam0");
         assert_eq!(v["@timestamp"], "2023-11-14T22:13:20.123Z");
+        let mut round = frame();
+        round.ingest_ns = 1_700_000_000_120_000_000;
+        let v: serde_json::Value =
+            serde_json::from_str(&frame_payload(Schema::Minimal, &round)).unwrap();
+        assert_eq!(v["@timestamp"], "2023-11-14T22:13:20.120Z", "three digits, always");
         assert_eq!(v["objects"][0], "5|1.5|2|11.5|22|person");
         assert_eq!(v["objects"][1], "18446744073709551615|0|0|1|1|person");
     }

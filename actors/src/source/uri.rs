@@ -102,6 +102,7 @@ mod tests {
 
     fn ctx() -> BuildContext {
         BuildContext {
+            replica: 0,
             stage_name: "sources".into(),
             base_dir: std::env::temp_dir(),
             sources: vec![],

@@ -740,6 +740,7 @@ mod tests {
 
     fn resuming(snapshot: Option<Vec<u8>>) -> crate::stage::BuildContext {
         crate::stage::BuildContext {
+            replica: 0,
             stage_name: "tracker".into(),
             base_dir: ".".into(),
             sources: vec!["cam0".into(), "cam1".into()],

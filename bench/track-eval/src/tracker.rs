@@ -46,6 +46,7 @@ pub fn settings_table(algorithm: &str, sets: &[(String, toml::Value)]) -> toml::
 /// settings; the error is the stage's own message (unknown algorithm, unknown key, bad range).
 pub fn settings_from_table(table: &toml::Table) -> Result<Settings> {
     let ctx = BuildContext {
+        replica: 0,
         stage_name: "track".into(),
         base_dir: PathBuf::from("."),
         sources: Vec::new(),

@@ -674,6 +674,7 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
     let state_file = state_path(&options.state_dir, &entry.name, options.replica);
     let saved = load_state(&state_file)?;
     let mut context = topology.context(&entry.name);
+    context.replica = options.replica;
     context.resume = saved.as_ref().map(|s| Resume {
         snapshot: s.snapshot.clone(),
     });

@@ -130,6 +130,7 @@ impl Topology {
             })
             .collect();
         let ctx = |stage: &str| BuildContext {
+            replica: 0,
             stage_name: stage.to_string(),
             base_dir: base_dir.to_path_buf(),
             sources: source_names.clone(),
@@ -267,6 +268,7 @@ impl Topology {
     /// The build context stage `name` gets.
     pub fn context(&self, name: &str) -> BuildContext {
         BuildContext {
+            replica: 0,
             stage_name: name.to_string(),
             base_dir: self.base_dir.clone(),
             sources: self.sources.iter().map(|s| s.settings.id.clone()).collect(),
