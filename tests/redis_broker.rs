@@ -7,102 +7,13 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vidmesh_tests::events::{assert_valid, broker_topology, Format};
-use vidmesh_tests::{free_port, make_clip, ServerProcess};
-
-/// A throwaway redis-server on a loopback port, its data (append-only file) in `dir` so a
-/// restarted server still has what it confirmed before.
-struct RedisServer {
-    process: Option<ServerProcess>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let mut server = Self {
-            process: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        server.restart();
-        server
-    }
-
-    fn restart(&mut self) {
-        let mut command = Command::new("redis-server");
-        command.args([
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            self.dir.path().to_str().unwrap(),
-        ]);
-        self.process = Some(ServerProcess::start(command, self.port));
-    }
-
-    /// Stops the server the way an operator would (SIGTERM: it finishes its append-only file).
-    fn stop(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.terminate();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn len(&self, stream: &str) -> usize {
-        self.cli(&["XLEN", stream]).trim().parse().unwrap_or(0)
-    }
-
-    /// (sensorId, messageId, payload) of every entry, in stream order.
-    fn entries(&self, stream: &str) -> Vec<(String, String, String)> {
-        let script = format!(
-            "import json,redis\n\
-             r=redis.Redis(port={})\n\
-             for _id,f in r.xrange('{stream}'):\n\
-             \x20   print(json.dumps([f[b'sensorId'].decode(),f[b'messageId'].decode(),f[b'payload'].decode()]))",
-            self.port
-        );
-        let out = Command::new(vidmesh_tests::venv_python())
-            .args(["-c", &script])
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
+use vidmesh_tests::events::{assert_all_frames_once_in_order, broker_topology};
+use vidmesh_tests::redis::RedisServer;
+use vidmesh_tests::{free_port, make_clip};
 
 fn broker(port: u16, scratch: &Path, extra: &str) -> String {
     format!(
@@ -122,26 +33,6 @@ fn parse_and_run(path: &Path) -> Result<vidmesh::RunSummary, String> {
         Arc::new(AtomicBool::new(false)),
     )
     .map_err(|e| e.to_string())
-}
-
-/// Checks what an independent client reads: `frames` distinct messages, each a valid minimal
-/// payload, first seen in frame order; a repeat has the same message id and payload.
-fn assert_all_frames_once_in_order(entries: &[(String, String, String)], frames: usize) {
-    let mut seen = HashSet::new();
-    let mut first_seen = Vec::new();
-    let mut payload_of = std::collections::HashMap::new();
-    for (sensor, id, payload) in entries {
-        assert_eq!(sensor, "cam7");
-        let v = assert_valid(Format::Minimal, payload);
-        assert_eq!(v["sensorId"], "cam7");
-        if let Some(earlier) = payload_of.insert(id.clone(), payload.clone()) {
-            assert_eq!(&earlier, payload, "a repeated message id carries the same payload");
-        }
-        if seen.insert(id.clone()) {
-            first_seen.push(v["id"].as_str().unwrap().parse::<usize>().unwrap());
-        }
-    }
-    assert_eq!(first_seen, (0..frames).collect::<Vec<_>>());
 }
 
 #[test]
@@ -225,18 +116,7 @@ fn an_unreachable_redis_keeps_the_events_for_the_next_run() {
     assert_eq!(summary.fact("events", "messages"), None, "the stage failed");
 
     // The server comes up; the next run (no new frames needed) delivers the kept events first.
-    let redis = RedisServer {
-        process: Some(ServerProcess::start(
-            {
-                let mut c = Command::new("redis-server");
-                c.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
-                c
-            },
-            port,
-        )),
-        port,
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let redis = RedisServer::start_on(port);
     let summary = common::run_ok(&broker_topology(
         scratch.path(),
         &clip,

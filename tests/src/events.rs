@@ -89,6 +89,28 @@ pub fn broker_topology(
     path
 }
 
+/// Checks what an independent client read from a broker, as (sensor, message id, payload) in
+/// the broker's order: `frames` distinct messages from sensor `cam7`, each a valid minimal
+/// payload, first seen in frame order; a repeat (at-least-once delivery) has the same message
+/// id and the same payload.
+pub fn assert_all_frames_once_in_order(entries: &[(String, String, String)], frames: usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut first_seen = Vec::new();
+    let mut payload_of = std::collections::HashMap::new();
+    for (sensor, id, payload) in entries {
+        assert_eq!(sensor, "cam7");
+        let v = assert_valid(Format::Minimal, payload);
+        assert_eq!(v["sensorId"], "cam7");
+        if let Some(earlier) = payload_of.insert(id.clone(), payload.clone()) {
+            assert_eq!(&earlier, payload, "a repeated message id carries the same payload");
+        }
+        if seen.insert(id.clone()) {
+            first_seen.push(v["id"].as_str().unwrap().parse::<usize>().unwrap());
+        }
+    }
+    assert_eq!(first_seen, (0..frames).collect::<Vec<_>>());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod events;
 pub mod kafka;
 pub mod mqtt;
+pub mod redis;
 pub mod rtsp;
 
 use std::process::Command;

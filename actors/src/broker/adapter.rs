@@ -90,7 +90,17 @@ pub struct AdapterConfig<'a> {
 }
 
 /// The URI schemes [`open`] knows, for error messages.
-pub const SCHEMES: &[&str] = &["amqp", "amqps", "azure-iot", "file", "kafka", "mqtt", "mqtts", "redis"];
+pub const SCHEMES: &[&str] = &[
+    "amqp",
+    "amqps",
+    "azure-iot",
+    "exec",
+    "file",
+    "kafka",
+    "mqtt",
+    "mqtts",
+    "redis",
+];
 
 /// Builds the adapter for `config.uri` without connecting; `None` for `file://` (which the
 /// stage writes directly, without a spool). Unknown schemes and bad options are errors.
@@ -106,6 +116,7 @@ pub fn open(config: &AdapterConfig) -> Result<Option<Box<dyn Adapter>>, StageErr
         Some("amqp" | "amqps") => Ok(Some(Box::new(super::amqp::AmqpExchange::new(config)?))),
         Some("mqtt" | "mqtts") => Ok(Some(Box::new(super::mqtt::open(config)?))),
         Some("azure-iot") => Ok(Some(Box::new(super::azure_iot::open(config)?))),
+        Some("exec") => Ok(Some(Box::new(super::process::ProcessAdapter::new(config)?))),
         Some(other) => Err(StageError::Settings(format!(
             "unsupported broker URI scheme `{other}` in `{}` (supported: {})",
             crate::source::redact(config.uri),

@@ -18,6 +18,7 @@ mod delivery;
 mod file;
 mod kafka;
 mod mqtt;
+mod process;
 mod redis;
 pub mod spool;
 
