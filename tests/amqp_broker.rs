@@ -58,6 +58,22 @@ fn meta_lines(dir: &Path) -> usize {
         .count()
 }
 
+/// Per sensor, the frame numbers the `file://` output got, in order: what the pipeline
+/// produced, which every broker must receive.
+fn meta_frames(dir: &Path) -> BTreeMap<String, Vec<u64>> {
+    let mut frames: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in std::fs::read_to_string(dir.join("meta.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let payload: serde_json::Value = serde_json::from_str(line).unwrap();
+        let sensor = payload["sensorId"].as_str().unwrap().to_string();
+        let frame = payload["id"].as_str().unwrap().parse().unwrap();
+        frames.entry(sensor).or_default().push(frame);
+    }
+    frames
+}
+
 /// Validates a message against DeepStream's minimal schema and what the adapter promises
 /// (routing key and `sensorId` header = the payload's sensor, persistent, JSON), and returns
 /// its frame number.
@@ -177,23 +193,37 @@ fn a_broker_outage_mid_run_loses_nothing() {
         outage.elapsed() > Duration::from_secs(11),
         "the run was still going when the broker came back"
     );
-    assert_eq!(summary.fact("events", "messages"), Some("1200"));
-    assert_eq!(summary.fact("events", "delivered"), Some("1200"));
+    // RTSP over a loaded machine may lose a frame; whatever the pipeline produced (the file
+    // output has it all) must reach RabbitMQ.
+    let produced = meta_lines(scratch.path());
+    assert!(
+        produced > 1100,
+        "the run produced {produced} of 1200 events"
+    );
+    assert_eq!(
+        summary.fact("events", "messages"),
+        Some(produced.to_string().as_str())
+    );
+    assert_eq!(
+        summary.fact("events", "delivered"),
+        Some(produced.to_string().as_str())
+    );
     let retries: u64 = summary.fact("events", "retries").unwrap().parse().unwrap();
     assert!(retries > 0, "the outage was noticed: {summary:?}");
 
     let mut consumed = before;
-    consumed.extend(rabbit.drain("analytics", 1200 - consumed.len()));
+    consumed.extend(rabbit.drain("analytics", produced - consumed.len()));
     let frames = first_copies(&consumed);
-    let expected: Vec<u64> = (0..600).collect();
     assert_eq!(frames.len(), 2, "{:?}", frames.keys());
-    for (sensor, numbers) in &frames {
-        assert_eq!(numbers, &expected, "{sensor}: every frame, in order");
-    }
+    assert_eq!(
+        frames,
+        meta_frames(scratch.path()),
+        "every event the pipeline produced arrived, in order per sensor"
+    );
     eprintln!(
-        "outage: {} messages read for 1200 events ({} repeats), {retries} failed attempts",
+        "outage: {} messages read for {produced} events ({} repeats), {retries} failed attempts",
         consumed.len(),
-        consumed.len() - 1200
+        consumed.len() - produced
     );
 }
 

@@ -59,9 +59,7 @@ fn meta_lines(dir: &Path) -> usize {
 /// Validates a message against DeepStream's minimal schema and returns its sensor id and
 /// frame number.
 fn sensor_and_frame(message: &Received) -> (String, u64) {
-    let payload: serde_json::Value = serde_json::from_str(&message.payload).unwrap(); // DEVTMP
-    if let Err(e) = vidmesh_tests::events::validate(Format::Minimal, &payload) { assert!(e.starts_with("/@timestamp") && !e.contains(';'), "{e}"); } // DEVTMP
-    let _ = assert_valid; // DEVTMP
+    let payload = assert_valid(Format::Minimal, &message.payload);
     let sensor = payload["sensorId"].as_str().unwrap().to_string();
     let frame = payload["id"]
         .as_str()
@@ -76,7 +74,9 @@ fn first_copies(received: &[Received]) -> BTreeMap<String, Vec<u64>> {
     let mut first: HashMap<&str, &Received> = HashMap::new();
     let mut frames: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for m in received {
-        let id = m.id.as_deref().expect("every MQTT 5 message has a message-id");
+        let id =
+            m.id.as_deref()
+                .expect("every MQTT 5 message has a message-id");
         if let Some(earlier) = first.get(id) {
             assert_eq!(
                 (&earlier.topic, &earlier.payload),
@@ -124,7 +124,11 @@ fn every_frame_reaches_mqtt_5_once_on_its_sensors_topic_in_order() {
     let frames = first_copies(&received);
     assert_eq!(frames.keys().collect::<Vec<_>>(), ["cam-a", "cam-b"]);
     for (sensor, numbers) in &frames {
-        assert_eq!(numbers, &(0..75).collect::<Vec<_>>(), "{sensor}: every frame, in order");
+        assert_eq!(
+            numbers,
+            &(0..75).collect::<Vec<_>>(),
+            "{sensor}: every frame, in order"
+        );
     }
 }
 
@@ -146,10 +150,16 @@ fn mqtt_3_1_1_with_qos_2_delivers_every_frame_in_order() {
     let summary = common::run_ok(&path);
     assert_eq!(summary.fact("events", "delivered"), Some("60"));
     let received = mosquitto.consume("reader", "events", "3.1.1", 60);
-    eprintln!("{}", mosquitto.log()); // DEVTMP
     let frames: Vec<u64> = received.iter().map(|m| sensor_and_frame(m).1).collect();
-    assert_eq!(frames, (0..60).collect::<Vec<_>>(), "every frame once, in order");
-    assert!(received.iter().all(|m| m.id.is_none()), "MQTT 3.1.1 has no properties");
+    assert_eq!(
+        frames,
+        (0..60).collect::<Vec<_>>(),
+        "every frame once, in order"
+    );
+    assert!(
+        received.iter().all(|m| m.id.is_none()),
+        "MQTT 3.1.1 has no properties"
+    );
     assert!(
         mosquitto.log().contains("as vidmesh-qos2"),
         "the configured client id: {}",
@@ -189,7 +199,7 @@ fn a_broker_outage_mid_run_loses_nothing() {
         outage.elapsed() > Duration::from_secs(11),
         "the run was still going when the broker came back"
     );
-    assert_eq!(before, 1, "events were flowing before the outage");
+    assert!(before >= 1, "events were flowing before the outage");
     assert_eq!(summary.fact("events", "messages"), Some("1200"));
     assert_eq!(summary.fact("events", "delivered"), Some("1200"));
     let retries: u64 = summary.fact("events", "retries").unwrap().parse().unwrap();
@@ -199,7 +209,11 @@ fn a_broker_outage_mid_run_loses_nothing() {
     let frames = first_copies(&received);
     assert_eq!(frames.len(), 2, "{:?}", frames.keys());
     for (sensor, numbers) in &frames {
-        assert_eq!(numbers, &(0..600).collect::<Vec<_>>(), "{sensor}: every frame, in order");
+        assert_eq!(
+            numbers,
+            &(0..600).collect::<Vec<_>>(),
+            "{sensor}: every frame, in order"
+        );
     }
     eprintln!(
         "outage: {} messages read for 1200 events ({} repeats), {retries} failed attempts",
@@ -259,7 +273,11 @@ fn wrong_credentials_are_refused_clearly() {
         "the password stays out of the summary"
     );
     // A refusal ends the drain early instead of waiting out drain_timeout.
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     // With the right password the spooled messages of the refused run go out first, then
     // this run's.
@@ -288,7 +306,11 @@ fn oversized_run(mosquitto: &Mosquitto, protocol: &str, options: &str, why: &str
         ),
     );
     let summary = common::run_ok(&path);
-    assert_eq!(meta_lines(scratch.path()), 40, "the rest of the pipeline ran");
+    assert_eq!(
+        meta_lines(scratch.path()),
+        40,
+        "the rest of the pipeline ran"
+    );
     assert_eq!(summary.fact("events", "delivered"), Some("20"));
     assert_eq!(summary.fact("events", "rejected"), Some("20"));
     let rejected = std::fs::read_to_string(scratch.path().join("spool/rejected.jsonl"))

@@ -23,4 +23,6 @@ pub mod track;
 mod gst_util;
 
 pub use registry::{find_kind, Delivery, StageKind, STAGE_KINDS};
-pub use stage::{BuildContext, Outputs, Resume, Stage, StageError, StageReport};
+pub use stage::{
+    BuildContext, Outputs, Resume, Stage, StageError, StageReport, StageValue, ValueKind,
+};

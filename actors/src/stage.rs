@@ -75,6 +75,26 @@ impl StageReport {
     }
 }
 
+/// A number a stage kind exports beyond the runtime's standard metrics (fps, latency, queue
+/// depth), e.g. a broker's spool depth. Exported to Prometheus as `vidmesh_<name>` with the
+/// stage and replica as labels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StageValue {
+    /// Without the `vidmesh_` prefix; counters end in `_total`.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: ValueKind,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
 /// An actor in the pipeline. Calls arrive one at a time on the stage's own thread.
 pub trait Stage: Send {
     /// Processes one batch and emits what follows from it.
@@ -112,6 +132,11 @@ pub trait Stage: Send {
         Err(StageError::Settings(
             "this stage kind cannot take over another replica's streams".into(),
         ))
+    }
+
+    /// The stage kind's own metrics, read by the runtime after every batch.
+    fn values(&self) -> Vec<StageValue> {
+        Vec::new()
     }
 
     /// State from which a replacement replica can resume; `None` for stateless stages.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::runner::MetricsSnapshot;
+use vidmesh_actors::stage::{StageValue, ValueKind};
 
 /// Content type of what [`Exposition::render`] produces.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -324,6 +325,21 @@ impl Exposition {
             self.family(&LINK_RESENT_TOTAL, l, s.resent as f64);
             self.family(&LINK_DROPPED_TOTAL, l, s.dropped as f64);
             self.family(&LINK_DUPLICATES_TOTAL, l, s.duplicates as f64);
+        }
+        self
+    }
+
+    /// A stage kind's own values ([`vidmesh_actors::stage::Stage::values`]) as
+    /// `vidmesh_<name>{stage,replica}`.
+    pub fn add_values(&mut self, stage: &str, replica: u32, values: &[StageValue]) -> &mut Self {
+        let replica = replica.to_string();
+        let l: &[(&str, &str)] = &[("stage", stage), ("replica", &replica)];
+        for v in values {
+            let name = format!("vidmesh_{}", v.name);
+            match v.kind {
+                ValueKind::Counter => self.counter(&name, v.help, l, v.value),
+                ValueKind::Gauge => self.gauge(&name, v.help, l, v.value),
+            };
         }
         self
     }
@@ -1265,6 +1281,31 @@ mod tests {
         assert_eq!(format_value(f64::INFINITY), "+Inf");
         assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
         assert_eq!(format_value(f64::NAN), "NaN");
+    }
+
+    #[test]
+    fn stage_values_render_with_their_kind_and_labels() {
+        let values = [
+            StageValue {
+                name: "broker_spool_messages",
+                help: "Messages in the spool.",
+                kind: ValueKind::Gauge,
+                value: 12.0,
+            },
+            StageValue {
+                name: "broker_delivered_total",
+                help: "Messages confirmed.",
+                kind: ValueKind::Counter,
+                value: 300.0,
+            },
+        ];
+        let text = Exposition::new()
+            .add_values("events", 1, &values)
+            .render();
+        assert!(text.contains("# TYPE vidmesh_broker_spool_messages gauge\n"));
+        assert!(text.contains("vidmesh_broker_spool_messages{stage=\"events\",replica=\"1\"} 12\n"));
+        assert!(text.contains("# TYPE vidmesh_broker_delivered_total counter\n"));
+        assert_eq!(parse(&text).unwrap().len(), 2);
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl Mosquitto {
              max_queued_messages 1000000\n\
              pid_file {}\n\
              log_dest file {}\n\
-             log_type all\n",
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
             dir.path().display(),
             path("mosquitto.pid"),
             path("mosquitto.log"),
@@ -133,9 +133,12 @@ impl Mosquitto {
             .expect("kill runs");
         assert!(status.success(), "kill -TERM {pid}");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            || std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
-        {
+        // Gone means exited: a zombie until `ServerProcess` reaps it below.
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+                .is_ok_and(|stat| !stat.contains(") Z "))
+        };
+        while running() {
             assert!(Instant::now() < deadline, "mosquitto did not stop");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -147,7 +150,9 @@ impl Mosquitto {
     pub fn restart(&mut self) {
         assert!(self.server.is_none(), "the broker is already running");
         let mut command = Command::new("mosquitto");
-        command.arg("-c").arg(self.dir.path().join("mosquitto.conf"));
+        command
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"));
         self.server = Some(ServerProcess::start(command, self.port));
     }
 
@@ -192,7 +197,14 @@ impl Mosquitto {
     ) -> Vec<Received> {
         let out = self
             .script(client_id, topic, protocol)
-            .args(["--expect", &expect.to_string(), "--idle", "5", "--timeout", "120"])
+            .args([
+                "--expect",
+                &expect.to_string(),
+                "--idle",
+                "5",
+                "--timeout",
+                "120",
+            ])
             .output()
             .expect("mqtt_consume.py runs");
         assert!(

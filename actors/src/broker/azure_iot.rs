@@ -107,8 +107,8 @@ impl Device {
     /// The SAS token that is good until `expiry` (seconds since the Unix epoch).
     pub fn sas_token(&self, expiry: u64) -> String {
         let resource = url_encode(&self.resource());
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key)
-            .expect("HMAC takes keys of any length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(format!("{resource}\n{expiry}").as_bytes());
         let signature =
             base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
@@ -119,10 +119,7 @@ impl Device {
     }
 
     pub fn username(&self) -> String {
-        format!(
-            "{}/{}/?api-version={API_VERSION}",
-            self.hub, self.device_id
-        )
+        format!("{}/{}/?api-version={API_VERSION}", self.hub, self.device_id)
     }
 }
 
@@ -131,9 +128,12 @@ fn parse_connection_string(text: &str) -> Result<(String, String, String), Strin
     let (mut host, mut device, mut key) = (None, None, None);
     for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         // The key is base64 and may end in `=`, so split at the first `=` only.
-        let (name, value) = part
-            .split_once('=')
-            .ok_or_else(|| format!("`{}` is not NAME=VALUE", part.split('=').next().unwrap_or("")))?;
+        let (name, value) = part.split_once('=').ok_or_else(|| {
+            format!(
+                "`{}` is not NAME=VALUE",
+                part.split('=').next().unwrap_or("")
+            )
+        })?;
         match name {
             "HostName" => host = Some(value.to_string()),
             "DeviceId" => device = Some(value.to_string()),
@@ -255,7 +255,9 @@ pub fn open(config: &AdapterConfig) -> Result<MqttPublisher<IotHubDevice>, Stage
     let display = format!("azure-iot://{hub}/{device_id}");
     let settings = ClientSettings {
         host: hub.clone(),
-        port: options.port.unwrap_or(if options.tls { 8883 } else { 1883 }),
+        port: options
+            .port
+            .unwrap_or(if options.tls { 8883 } else { 1883 }),
         tls,
         client_id: device_id.clone(),
         protocol: Protocol::V311,
@@ -400,7 +402,10 @@ mod tests {
             "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fcam-7&sig="
         ));
         assert_eq!(login.renew_after, Some(Duration::from_secs(2880)));
-        assert_eq!(adapter.describe(), "azure-iot://myhub.azure-devices.net/cam-7");
+        assert_eq!(
+            adapter.describe(),
+            "azure-iot://myhub.azure-devices.net/cam-7"
+        );
     }
 
     #[test]

@@ -446,6 +446,26 @@ fn classify(code: RDKafkaErrorCode) -> ErrorKind {
     }
 }
 
+/// librdkafka's name for an error, with what to do about those an operator must fix.
+fn explain(code: RDKafkaErrorCode, topic: &str) -> String {
+    use RDKafkaErrorCode as C;
+    let hint = match code {
+        C::UnknownTopic | C::UnknownTopicOrPartition => format!(
+            "; topic `{topic}` does not exist and the brokers do not create it: create it, or \
+             enable auto-creation on the brokers"
+        ),
+        C::Authentication | C::SaslAuthenticationFailed => {
+            "; check the user and password in the URI and the `sasl.mechanism` option".into()
+        }
+        C::TopicAuthorizationFailed => format!("; the user may not write to topic `{topic}`"),
+        C::ClusterAuthorizationFailed => "; the user may not write idempotently (IDEMPOTENT_WRITE \
+             on the cluster): grant it, or set the option enable.idempotence = false"
+            .into(),
+        _ => String::new(),
+    };
+    format!("{code}{hint}")
+}
+
 /// The adapter: the parsed target and configuration, and the producer once connected.
 pub struct KafkaProducer {
     target: KafkaTarget,
@@ -577,6 +597,8 @@ impl Adapter for KafkaProducer {
         // once-a-second timeout scan, so in practice the deadline below is never reached.
         let deadline = Instant::now() + self.timeout + TIMEOUT_SCAN_SLACK;
         let (sent, send_error) = self.send_run(&producer, messages, deadline);
+        let send_error =
+            send_error.map(|e| e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail));
         // Waiting for every report, even after a failure, keeps a run's stragglers from
         // landing after the re-sent messages and breaking the order.
         let complete = self.wait_for_reports(&producer, sent, deadline);
@@ -597,9 +619,13 @@ impl Adapter for KafkaProducer {
                 // (all brokers down, authentication failed).
                 (Some((cause, reason)), RDKafkaErrorCode::MessageTimedOut) => (
                     classify(*cause),
-                    format!("{cause}: {reason} (not confirmed within {:?})", self.timeout),
+                    format!(
+                        "{}: {reason} (not confirmed within {:?})",
+                        explain(*cause, &self.target.topic),
+                        self.timeout
+                    ),
                 ),
-                _ => (classify(code), code.to_string()),
+                _ => (classify(code), explain(code, &self.target.topic)),
             };
             let (kind, what) = match results[confirmed] {
                 Some(Err(code)) => explained(code),
@@ -616,8 +642,7 @@ impl Adapter for KafkaProducer {
             Some(self.error(confirmed, kind, what))
         } else {
             // Every message sent was confirmed; the next could not be handed to librdkafka.
-            let e = send_error.unwrap_or(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
-            let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+            let code = send_error.unwrap_or(RDKafkaErrorCode::Fail);
             let kind = classify(code);
             let what = match kind {
                 ErrorKind::Rejected => format!(
@@ -627,29 +652,37 @@ impl Adapter for KafkaProducer {
                     messages[confirmed].id,
                     messages[confirmed].payload.len()
                 ),
-                _ => code.to_string(),
+                _ => explain(code, &self.target.topic),
             };
             Some(self.error(confirmed, kind, what))
         };
 
-        // Keep the producer (and its connections) unless it can no longer be trusted: a fatal
-        // idempotence error, or messages still outstanding that must not overtake the re-sent
-        // ones.
+        // The producer (and its connections) is kept only after a clean run, where nothing
+        // failed except messages refused for their size or content. After anything else the
+        // next run starts a new producer, with a new producer id: after message timeouts
+        // librdkafka bumps the idempotent producer's epoch on its own, which not every broker
+        // accepts (tansu fails every later request of that producer), and messages still
+        // outstanding must not overtake the re-sent ones.
+        let only_rejections = |code: &RDKafkaErrorCode| classify(*code) == ErrorKind::Rejected;
+        let clean = complete
+            && results[..sent].iter().all(|r| match r {
+                Some(Err(code)) => only_rejections(code),
+                _ => true,
+            })
+            && send_error.as_ref().is_none_or(only_rejections);
         let fatal = producer.client().fatal_error();
-        if !complete {
-            producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
-            producer.poll(PURGE_WAIT);
-            tracing::debug!(
-                "kafka: gave up on a run to {} with reports missing; reconnecting",
-                self.target.display
-            );
-        } else if let Some((code, reason)) = &fatal {
-            tracing::debug!(
-                "kafka: producer for {} hit a fatal error ({code}: {reason}); reconnecting",
-                self.target.display
-            );
-        } else {
+        if clean && fatal.is_none() {
             self.producer = Some(producer);
+        } else {
+            if !complete {
+                producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                producer.poll(PURGE_WAIT);
+            }
+            tracing::debug!(
+                destination = %self.target.display,
+                fatal = ?fatal,
+                "kafka: the next run starts a new producer"
+            );
         }
         match failure {
             None => Ok(()),

@@ -1,5 +1,7 @@
 //! `broker`: publishes one message per frame (`minimal`, `native`) or per object (`full`),
 //! schemas from [`crate::msgconv`], to an outside system, like nvmsgconv + nvmsgbroker.
+//! `payload = "protobuf"` publishes one binary `vidmesh.events.v1.Frame` per frame instead
+//! ([`msgconv::protobuf`]).
 //!
 //! `file://PATH` writes JSON lines directly. Every network adapter ([`adapter`]) sits behind
 //! a durable spool ([`spool`]) and a delivery thread ([`delivery`]): `on_batch` only appends to
@@ -35,7 +37,7 @@ use crate::msgconv::config::MsgConvConfig;
 use crate::msgconv::{self, Schema};
 use crate::registry::{Delivery as Routing, StageKind};
 use crate::settings;
-use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport};
+use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport, StageValue, ValueKind};
 
 pub const KIND: StageKind = StageKind {
     name: "broker",
@@ -83,6 +85,11 @@ pub struct Settings {
     /// Where to publish: `file://PATH` (JSON lines) or `redis://[user:pass@]HOST[:PORT]/STREAM`.
     /// Required.
     pub uri: String,
+    /// "json" (default): the JSON `schema` below; "protobuf": one binary
+    /// `vidmesh.events.v1.Frame` per frame (proto/vidmesh/events/v1/frame.proto), which takes
+    /// the place of `schema`.
+    #[serde(default)]
+    pub payload: PayloadForm,
     /// "minimal" (default), "native" or "full".
     #[serde(default)]
     pub schema: Schema,
@@ -116,6 +123,17 @@ pub struct Settings {
     pub drain_timeout: Duration,
 }
 
+/// How messages are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadForm {
+    /// Text in one of msgconv's JSON schemas.
+    #[default]
+    Json,
+    /// [`msgconv::protobuf::Frame`], binary.
+    Protobuf,
+}
+
 fn one() -> u64 {
     1
 }
@@ -141,6 +159,23 @@ impl Settings {
             return Err(StageError::Settings(
                 "`config` is only used by schema = \"full\"".into(),
             ));
+        }
+        if s.payload == PayloadForm::Protobuf {
+            // `schema` has a default, so whether the user wrote it is only in the table.
+            if t.contains_key("schema") {
+                return Err(StageError::Settings(
+                    "`schema` does not apply to payload = \"protobuf\" (one vidmesh.events.v1.Frame \
+                     per frame replaces the JSON schemas); leave it out"
+                        .into(),
+                ));
+            }
+            if matches!(s.uri.split_once("://"), Some(("file", _)) | None) {
+                return Err(StageError::Settings(format!(
+                    "payload = \"protobuf\" cannot go to `{}`: file:// writes JSON lines, which \
+                     cannot hold binary payloads; use a network adapter or payload = \"json\"",
+                    s.uri
+                )));
+            }
         }
         if s.spool_max_mb == 0 {
             return Err(StageError::Settings(
@@ -216,6 +251,15 @@ impl Stage for Broker {
             if frame.frame_num % self.settings.frame_interval != 0 {
                 continue;
             }
+            if self.settings.payload == PayloadForm::Protobuf {
+                let message = msgconv::protobuf::frame_message(frame);
+                messages.push(Message {
+                    key: frame.source_name.clone(),
+                    id: message.message_id.clone(),
+                    payload: prost::Message::encode_to_vec(&message),
+                });
+                continue;
+            }
             let key = msgconv::publish_key(schema, &self.config, frame);
             let payloads = msgconv::payloads(schema, &self.config, frame);
             let ids = msgconv::message_ids(schema, frame);
@@ -243,6 +287,69 @@ impl Stage for Broker {
             Output::File(file) => file.flush(),
             Output::Spooled(delivery) => delivery.sync(),
         }
+    }
+
+    fn values(&self) -> Vec<StageValue> {
+        let value = |name, help, kind, value| StageValue {
+            name,
+            help,
+            kind,
+            value,
+        };
+        let mut values = vec![value(
+            "broker_messages_total",
+            "Messages the broker stage produced from frame metadata.",
+            ValueKind::Counter,
+            self.stats.messages as f64,
+        )];
+        if let Some(Output::Spooled(delivery)) = &self.output {
+            let s = delivery.stats();
+            values.extend([
+                value(
+                    "broker_delivered_total",
+                    "Messages the broker confirmed.",
+                    ValueKind::Counter,
+                    s.delivered as f64,
+                ),
+                value(
+                    "broker_rejected_total",
+                    "Messages the broker refused for good (set aside in rejected.jsonl).",
+                    ValueKind::Counter,
+                    s.rejected as f64,
+                ),
+                value(
+                    "broker_retries_total",
+                    "Failed publish attempts, each retried.",
+                    ValueKind::Counter,
+                    s.retries as f64,
+                ),
+                value(
+                    "broker_dropped_total",
+                    "Unconfirmed messages deleted because the spool was full (drop_oldest).",
+                    ValueKind::Counter,
+                    s.spool.dropped as f64,
+                ),
+                value(
+                    "broker_spool_messages",
+                    "Messages in the spool not yet confirmed by the broker.",
+                    ValueKind::Gauge,
+                    s.spool.pending as f64,
+                ),
+                value(
+                    "broker_spool_bytes",
+                    "Size of the spool on disk.",
+                    ValueKind::Gauge,
+                    s.spool.bytes as f64,
+                ),
+                value(
+                    "broker_up",
+                    "1 while the last delivery attempt succeeded, 0 while the broker fails.",
+                    ValueKind::Gauge,
+                    if s.failing.is_some() { 0.0 } else { 1.0 },
+                ),
+            ]);
+        }
+        values
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
@@ -387,6 +494,25 @@ mod tests {
         assert_eq!(frame_nums(), [0, 1, 2, 2, 3, 4]);
         run(&fresh, 7..8);
         assert_eq!(frame_nums(), [7]);
+    }
+
+    #[test]
+    fn protobuf_payloads_refuse_json_only_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |text: &str| (KIND.check)(&table(text), &ctx(dir.path()));
+        let e = check("uri = \"file://e.jsonl\"\npayload = \"protobuf\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot hold binary payloads"), "{e}");
+        let e = check("uri = \"redis://127.0.0.1:1/s\"\npayload = \"protobuf\"\nschema = \"full\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`schema` does not apply"), "{e}");
+        check("uri = \"redis://127.0.0.1:1/s\"\npayload = \"protobuf\"\n").unwrap();
+        let e = check("uri = \"redis://127.0.0.1:1/s\"\npayload = \"xml\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xml"), "{e}");
     }
 
     #[test]

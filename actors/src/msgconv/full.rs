@@ -14,7 +14,7 @@ use super::config::{Aisle, Entrance, MsgConvConfig, ParkingSpot};
 use super::{timestamp, UNTRACKED_OBJECT_ID};
 
 /// The user meta kind whose `lines_crossed` gives entry/exit events.
-const ANALYTICS_OBJECT_KIND: &str = "vidmesh.analytics/object+json";
+pub(super) const ANALYTICS_OBJECT_KIND: &str = "vidmesh.analytics/object+json";
 
 #[derive(Serialize)]
 struct Message<'a> {

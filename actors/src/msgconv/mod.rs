@@ -9,9 +9,13 @@
 //!   ending in `+json` is written as the JSON it holds, other kinds as an array of bytes.
 //! * `full`: DeepStream's full schema, one payload per object with place, sensor and analytics
 //!   module sections from a msgconv config file ([`config`], [`full`]).
+//!
+//! Besides these JSON schemas, [`protobuf`] writes one binary `vidmesh.events.v1.Frame` per
+//! frame (`proto/vidmesh/events/v1/frame.proto`), the broker's `payload = "protobuf"`.
 
 pub mod config;
 pub mod full;
+pub mod protobuf;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

@@ -148,7 +148,10 @@ impl Exposed {
                 duplicates,
             })
             .collect();
-        prometheus::render_stage(&self.instance, self.replica, &snapshot, fps, &links)
+        prometheus::Exposition::new()
+            .add_stage(&self.instance, self.replica, &snapshot, fps, &links)
+            .add_values(&self.instance, self.replica, &self.metrics.values())
+            .render()
     }
 }
 
@@ -538,6 +541,7 @@ impl StageNode {
             sending,
             ingest.map(|i| crate::runner::now_ns().saturating_sub(i)),
         );
+        self.metrics.set_values(self.stage.values());
         for (s, n) in &keys {
             self.processed.entry(*s).or_default().insert(*n);
         }

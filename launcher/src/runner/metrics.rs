@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use vidmesh_actors::stage::StageValue;
 
 /// Upper bounds (Prometheus `le`) of the duration histogram buckets, in nanoseconds.
 ///
@@ -106,6 +107,8 @@ pub struct StageMetrics {
     pub latency: DurationHistogram,
     /// Processing time per batch (the `busy` part of [`StageMetrics::record`]).
     pub processing: DurationHistogram,
+    /// The stage kind's own values ([`vidmesh_actors::Stage::values`]) as of its last batch.
+    values: std::sync::Mutex<Vec<StageValue>>,
 }
 
 impl StageMetrics {
@@ -127,6 +130,18 @@ impl StageMetrics {
             self.last_latency_ns.store(l, Ordering::Relaxed);
             self.latency.observe_ns(l);
         }
+    }
+
+    /// Keeps the stage's own values for the exporter.
+    pub fn set_values(&self, values: Vec<StageValue>) {
+        *self.values.lock().unwrap_or_else(|p| p.into_inner()) = values;
+    }
+
+    pub fn values(&self) -> Vec<StageValue> {
+        self.values
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {

@@ -314,6 +314,7 @@ fn stage_loop(
                     sending,
                     ingest.map(|i| now_ns().saturating_sub(i)),
                 );
+                metrics.set_values(stage.values());
             }
             Received::Message(DataMessage::EndOfStream(end)) => {
                 stage.on_end_of_stream(&end, &mut out)?;
