@@ -71,7 +71,10 @@ fn a_redis_outage_mid_run_loses_nothing() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while redis.len("vidmesh-events") < 10 {
         if run.is_finished() {
-            panic!("the run ended early: {:?}", run.join().unwrap().map(|s| s.errors));
+            panic!(
+                "the run ended early: {:?}",
+                run.join().unwrap().map(|s| s.errors)
+            );
         }
         assert!(Instant::now() < deadline, "no events reached Redis");
         std::thread::sleep(Duration::from_millis(50));

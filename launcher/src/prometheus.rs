@@ -1299,9 +1299,7 @@ mod tests {
                 value: 300.0,
             },
         ];
-        let text = Exposition::new()
-            .add_values("events", 1, &values)
-            .render();
+        let text = Exposition::new().add_values("events", 1, &values).render();
         assert!(text.contains("# TYPE vidmesh_broker_spool_messages gauge\n"));
         assert!(text.contains("vidmesh_broker_spool_messages{stage=\"events\",replica=\"1\"} 12\n"));
         assert!(text.contains("# TYPE vidmesh_broker_delivered_total counter\n"));

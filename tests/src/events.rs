@@ -102,7 +102,10 @@ pub fn assert_all_frames_once_in_order(entries: &[(String, String, String)], fra
         let v = assert_valid(Format::Minimal, payload);
         assert_eq!(v["sensorId"], "cam7");
         if let Some(earlier) = payload_of.insert(id.clone(), payload.clone()) {
-            assert_eq!(&earlier, payload, "a repeated message id carries the same payload");
+            assert_eq!(
+                &earlier, payload,
+                "a repeated message id carries the same payload"
+            );
         }
         if seen.insert(id.clone()) {
             first_seen.push(v["id"].as_str().unwrap().parse::<usize>().unwrap());

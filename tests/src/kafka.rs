@@ -134,7 +134,12 @@ impl KafkaBroker {
             .env("RUST_LOG", "warn")
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("{} runs (scripts/setup installs it): {e}", tansu().display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} runs (scripts/setup installs it): {e}",
+                    tansu().display()
+                )
+            });
         assert!(
             out.status.success(),
             "tansu {}: {}{}",

@@ -87,6 +87,9 @@ pub struct AdapterConfig<'a> {
     /// How long to wait for a connection or a confirmation before calling the broker
     /// unavailable.
     pub timeout: Duration,
+    /// Which replica of the stage publishes, so replicas can tell themselves apart to the
+    /// broker (e.g. MQTT client ids, which a broker allows only once at a time).
+    pub replica: u32,
 }
 
 /// The URI schemes [`open`] knows, for error messages.

@@ -859,6 +859,7 @@ mod tests {
             uri,
             options,
             timeout: TIMEOUT,
+            replica: 0,
         }
     }
 

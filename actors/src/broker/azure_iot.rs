@@ -346,6 +346,7 @@ mod tests {
             uri,
             options: &options,
             timeout: Duration::from_secs(2),
+            replica: 0,
         })
         .map_err(|e| e.to_string())
     }

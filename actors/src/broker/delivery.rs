@@ -220,7 +220,9 @@ fn deliver(shared: &Shared, mut adapter: Box<dyn Adapter>) {
         if confirmed > 0 {
             let next = run[confirmed - 1].seq + 1;
             run.drain(..confirmed);
-            shared.delivered.fetch_add(confirmed as u64, Ordering::Relaxed);
+            shared
+                .delivered
+                .fetch_add(confirmed as u64, Ordering::Relaxed);
             if let Err(e) = shared.spool.commit(next) {
                 tracing::error!(destination = %destination, error = %e, "cannot record delivery progress");
             }
@@ -254,7 +256,9 @@ fn deliver(shared: &Shared, mut adapter: Box<dyn Adapter>) {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
                 {
                     let mut failing = shared.failing.lock().unwrap_or_else(|p| p.into_inner());
-                    let changed = failing.as_ref().is_none_or(|(old, _)| old.detail != e.detail);
+                    let changed = failing
+                        .as_ref()
+                        .is_none_or(|(old, _)| old.detail != e.detail);
                     if changed {
                         match e.kind {
                             ErrorKind::Refused => tracing::error!(
@@ -380,7 +384,10 @@ mod tests {
         assert_eq!(stats.delivered, 19);
         assert_eq!(stats.rejected, 1);
         assert_eq!(stats.retries, 3);
-        let expected: Vec<String> = (0..20).filter(|&n| n != 7).map(|n| format!("m{n}")).collect();
+        let expected: Vec<String> = (0..20)
+            .filter(|&n| n != 7)
+            .map(|n| format!("m{n}"))
+            .collect();
         assert_eq!(*confirmed.lock().unwrap(), expected);
         let rejected = std::fs::read_to_string(dir.path().join("rejected.jsonl")).unwrap();
         assert!(rejected.contains("\"id\":\"m7\"") && rejected.contains("too large"));

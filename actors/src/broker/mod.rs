@@ -1,6 +1,6 @@
 //! `broker`: publishes one message per frame (`minimal`, `native`) or per object (`full`),
 //! schemas from [`crate::msgconv`], to an outside system, like nvmsgconv + nvmsgbroker.
-//! `payload = "protobuf"` publishes one binary `vidmesh.events.v1.Frame` per frame instead
+//! `format = "protobuf"` publishes one binary `vidmesh.events.v1.Frame` per frame instead
 //! ([`msgconv::protobuf`]).
 //!
 //! `file://PATH` writes JSON lines directly. Every network adapter ([`adapter`]) sits behind
@@ -16,7 +16,7 @@
 pub mod adapter;
 mod amqp;
 mod azure_iot;
-mod delivery;
+pub mod delivery;
 mod file;
 mod kafka;
 mod mqtt;
@@ -45,12 +45,12 @@ pub const KIND: StageKind = StageKind {
     summary: "publish metadata in DeepStream's nvmsgconv schemas (file, Kafka, MQTT, Azure IoT, AMQP, Redis)",
     check: |t, ctx| {
         let s = Settings::load(t)?;
-        adapter::open(&s.adapter_config())?;
+        adapter::open(&s.adapter_config(ctx))?;
         s.msgconv_config(ctx).map(|_| ())
     },
     build: |t, ctx| {
         let s = Settings::load(t)?;
-        let output = match adapter::open(&s.adapter_config())? {
+        let output = match adapter::open(&s.adapter_config(ctx))? {
             None => {
                 let path = ctx.resolve(&settings::file_uri_path(&s.uri)?);
                 Output::File(if ctx.resume.is_some() {
@@ -87,9 +87,10 @@ pub struct Settings {
     pub uri: String,
     /// "json" (default): the JSON `schema` below; "protobuf": one binary
     /// `vidmesh.events.v1.Frame` per frame (proto/vidmesh/events/v1/frame.proto), which takes
-    /// the place of `schema`.
+    /// the place of `schema`. Not named `payload`: every stage's `payload` key is the
+    /// launcher's (how pixels reach the stage).
     #[serde(default)]
-    pub payload: PayloadForm,
+    pub format: MessageFormat,
     /// "minimal" (default), "native" or "full".
     #[serde(default)]
     pub schema: Schema,
@@ -126,7 +127,7 @@ pub struct Settings {
 /// How messages are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum PayloadForm {
+pub enum MessageFormat {
     /// Text in one of msgconv's JSON schemas.
     #[default]
     Json,
@@ -160,19 +161,19 @@ impl Settings {
                 "`config` is only used by schema = \"full\"".into(),
             ));
         }
-        if s.payload == PayloadForm::Protobuf {
+        if s.format == MessageFormat::Protobuf {
             // `schema` has a default, so whether the user wrote it is only in the table.
             if t.contains_key("schema") {
                 return Err(StageError::Settings(
-                    "`schema` does not apply to payload = \"protobuf\" (one vidmesh.events.v1.Frame \
+                    "`schema` does not apply to format = \"protobuf\" (one vidmesh.events.v1.Frame \
                      per frame replaces the JSON schemas); leave it out"
                         .into(),
                 ));
             }
             if matches!(s.uri.split_once("://"), Some(("file", _)) | None) {
                 return Err(StageError::Settings(format!(
-                    "payload = \"protobuf\" cannot go to `{}`: file:// writes JSON lines, which \
-                     cannot hold binary payloads; use a network adapter or payload = \"json\"",
+                    "format = \"protobuf\" cannot go to `{}`: file:// writes JSON lines, which \
+                     cannot hold binary payloads; use a network adapter or format = \"json\"",
                     s.uri
                 )));
             }
@@ -185,11 +186,12 @@ impl Settings {
         Ok(s)
     }
 
-    fn adapter_config(&self) -> AdapterConfig<'_> {
+    fn adapter_config(&self, ctx: &BuildContext) -> AdapterConfig<'_> {
         AdapterConfig {
             uri: &self.uri,
             options: &self.options,
             timeout: self.timeout,
+            replica: ctx.replica,
         }
     }
 
@@ -251,7 +253,7 @@ impl Stage for Broker {
             if frame.frame_num % self.settings.frame_interval != 0 {
                 continue;
             }
-            if self.settings.payload == PayloadForm::Protobuf {
+            if self.settings.format == MessageFormat::Protobuf {
                 let message = msgconv::protobuf::frame_message(frame);
                 messages.push(Message {
                     key: frame.source_name.clone(),
@@ -500,16 +502,15 @@ mod tests {
     fn protobuf_payloads_refuse_json_only_settings() {
         let dir = tempfile::tempdir().unwrap();
         let check = |text: &str| (KIND.check)(&table(text), &ctx(dir.path()));
-        let e = check("uri = \"file://e.jsonl\"\npayload = \"protobuf\"\n")
+        let e = check("uri = \"file://e.jsonl\"\nformat = \"protobuf\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot hold binary payloads"), "{e}");
-        let e = check("uri = \"redis://127.0.0.1:1/s\"\npayload = \"protobuf\"\nschema = \"full\"\n")
-            .unwrap_err()
-            .to_string();
+        let with_schema = "uri = \"redis://h/s\"\nformat = \"protobuf\"\nschema = \"full\"\n";
+        let e = check(with_schema).unwrap_err().to_string();
         assert!(e.contains("`schema` does not apply"), "{e}");
-        check("uri = \"redis://127.0.0.1:1/s\"\npayload = \"protobuf\"\n").unwrap();
-        let e = check("uri = \"redis://127.0.0.1:1/s\"\npayload = \"xml\"\n")
+        check("uri = \"redis://127.0.0.1:1/s\"\nformat = \"protobuf\"\n").unwrap();
+        let e = check("uri = \"redis://127.0.0.1:1/s\"\nformat = \"xml\"\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("xml"), "{e}");

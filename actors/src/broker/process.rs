@@ -136,7 +136,11 @@ impl ProcessAdapter {
         })
     }
 
-    fn exchange(&mut self, running: &mut Running, messages: &[Message]) -> Result<(), PublishError> {
+    fn exchange(
+        &mut self,
+        running: &mut Running,
+        messages: &[Message],
+    ) -> Result<(), PublishError> {
         let mut requests = Vec::new();
         for m in messages {
             let text = std::str::from_utf8(&m.payload).ok();
@@ -255,14 +259,13 @@ mod tests {
     use super::*;
 
     fn adapter(script: &str) -> ProcessAdapter {
-        let options: toml::Table = toml::from_str(&format!(
-            "command = [\"python3\", \"-c\", '''{script}''']"
-        ))
-        .unwrap();
+        let options: toml::Table =
+            toml::from_str(&format!("command = [\"python3\", \"-c\", '''{script}''']")).unwrap();
         ProcessAdapter::new(&AdapterConfig {
             uri: "exec://test",
             options: &options,
             timeout: Duration::from_secs(5),
+            replica: 0,
         })
         .unwrap()
     }
@@ -301,7 +304,9 @@ mod tests {
 
     #[test]
     fn a_program_that_dies_or_babbles_is_unavailable_and_restarted() {
-        let mut a = adapter("import sys\nsys.stdin.readline()\nprint('{\"ok\": true}', flush=True)\nsys.exit(3)\n");
+        let mut a = adapter(
+            "import sys\nsys.stdin.readline()\nprint('{\"ok\": true}', flush=True)\nsys.exit(3)\n",
+        );
         let e = a.publish(&messages(3)).unwrap_err();
         assert_eq!((e.confirmed, e.kind), (1, ErrorKind::Unavailable));
         assert!(e.detail.contains("exited"), "{}", e.detail);
@@ -320,6 +325,7 @@ mod tests {
             uri: "exec://x",
             options: &options,
             timeout: Duration::from_secs(1),
+            replica: 0,
         })
         .unwrap();
         let e = a.publish(&messages(1)).unwrap_err();
@@ -330,6 +336,7 @@ mod tests {
             uri: "exec://x",
             options: &empty,
             timeout: Duration::from_secs(1),
+            replica: 0,
         };
         assert!(ProcessAdapter::new(&config).is_err());
         let config = AdapterConfig {

@@ -177,8 +177,12 @@ mod tests {
             uri: "redis://localhost/events",
             options: &options,
             timeout: Duration::from_secs(1),
+            replica: 0,
         };
         let err = RedisStream::new(&config).err().unwrap().to_string();
-        assert!(err.contains("redis options") && err.contains("max_len"), "{err}");
+        assert!(
+            err.contains("redis options") && err.contains("max_len"),
+            "{err}"
+        );
     }
 }

@@ -348,7 +348,9 @@ impl Spool {
 
 impl Inner {
     fn first_seq(&self) -> u64 {
-        self.segments.front().map_or(self.write_seq, |s| s.first_seq)
+        self.segments
+            .front()
+            .map_or(self.write_seq, |s| s.first_seq)
     }
 
     fn update_stats(&mut self) {
@@ -418,7 +420,11 @@ impl Inner {
     fn delete_confirmed_segments(&mut self) -> Result<(), StageError> {
         while self.segments.len() > 1 && self.segments[1].first_seq <= self.cursor {
             let s = self.segments.pop_front().expect("checked");
-            if self.reader.as_ref().is_some_and(|r| r.first_seq == s.first_seq) {
+            if self
+                .reader
+                .as_ref()
+                .is_some_and(|r| r.first_seq == s.first_seq)
+            {
                 self.reader = None;
             }
             remove(&s.path)?;
@@ -434,7 +440,11 @@ impl Inner {
         let s = self.segments.pop_front().expect("two segments");
         let next = self.segments.front().expect("one left").first_seq;
         let lost = next.saturating_sub(self.cursor.max(s.first_seq));
-        if self.reader.as_ref().is_some_and(|r| r.first_seq == s.first_seq) {
+        if self
+            .reader
+            .as_ref()
+            .is_some_and(|r| r.first_seq == s.first_seq)
+        {
             self.reader = None;
         }
         remove(&s.path)?;
@@ -555,7 +565,10 @@ fn write_cursor(dir: &Path, cursor: u64) -> Result<(), StageError> {
 /// Reads one record; a short or damaged one is an error naming the file.
 fn read_record(file: &mut impl Read, path: &Path) -> Result<Record, StageError> {
     let corrupt = |what: &str| {
-        StageError::Runtime(format!("spool segment {} is corrupt: {what}", path.display()))
+        StageError::Runtime(format!(
+            "spool segment {} is corrupt: {what}",
+            path.display()
+        ))
     };
     let mut header = [0u8; HEADER as usize];
     file.read_exact(&mut header)

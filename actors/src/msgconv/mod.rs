@@ -11,7 +11,7 @@
 //!   module sections from a msgconv config file ([`config`], [`full`]).
 //!
 //! Besides these JSON schemas, [`protobuf`] writes one binary `vidmesh.events.v1.Frame` per
-//! frame (`proto/vidmesh/events/v1/frame.proto`), the broker's `payload = "protobuf"`.
+//! frame (`proto/vidmesh/events/v1/frame.proto`), the broker's `format = "protobuf"`.
 
 pub mod config;
 pub mod full;
@@ -283,7 +283,10 @@ mod tests {
         round.ingest_ns = 1_700_000_000_120_000_000;
         let v: serde_json::Value =
             serde_json::from_str(&frame_payload(Schema::Minimal, &round)).unwrap();
-        assert_eq!(v["@timestamp"], "2023-11-14T22:13:20.120Z", "three digits, always");
+        assert_eq!(
+            v["@timestamp"], "2023-11-14T22:13:20.120Z",
+            "three digits, always"
+        );
         assert_eq!(v["objects"][0], "5|1.5|2|11.5|22|person");
         assert_eq!(v["objects"][1], "18446744073709551615|0|0|1|1|person");
     }

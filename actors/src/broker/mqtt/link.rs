@@ -78,14 +78,16 @@ pub(super) struct LinkError {
     pub detail: String,
 }
 
+/// One connection's client and event loop; the event loops are large (the v5 one over a
+/// kilobyte), hence boxed.
 pub(super) enum Link {
     V311 {
         client: rumqttc::AsyncClient,
-        events: rumqttc::EventLoop,
+        events: Box<rumqttc::EventLoop>,
     },
     V5 {
         client: v5::AsyncClient,
-        events: v5::EventLoop,
+        events: Box<v5::EventLoop>,
     },
 }
 
@@ -116,7 +118,10 @@ impl Link {
                 let mut network = rumqttc::NetworkOptions::new();
                 network.set_connection_timeout(connect_secs);
                 events.set_network_options(network);
-                Link::V311 { client, events }
+                Link::V311 {
+                    client,
+                    events: Box::new(events),
+                }
             }
             Protocol::V5 => {
                 let mut options =
@@ -136,7 +141,10 @@ impl Link {
                     ));
                 }
                 let (client, events) = v5::AsyncClient::new(options, REQUESTS_AHEAD);
-                Link::V5 { client, events }
+                Link::V5 {
+                    client,
+                    events: Box::new(events),
+                }
             }
         }
     }

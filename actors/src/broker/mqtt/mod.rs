@@ -256,7 +256,7 @@ pub fn open(config: &AdapterConfig) -> Result<MqttPublisher<TopicTemplate>, Stag
             ))
         }
         Some(id) => id,
-        None => default_client_id(&target.display),
+        None => default_client_id(&target.display, config.replica),
     };
     let client = ClientSettings {
         host: target.host.clone(),
@@ -278,12 +278,13 @@ pub fn open(config: &AdapterConfig) -> Result<MqttPublisher<TopicTemplate>, Stag
     Ok(MqttPublisher::new(TopicTemplate { target, login }, client))
 }
 
-/// `vidmesh-` and 12 hex digits of a hash of the (masked) URI: the same for every run of a
-/// stage, so broker-side ACLs and monitoring can name it, and different for stages that
-/// publish to different topics.
-fn default_client_id(display: &str) -> String {
+/// `vidmesh-` and 12 hex digits of a hash of the (masked) URI and the replica number: the same
+/// for every run of a stage replica, so broker-side ACLs and monitoring can name it, and
+/// different for stages that publish to different topics and for replicas of one stage (a
+/// broker disconnects a client whose id another client takes).
+fn default_client_id(display: &str, replica: u32) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(display.as_bytes());
+    let digest = sha2::Sha256::digest(format!("{display}#{replica}").as_bytes());
     let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
     format!("vidmesh-{hex}")
 }
@@ -357,7 +358,7 @@ fn pem_blocks(pem: &[u8], label: &str) -> Vec<Vec<u8>> {
             break;
         };
         let stop = start + stop + end.len();
-        blocks.push(rest[start..stop].as_bytes().to_vec());
+        blocks.push(rest.as_bytes()[start..stop].to_vec());
         rest = &rest[stop..];
     }
     blocks
@@ -475,24 +476,24 @@ impl<D: Dialect> Adapter for MqttPublisher<D> {
         if messages.is_empty() {
             return Ok(());
         }
-        if self.runtime.is_none() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| {
-                    PublishError::new(
-                        0,
-                        ErrorKind::Unavailable,
-                        format!(
-                            "cannot start the MQTT client for {}: {e}",
-                            self.settings.display
-                        ),
-                    )
-                })?;
-            self.runtime = Some(runtime);
-        }
-        let Some(runtime) = &self.runtime else {
-            unreachable!("the runtime was started above")
+        let runtime = match &mut self.runtime {
+            Some(runtime) => runtime,
+            slot @ None => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        PublishError::new(
+                            0,
+                            ErrorKind::Unavailable,
+                            format!(
+                                "cannot start the MQTT client for {}: {e}",
+                                self.settings.display
+                            ),
+                        )
+                    })?;
+                slot.insert(runtime)
+            }
         };
         // A connection nobody polled for a keep-alive period may have been dropped by the
         // broker, and one whose credentials are about to expire soon will be: start afresh
@@ -694,18 +695,20 @@ impl Connection {
                         keep_connection: false,
                     })
                 }
-                Err(_) => return Err(RunFailure {
-                    error: PublishError::new(
-                        prefix,
-                        ErrorKind::Unavailable,
-                        format!(
+                Err(_) => {
+                    return Err(RunFailure {
+                        error: PublishError::new(
+                            prefix,
+                            ErrorKind::Unavailable,
+                            format!(
                             "{} did not confirm within {} ({prefix} of {total} messages confirmed)",
                             settings.display,
                             humantime_serde::re::humantime::format_duration(settings.timeout)
                         ),
-                    ),
-                    keep_connection: false,
-                }),
+                        ),
+                        keep_connection: false,
+                    })
+                }
             };
             match step {
                 Step::Written(pkid) => {
@@ -800,6 +803,7 @@ mod tests {
             uri,
             options,
             timeout: Duration::from_secs(2),
+            replica: 0,
         }
     }
 

@@ -114,7 +114,11 @@ fn a_damaged_byte_in_the_last_segment_ends_it_there() {
     std::fs::write(&segment, &bytes).unwrap();
     let spool = open(dir.path());
     let records = read_all(&spool);
-    assert!(records.len() < 5 && !records.is_empty(), "{}", records.len());
+    assert!(
+        records.len() < 5 && !records.is_empty(),
+        "{}",
+        records.len()
+    );
     assert_eq!(ids(&records), (0..records.len() as u64).collect::<Vec<_>>());
 }
 
@@ -162,7 +166,10 @@ fn fail_policy_names_the_spool_and_the_setting() {
         .append(&messages(0..100), |_| {})
         .unwrap_err()
         .to_string();
-    assert!(err.contains("is full") && err.contains("spool_max_mb"), "{err}");
+    assert!(
+        err.contains("is full") && err.contains("spool_max_mb"),
+        "{err}"
+    );
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
 }
 
@@ -195,7 +202,9 @@ fn block_policy_waits_for_confirmations_and_loses_nothing() {
         std::thread::spawn(move || {
             let mut seen = Vec::new();
             while seen.len() < 200 {
-                let batch = spool.read(10, usize::MAX, Duration::from_millis(50)).unwrap();
+                let batch = spool
+                    .read(10, usize::MAX, Duration::from_millis(50))
+                    .unwrap();
                 if let Some(last) = batch.last() {
                     spool.commit(last.seq + 1).unwrap();
                 }
@@ -219,7 +228,10 @@ fn garbage_in_the_directory_is_a_clear_error_not_a_panic() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("cursor") && err.contains("not a number"), "{err}");
+    assert!(
+        err.contains("cursor") && err.contains("not a number"),
+        "{err}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("00000000000000000000.seg"), [0xffu8; 64]).unwrap();
