@@ -154,14 +154,13 @@ fn a_broker_outage_mid_run_loses_nothing() {
     std::thread::sleep(Duration::from_secs(4));
     let before = kafka.consume("events", 1, None).len();
     kafka.stop();
-    let outage = Instant::now();
     std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        !run.is_finished(),
+        "the run is still going when the broker comes back"
+    );
     kafka.restart();
     let summary = run.join().expect("the run finishes");
-    assert!(
-        outage.elapsed() > Duration::from_secs(11),
-        "the run was still going when the broker came back"
-    );
     assert_eq!(before, 1, "events were flowing before the outage");
     assert_eq!(summary.fact("events", "messages"), Some("1200"));
     assert_eq!(summary.fact("events", "delivered"), Some("1200"));

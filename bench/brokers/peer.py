@@ -60,7 +60,7 @@ def mqtt(target, messages):
     host, port = hostport.split(":")
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="vidmesh-bench-peer",
                          protocol=paho.MQTTv311)
-    client.max_inflight_messages_set(256)
+    client.max_inflight_messages_set(100)  # the same window as vidmesh's default
     client.max_queued_messages_set(0)
     client.connect(host, int(port))
     client.loop_start()

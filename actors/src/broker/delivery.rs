@@ -15,8 +15,8 @@ use crate::stage::StageError;
 
 /// Messages per [`Adapter::publish`] call: large enough to batch well, small enough that a
 /// failed run costs little to send again.
-const RUN_MESSAGES: usize = 256;
-const RUN_BYTES: usize = 4 << 20;
+const RUN_MESSAGES: usize = 2048;
+const RUN_BYTES: usize = 8 << 20;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
