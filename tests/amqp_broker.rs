@@ -9,70 +9,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vidmesh_tests::amqp::{Consumed, RabbitMq, PASSWORD, USER};
-use vidmesh_tests::events::{assert_valid, Format};
+use vidmesh_tests::events::{
+    assert_refused, assert_valid, beside_file_topology, clip_uri, meta_frames, meta_lines, Format,
+};
 use vidmesh_tests::make_clip;
 use vidmesh_tests::rtsp::RtspServer;
-
-/// A topology: each `(id, uri)` source feeds a mux; the mux feeds the AMQP broker stage
-/// `events` (`events` holds its uri, options...) and, to show the rest of the pipeline is
-/// unaffected by RabbitMQ's troubles, a `file://` broker stage `meta`.
-fn topology(dir: &Path, sources: &[(&str, &str)], events: &str) -> PathBuf {
-    let mut text = String::from(
-        "[pipeline]\nname = \"amqp\"\n\
-         links = [[\"sources\", \"mux\"], [\"mux\", \"events\"], [\"mux\", \"meta\"]]\n\n",
-    );
-    for (id, uri) in sources {
-        text.push_str(&format!(
-            "[[source]]\nid = \"{id}\"\nuri = \"{uri}\"\ntimeout = \"10s\"\n\n"
-        ));
-    }
-    text.push_str(&format!(
-        "[stage]\nmux = {{ kind = \"mux\", batch_size = {} }}\n\
-         meta = {{ kind = \"broker\", uri = \"file://{}/meta.jsonl\", schema = \"minimal\" }}\n\
-         events = {{ kind = \"broker\", schema = \"minimal\", spool = \"{}/spool\", {events} }}\n",
-        sources.len(),
-        dir.display(),
-        dir.display(),
-    ));
-    let path = dir.join("amqp.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A clip of `frames` frames and a file:// URI for it.
-fn clip(dir: &Path, frames: u32) -> String {
-    let path = dir.join("clip.mp4");
-    make_clip(&path, frames, 320, 240, false);
-    format!("file://{}", path.display())
-}
-
-/// The lines of the `file://` output, i.e. what the rest of the pipeline produced.
-fn meta_lines(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("meta.jsonl"))
-        .unwrap()
-        .lines()
-        .count()
-}
-
-/// Per sensor, the frame numbers the `file://` output got, in order: what the pipeline
-/// produced, which every broker must receive.
-fn meta_frames(dir: &Path) -> BTreeMap<String, Vec<u64>> {
-    let mut frames: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for line in std::fs::read_to_string(dir.join("meta.jsonl"))
-        .unwrap()
-        .lines()
-    {
-        let payload: serde_json::Value = serde_json::from_str(line).unwrap();
-        let sensor = payload["sensorId"].as_str().unwrap().to_string();
-        let frame = payload["id"].as_str().unwrap().parse().unwrap();
-        frames.entry(sensor).or_default().push(frame);
-    }
-    frames
-}
 
 /// Validates a message against DeepStream's minimal schema and what the adapter promises
 /// (routing key and `sensorId` header = the payload's sensor, persistent, JSON), and returns
@@ -136,9 +80,10 @@ fn every_frame_reaches_rabbitmq_once_in_order_per_sensor() {
     let rabbit = RabbitMq::start();
     rabbit.declare_queue("analytics", "amq.topic", "#");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 75);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 75);
+    let path = beside_file_topology(
         scratch.path(),
+        "amqp",
         &[("cam-a", &uri), ("cam-b", &uri)],
         &format!("uri = \"{}\", timeout = \"2s\"", rabbit.uri()),
     );
@@ -170,8 +115,9 @@ fn a_broker_outage_mid_run_loses_nothing() {
     let camera = scratch.path().join("camera.mp4");
     make_clip(&camera, 600, 320, 240, false);
     let server = RtspServer::serve(&camera, None);
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "amqp",
         &[("cam-a", &server.url), ("cam-b", &server.url)],
         &format!(
             "uri = \"{}\", timeout = \"1s\", drain_timeout = \"60s\"",
@@ -227,36 +173,27 @@ fn a_broker_outage_mid_run_loses_nothing() {
     );
 }
 
-/// The run goes on without RabbitMQ: the file output gets every frame, the broker stage
-/// reports one clear error naming the destination, and nothing is lost: the messages stay in
-/// the spool.
-fn assert_refused(summary: &vidmesh::RunSummary, dir: &Path, frames: usize, why: &str) {
-    assert_eq!(meta_lines(dir), frames, "the rest of the pipeline ran");
-    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
-    let error = &summary.errors[0];
-    assert!(
-        error.starts_with("stage `events` (broker)") && error.contains(why),
-        "{error}"
-    );
-    assert!(error.contains("kept in the spool"), "{error}");
-}
-
 #[test]
 fn wrong_credentials_are_refused_clearly_and_nothing_is_lost() {
     let rabbit = RabbitMq::start();
     rabbit.declare_queue("analytics", "amq.topic", "#");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
+    let uri = clip_uri(scratch.path(), 20);
     let events = |password: &str| {
         format!(
             "uri = \"{}\", timeout = \"2s\", drain_timeout = \"10s\"",
             rabbit.uri_as(USER, password)
         )
     };
-    let path = topology(scratch.path(), &[("cam", &uri)], &events("wrong-password"));
+    let path = beside_file_topology(
+        scratch.path(),
+        "amqp",
+        &[("cam", &uri)],
+        &events("wrong-password"),
+    );
     let started = Instant::now();
     let summary = common::run_file(&path);
-    assert_refused(&summary, scratch.path(), 20, "ACCESS_REFUSED");
+    assert_refused(&summary.errors, scratch.path(), 20, "ACCESS_REFUSED");
     // A refusal ends the drain early instead of waiting out drain_timeout.
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -277,7 +214,7 @@ fn wrong_credentials_are_refused_clearly_and_nothing_is_lost() {
 
     // With the right password the spooled messages of the refused run go out first, then
     // this run's: frames 0..20 twice, distinct events (different timestamps), same ids.
-    let path = topology(scratch.path(), &[("cam", &uri)], &events(PASSWORD));
+    let path = beside_file_topology(scratch.path(), "amqp", &[("cam", &uri)], &events(PASSWORD));
     let summary = common::run_ok(&path);
     assert_eq!(summary.fact("events", "delivered"), Some("40"));
     let consumed = rabbit.drain("analytics", 40);
@@ -290,9 +227,10 @@ fn wrong_credentials_are_refused_clearly_and_nothing_is_lost() {
 fn a_missing_exchange_or_an_unbound_routing_key_is_refused_clearly() {
     let rabbit = RabbitMq::start();
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 20);
+    let path = beside_file_topology(
         scratch.path(),
+        "amqp",
         &[("cam", &uri)],
         &format!(
             "uri = \"{}\", timeout = \"2s\", drain_timeout = \"10s\", \
@@ -301,7 +239,7 @@ fn a_missing_exchange_or_an_unbound_routing_key_is_refused_clearly() {
         ),
     );
     let summary = common::run_file(&path);
-    assert_refused(&summary, scratch.path(), 20, "NOT_FOUND");
+    assert_refused(&summary.errors, scratch.path(), 20, "NOT_FOUND");
     assert!(
         summary.errors[0].contains("no-such-exchange"),
         "{}",
@@ -311,10 +249,11 @@ fn a_missing_exchange_or_an_unbound_routing_key_is_refused_clearly() {
     // The exchange exists but no queue is bound for this camera: with `mandatory` (the
     // default) the broker returns the message, which is reported instead of vanishing.
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
+    let uri = clip_uri(scratch.path(), 20);
     rabbit.declare_queue("other-cameras", "amq.topic", "cam-other");
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "amqp",
         &[("cam", &uri)],
         &format!(
             "uri = \"{}\", timeout = \"2s\", drain_timeout = \"10s\"",
@@ -322,7 +261,7 @@ fn a_missing_exchange_or_an_unbound_routing_key_is_refused_clearly() {
         ),
     );
     let summary = common::run_file(&path);
-    assert_refused(&summary, scratch.path(), 20, "unroutable");
+    assert_refused(&summary.errors, scratch.path(), 20, "unroutable");
     // Once a consumer binds a queue, the next run delivers the spooled messages, then its own.
     rabbit.declare_queue("analytics", "amq.topic", "#");
     let summary = common::run_ok(&path);
@@ -335,13 +274,14 @@ fn oversized_messages_are_set_aside_and_the_rest_delivered() {
     let rabbit = RabbitMq::start_with(&["max_message_size = 1000"]);
     rabbit.declare_queue("analytics", "amq.topic", "events.#");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
+    let uri = clip_uri(scratch.path(), 20);
     // The sensor id is repeated in every message, so a long one makes each of that camera's
     // messages larger than the 1000 bytes the broker accepts. (A fixed routing key: a
     // 1000-byte one would be refused by AMQP itself, which is another test.)
     let long = format!("cam-{}", "x".repeat(1000));
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "amqp",
         &[("cam", &uri), (&long, &uri)],
         &format!(
             "uri = \"{}\", timeout = \"2s\", drain_timeout = \"20s\", \
@@ -379,10 +319,11 @@ fn tls_checks_the_brokers_certificate() {
     let rabbit = RabbitMq::start_tls();
     rabbit.declare_queue("analytics", "amq.topic", "#");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
+    let uri = clip_uri(scratch.path(), 20);
     // Without the CA that issued the broker's certificate the connection is not trusted...
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "amqp",
         &[("cam", &uri)],
         &format!(
             "uri = \"{}\", timeout = \"2s\", drain_timeout = \"3s\"",
@@ -400,8 +341,9 @@ fn tls_checks_the_brokers_certificate() {
     assert!(error.contains("certificate"), "{error}");
     assert!(error.contains("kept in the spool"), "{error}");
     // ...with it, the spooled messages and this run's go out over TLS.
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "amqp",
         &[("cam", &uri)],
         &format!(
             "uri = \"{}\", timeout = \"2s\", options = {{ ca_file = \"{}\" }}",

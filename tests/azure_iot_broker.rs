@@ -10,46 +10,15 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use vidmesh_tests::events::{assert_valid, Format};
-use vidmesh_tests::make_clip;
+use vidmesh_tests::events::{assert_valid, beside_file_topology, clip_uri, Format};
 use vidmesh_tests::mqtt::Mosquitto;
 
 /// A made-up device key: base64 of the 32 bytes "vidmesh-test-device-key-32bytes!".
 const KEY: &str = "dmlkbWVzaC10ZXN0LWRldmljZS1rZXktMzJieXRlcyE=";
-
-/// Each `(id, uri)` source feeds a mux, the mux the Azure IoT broker stage `events` and a
-/// `file://` broker stage `meta`.
-fn topology(dir: &Path, sources: &[(&str, &str)], events: &str) -> PathBuf {
-    let mut text = String::from(
-        "[pipeline]\nname = \"azure\"\n\
-         links = [[\"sources\", \"mux\"], [\"mux\", \"events\"], [\"mux\", \"meta\"]]\n\n",
-    );
-    for (id, uri) in sources {
-        text.push_str(&format!("[[source]]\nid = \"{id}\"\nuri = \"{uri}\"\n\n"));
-    }
-    text.push_str(&format!(
-        "[stage]\nmux = {{ kind = \"mux\", batch_size = {} }}\n\
-         meta = {{ kind = \"broker\", uri = \"file://{}/meta.jsonl\", schema = \"minimal\" }}\n\
-         events = {{ kind = \"broker\", schema = \"minimal\", spool = \"{}/spool\", {events} }}\n",
-        sources.len(),
-        dir.display(),
-        dir.display(),
-    ));
-    let path = dir.join("azure.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn clip(dir: &Path, frames: u32) -> String {
-    let path = dir.join("clip.mp4");
-    make_clip(&path, frames, 320, 240, false);
-    format!("file://{}", path.display())
-}
 
 /// Splits an IoT Hub property bag (`a=1&b=2`, URL-encoded) into decoded pairs.
 fn property_bag(bag: &str) -> BTreeMap<String, String> {
@@ -82,9 +51,10 @@ fn events_reach_the_device_topic_with_iot_hubs_property_bag() {
     let mosquitto = Mosquitto::start();
     mosquitto.subscribe("reader", "devices/+/messages/events/#", "3.1.1");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 30);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 30);
+    let path = beside_file_topology(
         scratch.path(),
+        "azure",
         &[("cam-a", &uri), ("cam-b", &uri)],
         &format!(
             "uri = \"azure-iot://127.0.0.1/edge-box-1\", timeout = \"2s\", \
@@ -235,9 +205,10 @@ fn the_password_is_a_sas_token_signed_with_the_device_key() {
         }
     });
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 5);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 5);
+    let path = beside_file_topology(
         scratch.path(),
+        "azure",
         &[("cam", &uri)],
         &format!(
             "uri = \"azure-iot://\", timeout = \"2s\", drain_timeout = \"10s\", options = {{ \

@@ -7,54 +7,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vidmesh_tests::events::{assert_valid, Format};
+use vidmesh_tests::events::{
+    assert_refused, assert_valid, beside_file_topology, clip_uri, meta_lines, Format,
+};
 use vidmesh_tests::kafka::{Consumed, KafkaBroker};
 use vidmesh_tests::make_clip;
 use vidmesh_tests::rtsp::RtspServer;
-
-/// A topology: each `(id, uri)` source feeds a mux; the mux feeds the Kafka broker stage
-/// `events` and, to show the rest of the pipeline is unaffected by Kafka's troubles, a
-/// `file://` broker stage `meta`.
-fn topology(dir: &Path, sources: &[(&str, &str)], events: &str) -> PathBuf {
-    let mut text = String::from(
-        "[pipeline]\nname = \"kafka\"\n\
-         links = [[\"sources\", \"mux\"], [\"mux\", \"events\"], [\"mux\", \"meta\"]]\n\n",
-    );
-    for (id, uri) in sources {
-        text.push_str(&format!(
-            "[[source]]\nid = \"{id}\"\nuri = \"{uri}\"\ntimeout = \"10s\"\n\n"
-        ));
-    }
-    text.push_str(&format!(
-        "[stage]\nmux = {{ kind = \"mux\", batch_size = {} }}\n\
-         meta = {{ kind = \"broker\", uri = \"file://{}/meta.jsonl\", schema = \"minimal\" }}\n\
-         events = {{ kind = \"broker\", schema = \"minimal\", spool = \"{}/spool\", {events} }}\n",
-        sources.len(),
-        dir.display(),
-        dir.display(),
-    ));
-    let path = dir.join("kafka.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A clip of `frames` frames at 30 fps and a file:// URI for it.
-fn clip(dir: &Path, frames: u32) -> String {
-    let path = dir.join("clip.mp4");
-    make_clip(&path, frames, 320, 240, false);
-    format!("file://{}", path.display())
-}
-
-/// The lines of the `file://` output, i.e. what the rest of the pipeline produced.
-fn meta_lines(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("meta.jsonl"))
-        .unwrap()
-        .lines()
-        .count()
-}
 
 /// Validates a payload against the JSON Schema of DeepStream's minimal format and returns its
 /// frame number.
@@ -100,9 +60,10 @@ fn every_frame_reaches_kafka_once_in_order_per_sensor() {
     let kafka = KafkaBroker::start();
     kafka.create_topic("vidmesh-events", 3);
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 75);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 75);
+    let path = beside_file_topology(
         scratch.path(),
+        "kafka",
         &[("cam-a", &uri), ("cam-b", &uri)],
         &format!(
             "uri = \"kafka://{}/vidmesh-events\", timeout = \"2s\"",
@@ -142,8 +103,9 @@ fn a_broker_outage_mid_run_loses_nothing() {
     let camera = scratch.path().join("camera.mp4");
     make_clip(&camera, 600, 320, 240, false);
     let server = RtspServer::serve(&camera, None);
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "kafka",
         &[("cam-a", &server.url), ("cam-b", &server.url)],
         &format!(
             "uri = \"kafka://{}/events\", timeout = \"1s\", drain_timeout = \"60s\"",
@@ -181,20 +143,6 @@ fn a_broker_outage_mid_run_loses_nothing() {
     );
 }
 
-/// The run goes on without Kafka: the file output gets every frame, the broker stage reports
-/// one clear error naming the destination (password masked), and nothing is lost: the
-/// messages stay in the spool.
-fn assert_kafka_refused(summary: &vidmesh::RunSummary, dir: &Path, frames: usize, why: &str) {
-    assert_eq!(meta_lines(dir), frames, "the rest of the pipeline ran");
-    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
-    let error = &summary.errors[0];
-    assert!(
-        error.starts_with("stage `events` (broker)") && error.contains(why),
-        "{error}"
-    );
-    assert!(error.contains("kept in the spool"), "{error}");
-}
-
 #[test]
 fn wrong_credentials_are_refused_clearly() {
     let mut kafka = KafkaBroker::start();
@@ -202,7 +150,7 @@ fn wrong_credentials_are_refused_clearly() {
     kafka.create_topic("events", 1);
     kafka.require_authentication("vidmesh", "right-password");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
+    let uri = clip_uri(scratch.path(), 20);
     let events = |password: &str| {
         format!(
             "uri = \"kafka://vidmesh:{password}@{}/events\", timeout = \"2s\", \
@@ -210,9 +158,14 @@ fn wrong_credentials_are_refused_clearly() {
             kafka.bootstrap()
         )
     };
-    let path = topology(scratch.path(), &[("cam", &uri)], &events("wrong-password"));
+    let path = beside_file_topology(
+        scratch.path(),
+        "kafka",
+        &[("cam", &uri)],
+        &events("wrong-password"),
+    );
     let summary = common::run_file(&path);
-    assert_kafka_refused(&summary, scratch.path(), 20, "Authentication");
+    assert_refused(&summary.errors, scratch.path(), 20, "Authentication");
     let error = &summary.errors[0];
     assert!(error.contains("kafka://vidmesh:***@127.0.0.1"), "{error}");
     assert!(!error.contains("wrong-password"), "{error}");
@@ -226,7 +179,12 @@ fn wrong_credentials_are_refused_clearly() {
     // With the right password the spooled messages of the refused run go out first, then
     // this run's: frames 0..20 of the same camera twice, as two sets of events (their ids
     // include the ingest time).
-    let path = topology(scratch.path(), &[("cam", &uri)], &events("right-password"));
+    let path = beside_file_topology(
+        scratch.path(),
+        "kafka",
+        &[("cam", &uri)],
+        &events("right-password"),
+    );
     let summary = common::run_ok(&path);
     assert_eq!(summary.fact("events", "delivered"), Some("40"));
     let consumed = kafka.consume("events", 40, None);
@@ -241,9 +199,10 @@ fn wrong_credentials_are_refused_clearly() {
 fn an_unknown_topic_is_refused_clearly() {
     let kafka = KafkaBroker::start();
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 20);
+    let path = beside_file_topology(
         scratch.path(),
+        "kafka",
         &[("cam", &uri)],
         &format!(
             "uri = \"kafka://{}/no-such-topic\", timeout = \"2s\", drain_timeout = \"10s\"",
@@ -252,7 +211,7 @@ fn an_unknown_topic_is_refused_clearly() {
     );
     let started = Instant::now();
     let summary = common::run_file(&path);
-    assert_kafka_refused(&summary, scratch.path(), 20, "Unknown topic");
+    assert_refused(&summary.errors, scratch.path(), 20, "Unknown topic");
     // A refusal ends the drain early instead of waiting out drain_timeout.
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -266,12 +225,13 @@ fn oversized_messages_are_set_aside_and_the_rest_delivered() {
     let kafka = KafkaBroker::start();
     kafka.create_topic("events", 2);
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
+    let uri = clip_uri(scratch.path(), 20);
     // The sensor id is repeated in every message, so a long one makes each of that camera's
     // messages larger than the 1000 bytes the producer is told to allow.
     let long = format!("cam-{}", "x".repeat(1000));
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "kafka",
         &[("cam", &uri), (&long, &uri)],
         &format!(
             "uri = \"kafka://{}/events\", timeout = \"2s\", drain_timeout = \"20s\", \
@@ -324,9 +284,10 @@ fn two_consumer_groups_each_read_every_event() {
     let kafka = KafkaBroker::start();
     kafka.create_topic("events", 3);
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 30);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 30);
+    let path = beside_file_topology(
         scratch.path(),
+        "kafka",
         &[("cam-a", &uri), ("cam-b", &uri)],
         &format!("uri = \"kafka://{}/events\"", kafka.bootstrap()),
     );

@@ -7,54 +7,14 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vidmesh_tests::events::{assert_valid, Format};
+use vidmesh_tests::events::{
+    assert_refused, assert_valid, beside_file_topology, clip_uri, meta_lines, Format,
+};
 use vidmesh_tests::make_clip;
 use vidmesh_tests::mqtt::{Mosquitto, MosquittoConfig, Received};
 use vidmesh_tests::rtsp::RtspServer;
-
-/// A topology: each `(id, uri)` source feeds a mux; the mux feeds the MQTT broker stage
-/// `events` and, to show the rest of the pipeline is unaffected by the broker's troubles, a
-/// `file://` broker stage `meta`.
-fn topology(dir: &Path, sources: &[(&str, &str)], events: &str) -> PathBuf {
-    let mut text = String::from(
-        "[pipeline]\nname = \"mqtt\"\n\
-         links = [[\"sources\", \"mux\"], [\"mux\", \"events\"], [\"mux\", \"meta\"]]\n\n",
-    );
-    for (id, uri) in sources {
-        text.push_str(&format!(
-            "[[source]]\nid = \"{id}\"\nuri = \"{uri}\"\ntimeout = \"10s\"\n\n"
-        ));
-    }
-    text.push_str(&format!(
-        "[stage]\nmux = {{ kind = \"mux\", batch_size = {} }}\n\
-         meta = {{ kind = \"broker\", uri = \"file://{}/meta.jsonl\", schema = \"minimal\" }}\n\
-         events = {{ kind = \"broker\", schema = \"minimal\", spool = \"{}/spool\", {events} }}\n",
-        sources.len(),
-        dir.display(),
-        dir.display(),
-    ));
-    let path = dir.join("mqtt.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// A clip of `frames` frames at 30 fps and a file:// URI for it.
-fn clip(dir: &Path, frames: u32) -> String {
-    let path = dir.join("clip.mp4");
-    make_clip(&path, frames, 320, 240, false);
-    format!("file://{}", path.display())
-}
-
-/// The lines of the `file://` output, i.e. what the rest of the pipeline produced.
-fn meta_lines(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("meta.jsonl"))
-        .unwrap()
-        .lines()
-        .count()
-}
 
 /// Validates a message against DeepStream's minimal schema and returns its sensor id and
 /// frame number.
@@ -97,9 +57,10 @@ fn every_frame_reaches_mqtt_5_once_on_its_sensors_topic_in_order() {
     let mosquitto = Mosquitto::start();
     mosquitto.subscribe("reader", "vidmesh/+/events", "5");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 75);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 75);
+    let path = beside_file_topology(
         scratch.path(),
+        "mqtt",
         &[("cam-a", &uri), ("cam-b", &uri)],
         &format!(
             "uri = \"mqtt://127.0.0.1:{}/vidmesh/{{sensor}}/events\", timeout = \"2s\", \
@@ -137,9 +98,10 @@ fn mqtt_3_1_1_with_qos_2_delivers_every_frame_in_order() {
     let mosquitto = Mosquitto::start();
     mosquitto.subscribe("reader", "events", "3.1.1");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 60);
-    let path = topology(
+    let uri = clip_uri(scratch.path(), 60);
+    let path = beside_file_topology(
         scratch.path(),
+        "mqtt",
         &[("cam", &uri)],
         &format!(
             "uri = \"mqtt://127.0.0.1:{}/events\", timeout = \"2s\", \
@@ -178,8 +140,9 @@ fn a_broker_outage_mid_run_loses_nothing() {
     let camera = scratch.path().join("camera.mp4");
     make_clip(&camera, 600, 320, 240, false);
     let server = RtspServer::serve(&camera, None);
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "mqtt",
         &[("cam-a", &server.url), ("cam-b", &server.url)],
         &format!(
             "uri = \"mqtt://127.0.0.1:{}/events/{{sensor}}\", timeout = \"1s\", \
@@ -222,20 +185,6 @@ fn a_broker_outage_mid_run_loses_nothing() {
     );
 }
 
-/// The run goes on without the broker: the file output gets every frame, the broker stage
-/// reports one clear error naming the destination (password masked), and nothing is lost: the
-/// messages stay in the spool.
-fn assert_refused(summary: &vidmesh::RunSummary, dir: &Path, frames: usize, why: &str) {
-    assert_eq!(meta_lines(dir), frames, "the rest of the pipeline ran");
-    assert_eq!(summary.errors.len(), 1, "{:?}", summary.errors);
-    let error = &summary.errors[0];
-    assert!(
-        error.starts_with("stage `events` (broker)") && error.contains(why),
-        "{error}"
-    );
-    assert!(error.contains("kept in the spool"), "{error}");
-}
-
 #[test]
 fn wrong_credentials_are_refused_clearly() {
     let mosquitto = Mosquitto::start_with(MosquittoConfig {
@@ -247,7 +196,7 @@ fn wrong_credentials_are_refused_clearly() {
     });
     mosquitto.subscribe("reader", "events", "3.1.1");
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
+    let uri = clip_uri(scratch.path(), 20);
     let events = |password: &str| {
         format!(
             "uri = \"mqtt://vidmesh:{password}@127.0.0.1:{}/events\", timeout = \"2s\", \
@@ -256,9 +205,19 @@ fn wrong_credentials_are_refused_clearly() {
         )
     };
     let started = Instant::now();
-    let path = topology(scratch.path(), &[("cam", &uri)], &events("wrong-password"));
+    let path = beside_file_topology(
+        scratch.path(),
+        "mqtt",
+        &[("cam", &uri)],
+        &events("wrong-password"),
+    );
     let summary = common::run_file(&path);
-    assert_refused(&summary, scratch.path(), 20, "refused the connection");
+    assert_refused(
+        &summary.errors,
+        scratch.path(),
+        20,
+        "refused the connection",
+    );
     let error = &summary.errors[0];
     assert!(
         error.contains("not authorised") || error.contains("bad user name or password"),
@@ -281,7 +240,12 @@ fn wrong_credentials_are_refused_clearly() {
 
     // With the right password the spooled messages of the refused run go out first, then
     // this run's.
-    let path = topology(scratch.path(), &[("cam", &uri)], &events("right-password"));
+    let path = beside_file_topology(
+        scratch.path(),
+        "mqtt",
+        &[("cam", &uri)],
+        &events("right-password"),
+    );
     let summary = common::run_ok(&path);
     assert_eq!(summary.fact("events", "delivered"), Some("40"));
     let received = mosquitto.consume("reader", "events", "3.1.1", 40);
@@ -294,10 +258,11 @@ fn wrong_credentials_are_refused_clearly() {
 /// larger than 1000 bytes, and checks that exactly the large ones were set aside.
 fn oversized_run(mosquitto: &Mosquitto, protocol: &str, options: &str, why: &str) {
     let scratch = tempfile::tempdir().unwrap();
-    let uri = clip(scratch.path(), 20);
+    let uri = clip_uri(scratch.path(), 20);
     let long = format!("cam-{}", "x".repeat(1000));
-    let path = topology(
+    let path = beside_file_topology(
         scratch.path(),
+        "mqtt",
         &[("cam", &uri), (&long, &uri)],
         &format!(
             "uri = \"mqtt://127.0.0.1:{}/events\", timeout = \"2s\", drain_timeout = \"20s\", \

@@ -89,6 +89,88 @@ pub fn broker_topology(
     path
 }
 
+/// A topology in `dir` for the adapters' tests: each `(id, uri)` source feeds a mux, and the
+/// mux feeds both the broker stage under test, `events` (`events` holds its `uri`,
+/// `options`...; schema minimal, spool in `dir`), and a `file://` broker stage `meta`, whose
+/// output ([`meta_lines`], [`meta_frames`]) shows what the rest of the pipeline produced
+/// whatever the broker's troubles. `name` names the pipeline and the file.
+pub fn beside_file_topology(
+    dir: &std::path::Path,
+    name: &str,
+    sources: &[(&str, &str)],
+    events: &str,
+) -> PathBuf {
+    let mut text = format!(
+        "[pipeline]\nname = \"{name}\"\n\
+         links = [[\"sources\", \"mux\"], [\"mux\", \"events\"], [\"mux\", \"meta\"]]\n\n"
+    );
+    for (id, uri) in sources {
+        text.push_str(&format!(
+            "[[source]]\nid = \"{id}\"\nuri = \"{uri}\"\ntimeout = \"10s\"\n\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[stage]\nmux = {{ kind = \"mux\", batch_size = {} }}\n\
+         meta = {{ kind = \"broker\", uri = \"file://{}/meta.jsonl\", schema = \"minimal\" }}\n\
+         events = {{ kind = \"broker\", schema = \"minimal\", spool = \"{}/spool\", {events} }}\n",
+        sources.len(),
+        dir.display(),
+        dir.display(),
+    ));
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("writable scratch directory");
+    path
+}
+
+/// A 320x240 clip of `frames` frames at 30 fps in `dir`, as a file:// URI.
+pub fn clip_uri(dir: &std::path::Path, frames: u32) -> String {
+    let path = dir.join("clip.mp4");
+    crate::make_clip(&path, frames, 320, 240, false);
+    format!("file://{}", path.display())
+}
+
+fn meta_payloads(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("meta.jsonl"))
+        .expect("the file:// broker wrote meta.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON lines"))
+        .collect()
+}
+
+/// How many messages the `file://` stage of [`beside_file_topology`] wrote.
+pub fn meta_lines(dir: &std::path::Path) -> usize {
+    meta_payloads(dir).len()
+}
+
+/// Per sensor, the frame numbers the `file://` stage of [`beside_file_topology`] wrote, in
+/// order: what the pipeline produced, which the broker under test must deliver.
+pub fn meta_frames(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let mut frames: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for payload in meta_payloads(dir) {
+        let sensor = payload["sensorId"].as_str().expect("sensorId").to_string();
+        let frame = payload["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("frame number in `id`");
+        frames.entry(sensor).or_default().push(frame);
+    }
+    frames
+}
+
+/// A run of [`beside_file_topology`] whose broker refused: the rest of the pipeline wrote all
+/// `frames`, and the one error is the broker stage's, saying `why` and that the events are kept
+/// in the spool.
+pub fn assert_refused(summary_errors: &[String], dir: &std::path::Path, frames: usize, why: &str) {
+    assert_eq!(meta_lines(dir), frames, "the rest of the pipeline ran");
+    assert_eq!(summary_errors.len(), 1, "{summary_errors:?}");
+    let error = &summary_errors[0];
+    assert!(
+        error.starts_with("stage `events` (broker)") && error.contains(why),
+        "{error}"
+    );
+    assert!(error.contains("kept in the spool"), "{error}");
+}
+
 /// Checks what an independent client read from a broker, as (sensor, message id, payload) in
 /// the broker's order: `frames` distinct messages from sensor `cam7`, each a valid minimal
 /// payload, first seen in frame order; a repeat (at-least-once delivery) has the same message
