@@ -8,12 +8,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use vidmesh_tests::amqp::{Consumed, RabbitMq, PASSWORD, USER};
 use vidmesh_tests::events::{
-    assert_refused, assert_valid, beside_file_topology, clip_uri, meta_frames, meta_lines, Format,
+    self, assert_refused, assert_valid, beside_file_topology, clip_uri, meta_frames, meta_lines,
+    Format, ReadBack,
 };
 use vidmesh_tests::make_clip;
 use vidmesh_tests::rtsp::RtspServer;
@@ -49,30 +50,18 @@ fn first_copies_of(
     consumed: &[Consumed],
     frame: impl Fn(&Consumed) -> u64,
 ) -> BTreeMap<String, Vec<u64>> {
-    let mut first: HashMap<&str, &Consumed> = HashMap::new();
-    let mut frames: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for m in consumed {
-        let id = m
+    events::first_copies(consumed, |m| ReadBack {
+        id: m
             .message_id
-            .as_deref()
-            .expect("every message has a message_id");
-        let number = frame(m);
-        if let Some(earlier) = first.get(id) {
-            assert_eq!(
-                (&earlier.routing_key, &earlier.payload),
-                (&m.routing_key, &m.payload),
-                "a repeat of {id} differs from its first copy"
-            );
-            continue;
-        }
-        first.insert(id, m);
-        let sensor = m
+            .clone()
+            .expect("every message has a message_id"),
+        sensor: m
             .sensor_id
             .clone()
-            .expect("every message has a sensorId header");
-        frames.entry(sensor).or_default().push(number);
-    }
-    frames
+            .expect("every message has a sensorId header"),
+        frame: frame(m),
+        content: format!("{} {}", m.routing_key, m.payload),
+    })
 }
 
 #[test]

@@ -6,11 +6,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use vidmesh_tests::events::{
-    assert_refused, assert_valid, beside_file_topology, clip_uri, meta_lines, Format,
+    self, assert_refused, assert_valid, beside_file_topology, clip_uri, meta_lines, Format,
+    ReadBack,
 };
 use vidmesh_tests::kafka::{Consumed, KafkaBroker};
 use vidmesh_tests::make_clip;
@@ -34,25 +35,12 @@ fn minimal_frame(message: &Consumed) -> u64 {
 /// Per sensor, the frame numbers in the order their first copies arrived. Repeats (re-sent
 /// after an outage) must carry the message id and payload of the first copy.
 fn first_copies(consumed: &[Consumed]) -> BTreeMap<String, Vec<u64>> {
-    let mut first: HashMap<&str, &Consumed> = HashMap::new();
-    let mut frames: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for m in consumed {
-        let id =
-            m.id.as_deref()
-                .expect("every message has a message-id header");
-        if let Some(earlier) = first.get(id) {
-            assert_eq!(
-                (&earlier.key, &earlier.payload),
-                (&m.key, &m.payload),
-                "a repeat of {id} differs from its first copy"
-            );
-            continue;
-        }
-        first.insert(id, m);
-        let key = m.key.clone().expect("every message has a key");
-        frames.entry(key).or_default().push(minimal_frame(m));
-    }
-    frames
+    events::first_copies(consumed, |m| ReadBack {
+        id: m.id.clone().expect("every message has a message-id header"),
+        sensor: m.key.clone().expect("every message has a key"),
+        frame: minimal_frame(m),
+        content: format!("{:?} {}", m.key, m.payload),
+    })
 }
 
 #[test]

@@ -6,11 +6,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use vidmesh_tests::events::{
-    assert_refused, assert_valid, beside_file_topology, clip_uri, meta_lines, Format,
+    self, assert_refused, beside_file_topology, clip_uri, meta_lines, ReadBack,
 };
 use vidmesh_tests::make_clip;
 use vidmesh_tests::mqtt::{Mosquitto, MosquittoConfig, Received};
@@ -19,37 +19,21 @@ use vidmesh_tests::rtsp::RtspServer;
 /// Validates a message against DeepStream's minimal schema and returns its sensor id and
 /// frame number.
 fn sensor_and_frame(message: &Received) -> (String, u64) {
-    let payload = assert_valid(Format::Minimal, &message.payload);
-    let sensor = payload["sensorId"].as_str().unwrap().to_string();
-    let frame = payload["id"]
-        .as_str()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("frame number in `id`: {payload}"));
-    (sensor, frame)
+    events::minimal_sensor_and_frame(&message.payload)
 }
 
 /// Per sensor, the frame numbers in the order their first copies arrived. Repeats (sent again
 /// after an outage) must carry the message id, topic and payload of the first copy.
 fn first_copies(received: &[Received]) -> BTreeMap<String, Vec<u64>> {
-    let mut first: HashMap<&str, &Received> = HashMap::new();
-    let mut frames: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for m in received {
-        let id =
-            m.id.as_deref()
-                .expect("every MQTT 5 message has a message-id");
-        if let Some(earlier) = first.get(id) {
-            assert_eq!(
-                (&earlier.topic, &earlier.payload),
-                (&m.topic, &m.payload),
-                "a repeat of {id} differs from its first copy"
-            );
-            continue;
-        }
-        first.insert(id, m);
+    events::first_copies(received, |m| {
         let (sensor, frame) = sensor_and_frame(m);
-        frames.entry(sensor).or_default().push(frame);
-    }
-    frames
+        ReadBack {
+            id: m.id.clone().expect("every MQTT 5 message has a message-id"),
+            sensor,
+            frame,
+            content: format!("{} {}", m.topic, m.payload),
+        }
+    })
 }
 
 #[test]

@@ -171,29 +171,76 @@ pub fn assert_refused(summary_errors: &[String], dir: &std::path::Path, frames: 
     assert!(error.contains("kept in the spool"), "{error}");
 }
 
+/// One message as an independent consumer read it back, reduced to what the delivery checks
+/// need.
+pub struct ReadBack {
+    /// The stable message id (a header, property or field, per broker).
+    pub id: String,
+    pub sensor: String,
+    pub frame: u64,
+    /// Everything a repeat must reproduce exactly (payload, topic or key...).
+    pub content: String,
+}
+
+/// Per sensor, the frame numbers in the order their first copies arrived. Repeats (at-least-
+/// once delivery after an outage or a restart) must have the id and content of the first copy.
+/// `read` checks each message (e.g. against the payload schema) and reduces it.
+pub fn first_copies<M>(
+    messages: &[M],
+    read: impl Fn(&M) -> ReadBack,
+) -> std::collections::BTreeMap<String, Vec<u64>> {
+    let mut content_of: std::collections::HashMap<String, String> = Default::default();
+    let mut frames: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for m in messages {
+        let ReadBack {
+            id,
+            sensor,
+            frame,
+            content,
+        } = read(m);
+        if let Some(first) = content_of.get(&id) {
+            assert_eq!(
+                first, &content,
+                "a repeat of {id} differs from its first copy"
+            );
+            continue;
+        }
+        content_of.insert(id, content);
+        frames.entry(sensor).or_default().push(frame);
+    }
+    frames
+}
+
+/// A minimal-schema payload checked against DeepStream's schema, as (sensor, frame number).
+pub fn minimal_sensor_and_frame(payload: &str) -> (String, u64) {
+    let v = assert_valid(Format::Minimal, payload);
+    let sensor = v["sensorId"].as_str().expect("sensorId").to_string();
+    let frame = v["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("frame number in `id`: {v}"));
+    (sensor, frame)
+}
+
 /// Checks what an independent client read from a broker, as (sensor, message id, payload) in
 /// the broker's order: `frames` distinct messages from sensor `cam7`, each a valid minimal
-/// payload, first seen in frame order; a repeat (at-least-once delivery) has the same message
-/// id and the same payload.
+/// payload, first seen in frame order; a repeat has the same message id and payload.
 pub fn assert_all_frames_once_in_order(entries: &[(String, String, String)], frames: usize) {
-    let mut seen = std::collections::HashSet::new();
-    let mut first_seen = Vec::new();
-    let mut payload_of = std::collections::HashMap::new();
-    for (sensor, id, payload) in entries {
-        assert_eq!(sensor, "cam7");
-        let v = assert_valid(Format::Minimal, payload);
-        assert_eq!(v["sensorId"], "cam7");
-        if let Some(earlier) = payload_of.insert(id.clone(), payload.clone()) {
-            assert_eq!(
-                &earlier, payload,
-                "a repeated message id carries the same payload"
-            );
+    let firsts = first_copies(entries, |(sensor, id, payload)| {
+        let (in_payload, frame) = minimal_sensor_and_frame(payload);
+        assert_eq!(
+            &in_payload, sensor,
+            "the sensorId field matches the payload"
+        );
+        ReadBack {
+            id: id.clone(),
+            sensor: sensor.clone(),
+            frame,
+            content: payload.clone(),
         }
-        if seen.insert(id.clone()) {
-            first_seen.push(v["id"].as_str().unwrap().parse::<usize>().unwrap());
-        }
-    }
-    assert_eq!(first_seen, (0..frames).collect::<Vec<_>>());
+    });
+    assert_eq!(firsts.keys().collect::<Vec<_>>(), ["cam7"]);
+    assert_eq!(firsts["cam7"], (0..frames as u64).collect::<Vec<_>>());
 }
 
 #[cfg(test)]
