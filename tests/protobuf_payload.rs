@@ -89,20 +89,10 @@ fn decode_stream(redis: &RedisServer, stream: &str, dir: &Path) -> Vec<Decoded> 
         dir = dir.display().to_string(),
         port = redis.port,
     );
-    let out = Command::new(venv_python())
-        .args(["-c", &script])
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("JSON is UTF-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    vidmesh_tests::json_lines_of(
+        Command::new(venv_python()).args(["-c", &script]),
+        "the protobuf decoder",
+    )
 }
 
 /// What `Object.info["roi"]` should be for an object's native user meta: its analytics ROIs,

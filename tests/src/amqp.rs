@@ -223,7 +223,10 @@ impl RabbitMq {
                 .is_none_or(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok());
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
                 && tls_open
-                && self.client(&["ping"]).status.success()
+                && self
+                    .client(&["ping"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
             {
                 return;
             }
@@ -248,28 +251,30 @@ impl RabbitMq {
         self.dir.path().join("log")
     }
 
-    fn client(&self, args: &[&str]) -> std::process::Output {
-        let script = repo_root().join("tests/scripts/amqp_consume.py");
-        Command::new(venv_python())
-            .arg(&script)
+    fn client(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(venv_python());
+        command
+            .arg(repo_root().join("tests/scripts/amqp_consume.py"))
             .args(args)
-            .args(["--uri", &self.pika_uri()])
-            .output()
-            .unwrap_or_else(|e| panic!("{} runs: {e}", script.display()))
+            .args(["--uri", &self.pika_uri()]);
+        command
     }
 
     /// Declares durable `queue` bound to `exchange` with `binding_key`, before anything is
     /// published, as a consumer service would.
     pub fn declare_queue(&self, queue: &str, exchange: &str, binding_key: &str) {
-        let out = self.client(&[
-            "declare",
-            "--queue",
-            queue,
-            "--exchange",
-            exchange,
-            "--binding-key",
-            binding_key,
-        ]);
+        let out = self
+            .client(&[
+                "declare",
+                "--queue",
+                queue,
+                "--exchange",
+                exchange,
+                "--binding-key",
+                binding_key,
+            ])
+            .output()
+            .expect("amqp_consume.py runs");
         assert!(
             out.status.success(),
             "amqp_consume.py declare: {}",
@@ -280,29 +285,20 @@ impl RabbitMq {
     /// Reads (and acks) `queue` until `expect` messages came and it is empty, or nothing new
     /// came for 5 s.
     pub fn drain(&self, queue: &str, expect: usize) -> Vec<Consumed> {
-        let out = self.client(&[
-            "drain",
-            "--queue",
-            queue,
-            "--expect",
-            &expect.to_string(),
-            "--idle",
-            "5",
-            "--timeout",
-            "120",
-        ]);
-        assert!(
-            out.status.success(),
-            "amqp_consume.py drain: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("amqp_consume.py printed `{line}`: {e}"))
-            })
-            .collect()
+        crate::json_lines_of(
+            &mut self.client(&[
+                "drain",
+                "--queue",
+                queue,
+                "--expect",
+                &expect.to_string(),
+                "--idle",
+                "5",
+                "--timeout",
+                "120",
+            ]),
+            "amqp_consume.py drain",
+        )
     }
 }
 

@@ -173,20 +173,6 @@ impl KafkaBroker {
         if let Some((user, password)) = &self.reader {
             command.args(["--scram-user", user, "--scram-password", password]);
         }
-        let out = command
-            .output()
-            .unwrap_or_else(|e| panic!("{} runs: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "kafka_consume.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("kafka_consume.py printed `{line}`: {e}"))
-            })
-            .collect()
+        crate::json_lines_of(&mut command, "kafka_consume.py")
     }
 }

@@ -73,6 +73,25 @@ pub fn venv_python() -> PathBuf {
     prepared(".venv/bin/python")
 }
 
+/// Runs a command that prints one JSON document per line (the consumer scripts) and parses its
+/// output; `what` names it in failures, with its stderr.
+pub fn json_lines_of<T: serde::de::DeserializeOwned>(command: &mut Command, what: &str) -> Vec<T> {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what} does not run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{what} printed `{line}`: {e}"))
+        })
+        .collect()
+}
+
 /// Encodes a synthetic H.264 High 4:2:0 MP4 with GStreamer. `faststart` puts the index first,
 /// which is what makes a truncated file still decodable up to the damage.
 pub fn make_clip(path: &Path, frames: u32, width: u32, height: u32, faststart: bool) {

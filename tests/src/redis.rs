@@ -83,19 +83,9 @@ impl RedisServer {
              \x20   print(json.dumps([f[b'sensorId'].decode(),f[b'messageId'].decode(),f[b'payload'].decode()]))",
             self.port
         );
-        let out = Command::new(crate::venv_python())
-            .args(["-c", &script])
-            .output()
-            .expect("python runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("redis answers")
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("redis answers"))
-            .collect()
+        crate::json_lines_of(
+            Command::new(crate::venv_python()).args(["-c", &script]),
+            "the redis-py reader",
+        )
     }
 }
