@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use vidmesh_tests::events::{
-    self, assert_refused, assert_valid, beside_file_topology, clip_uri, meta_lines, Format,
-    ReadBack,
+    self, assert_refused, assert_valid, beside_file_topology, clip_uri, meta_frames, meta_lines,
+    Format, ReadBack,
 };
 use vidmesh_tests::kafka::{Consumed, KafkaBroker};
 use vidmesh_tests::make_clip;
@@ -112,22 +112,31 @@ fn a_broker_outage_mid_run_loses_nothing() {
     kafka.restart();
     let summary = run.join().expect("the run finishes");
     assert_eq!(before, 1, "events were flowing before the outage");
-    assert_eq!(summary.fact("events", "messages"), Some("1200"));
-    assert_eq!(summary.fact("events", "delivered"), Some("1200"));
+    // What the pipeline produced, as the file:// stage beside the broker got it: on a loaded
+    // machine the RTSP source may skip a frame, which is not the broker's business.
+    let produced = meta_lines(scratch.path());
+    assert!(produced > 1100, "{produced} of 1200 frames");
+    assert_eq!(
+        summary.fact("events", "messages"),
+        Some(produced.to_string().as_str())
+    );
+    assert_eq!(
+        summary.fact("events", "delivered"),
+        Some(produced.to_string().as_str())
+    );
     let retries: u64 = summary.fact("events", "retries").unwrap().parse().unwrap();
     assert!(retries > 0, "the outage was noticed: {summary:?}");
 
-    let consumed = kafka.consume("events", 1200, None);
-    let frames = first_copies(&consumed);
-    let expected: Vec<u64> = (0..600).collect();
-    assert_eq!(frames.len(), 2, "{:?}", frames.keys());
-    for (sensor, numbers) in &frames {
-        assert_eq!(numbers, &expected, "{sensor}: every frame, in order");
-    }
+    let consumed = kafka.consume("events", produced, None);
+    assert_eq!(
+        first_copies(&consumed),
+        meta_frames(scratch.path()),
+        "every frame the pipeline produced, once, in order per sensor"
+    );
     eprintln!(
-        "outage: {} messages read for 1200 events ({} repeats), {retries} failed attempts",
+        "outage: {} messages read for {produced} events ({} repeats), {retries} failed attempts",
         consumed.len(),
-        consumed.len() - 1200
+        consumed.len() - produced
     );
 }
 

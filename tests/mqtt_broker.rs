@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use vidmesh_tests::events::{
-    self, assert_refused, beside_file_topology, clip_uri, meta_lines, ReadBack,
+    self, assert_refused, beside_file_topology, clip_uri, meta_frames, meta_lines, ReadBack,
 };
 use vidmesh_tests::make_clip;
 use vidmesh_tests::mqtt::{Mosquitto, MosquittoConfig, Received};
@@ -147,25 +147,31 @@ fn a_broker_outage_mid_run_loses_nothing() {
         "the run was still going when the broker came back"
     );
     assert!(before >= 1, "events were flowing before the outage");
-    assert_eq!(summary.fact("events", "messages"), Some("1200"));
-    assert_eq!(summary.fact("events", "delivered"), Some("1200"));
+    // What the pipeline produced, as the file:// stage beside the broker got it: on a loaded
+    // machine the RTSP source may skip a frame, which is not the broker's business.
+    let produced = meta_lines(scratch.path());
+    assert!(produced > 1100, "{produced} of 1200 frames");
+    assert_eq!(
+        summary.fact("events", "messages"),
+        Some(produced.to_string().as_str())
+    );
+    assert_eq!(
+        summary.fact("events", "delivered"),
+        Some(produced.to_string().as_str())
+    );
     let retries: u64 = summary.fact("events", "retries").unwrap().parse().unwrap();
     assert!(retries > 0, "the outage was noticed: {summary:?}");
 
-    let received = mosquitto.consume("reader", "events/#", "5", 1200);
-    let frames = first_copies(&received);
-    assert_eq!(frames.len(), 2, "{:?}", frames.keys());
-    for (sensor, numbers) in &frames {
-        assert_eq!(
-            numbers,
-            &(0..600).collect::<Vec<_>>(),
-            "{sensor}: every frame, in order"
-        );
-    }
+    let received = mosquitto.consume("reader", "events/#", "5", produced);
+    assert_eq!(
+        first_copies(&received),
+        meta_frames(scratch.path()),
+        "every frame the pipeline produced, once, in order per sensor"
+    );
     eprintln!(
-        "outage: {} messages read for 1200 events ({} repeats), {retries} failed attempts",
+        "outage: {} messages read for {produced} events ({} repeats), {retries} failed attempts",
         received.len(),
-        received.len().saturating_sub(1200)
+        received.len().saturating_sub(produced)
     );
 }
 
