@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::adapter::{Adapter, ErrorKind, Message, PublishError};
-use super::spool::{Record, Spool, SpoolStats};
+use super::spool::{Spool, SpoolStats};
 use crate::stage::StageError;
 
 /// Messages per [`Adapter::publish`] call: large enough to batch well, small enough that a
@@ -191,7 +191,15 @@ impl Shared {
 
 fn deliver(shared: &Shared, mut adapter: Box<dyn Adapter>) {
     let destination = adapter.describe();
-    let mut run: Vec<Record> = Vec::new();
+    // The run in flight: messages and their spool sequence numbers, kept apart so a retry
+    // hands the same messages to the adapter without copying their payloads again.
+    let mut seqs: Vec<u64> = Vec::new();
+    let mut run: Vec<Message> = Vec::new();
+    let commit = |seq: u64| {
+        if let Err(e) = shared.spool.commit(seq) {
+            tracing::error!(destination = %destination, error = %e, "cannot record delivery progress");
+        }
+    };
     let mut backoff = BACKOFF_FIRST;
     loop {
         if run.is_empty() {
@@ -202,7 +210,9 @@ fn deliver(shared: &Shared, mut adapter: Box<dyn Adapter>) {
                 .spool
                 .read(RUN_MESSAGES, RUN_BYTES, Duration::from_millis(100))
             {
-                Ok(records) => run = records,
+                Ok(records) => {
+                    (seqs, run) = records.into_iter().map(|r| (r.seq, r.message)).unzip();
+                }
                 Err(e) => {
                     // A damaged spool cannot be delivered from; say so loudly and stop.
                     tracing::error!(destination = %destination, error = %e, "cannot read the spool");
@@ -211,21 +221,19 @@ fn deliver(shared: &Shared, mut adapter: Box<dyn Adapter>) {
             }
             continue;
         }
-        let messages: Vec<Message> = run.iter().map(|r| r.message.clone()).collect();
-        let result = adapter.publish(&messages);
+        let result = adapter.publish(&run);
         let confirmed = match &result {
             Ok(()) => run.len(),
             Err(e) => e.confirmed.min(run.len()),
         };
         if confirmed > 0 {
-            let next = run[confirmed - 1].seq + 1;
+            let next = seqs[confirmed - 1] + 1;
+            seqs.drain(..confirmed);
             run.drain(..confirmed);
             shared
                 .delivered
                 .fetch_add(confirmed as u64, Ordering::Relaxed);
-            if let Err(e) = shared.spool.commit(next) {
-                tracing::error!(destination = %destination, error = %e, "cannot record delivery progress");
-            }
+            commit(next);
         }
         match result {
             Ok(()) => {
@@ -245,12 +253,10 @@ fn deliver(shared: &Shared, mut adapter: Box<dyn Adapter>) {
                 backoff = BACKOFF_FIRST;
             }
             Err(e) if e.kind == ErrorKind::Rejected && !run.is_empty() => {
-                let record = run.remove(0);
-                set_aside(shared, &record, &e.detail);
+                let (seq, message) = (seqs.remove(0), run.remove(0));
+                set_aside(shared, &message, &e.detail);
                 shared.rejected.fetch_add(1, Ordering::Relaxed);
-                if let Err(err) = shared.spool.commit(record.seq + 1) {
-                    tracing::error!(destination = %destination, error = %err, "cannot record delivery progress");
-                }
+                commit(seq + 1);
             }
             Err(e) => {
                 shared.retries.fetch_add(1, Ordering::Relaxed);
@@ -287,21 +293,21 @@ fn deliver(shared: &Shared, mut adapter: Box<dyn Adapter>) {
 }
 
 /// Appends a rejected message to `rejected.jsonl` in the spool directory, with the reason.
-fn set_aside(shared: &Shared, record: &Record, reason: &str) {
+fn set_aside(shared: &Shared, message: &Message, reason: &str) {
     let path = shared.spool.dir().join("rejected.jsonl");
     tracing::error!(
-        message_id = %record.message.id,
-        sensor = %record.message.key,
-        bytes = record.message.payload.len(),
+        message_id = %message.id,
+        sensor = %message.key,
+        bytes = message.payload.len(),
         reason,
         set_aside_in = %path.display(),
         "the broker rejected a message; it is set aside and delivery goes on"
     );
     let line = serde_json::json!({
-        "id": record.message.id,
-        "key": record.message.key,
+        "id": message.id,
+        "key": message.key,
         "reason": reason,
-        "payload": String::from_utf8_lossy(&record.message.payload),
+        "payload": String::from_utf8_lossy(&message.payload),
     });
     let written = std::fs::OpenOptions::new()
         .create(true)

@@ -419,27 +419,18 @@ impl Inner {
 
     fn delete_confirmed_segments(&mut self) -> Result<(), StageError> {
         while self.segments.len() > 1 && self.segments[1].first_seq <= self.cursor {
-            let s = self.segments.pop_front().expect("checked");
-            if self
-                .reader
-                .as_ref()
-                .is_some_and(|r| r.first_seq == s.first_seq)
-            {
-                self.reader = None;
-            }
-            remove(&s.path)?;
+            self.remove_oldest_segment()?;
         }
         Ok(())
     }
 
-    /// [`WhenFull::DropOldest`]: deletes the oldest segment, confirmed or not.
-    fn drop_oldest_segment(&mut self) -> Result<(), StageError> {
-        if self.segments.len() == 1 {
-            self.rotate()?;
-        }
-        let s = self.segments.pop_front().expect("two segments");
-        let next = self.segments.front().expect("one left").first_seq;
-        let lost = next.saturating_sub(self.cursor.max(s.first_seq));
+    /// Deletes the oldest segment (never the one being written: callers keep two or more),
+    /// closing the reader if it was reading it; returns its first sequence number.
+    fn remove_oldest_segment(&mut self) -> Result<u64, StageError> {
+        let s = self
+            .segments
+            .pop_front()
+            .expect("callers keep two segments or more");
         if self
             .reader
             .as_ref()
@@ -448,6 +439,17 @@ impl Inner {
             self.reader = None;
         }
         remove(&s.path)?;
+        Ok(s.first_seq)
+    }
+
+    /// [`WhenFull::DropOldest`]: deletes the oldest segment, confirmed or not.
+    fn drop_oldest_segment(&mut self) -> Result<(), StageError> {
+        if self.segments.len() == 1 {
+            self.rotate()?;
+        }
+        let first_seq = self.remove_oldest_segment()?;
+        let next = self.segments.front().expect("one left").first_seq;
+        let lost = next.saturating_sub(self.cursor.max(first_seq));
         self.cursor = self.cursor.max(next);
         self.read_seq = self.read_seq.max(next);
         write_cursor(&self.settings.dir, self.cursor)?;
