@@ -13,6 +13,7 @@ pub mod msgconv;
 pub mod mux;
 pub mod osd;
 pub mod preprocess;
+pub mod preview;
 pub mod registry;
 pub mod settings;
 pub mod sink;

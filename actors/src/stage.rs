@@ -145,10 +145,15 @@ pub trait Stage: Send {
     }
 }
 
+/// Something that looks at the batches a stage emits ([`Outputs::with_tap`]).
+pub type Tap = std::sync::Arc<dyn Fn(&Batch) + Send + Sync>;
+
 /// The links a stage writes to. A batch goes to every downstream stage; frames are shared by
 /// reference count, so fan-out does not copy pixels.
 pub struct Outputs {
     links: Vec<LinkSender>,
+    /// Sees every batch before it leaves (e.g. the dashboard's preview thumbnails).
+    tap: Option<Tap>,
     /// Time spent in sends since the last [`Outputs::take_send_time`]: mostly waiting for a
     /// full downstream queue, which the runner must not count as this stage's work.
     send_time: Duration,
@@ -158,8 +163,16 @@ impl Outputs {
     pub fn new(links: Vec<LinkSender>) -> Self {
         Self {
             links,
+            tap: None,
             send_time: Duration::ZERO,
         }
+    }
+
+    /// Shows every batch to `tap` before it is sent; the tap must be quick, it runs on the
+    /// stage's thread.
+    pub fn with_tap(mut self, tap: Tap) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Time spent sending since the previous call.
@@ -169,6 +182,9 @@ impl Outputs {
 
     /// Sends a batch downstream; waits while a downstream queue is full.
     pub fn emit(&mut self, batch: Batch) -> Result<(), StageError> {
+        if let Some(tap) = &self.tap {
+            tap(&batch);
+        }
         self.send(DataMessage::Batch(batch))
     }
 

@@ -17,6 +17,9 @@ use thiserror::Error;
 use vidmesh_transport::net::{NetConfig, NetNode};
 use vidmesh_transport::shm::remove_stale_segments;
 
+use crate::dashboard::{
+    self, fetch_previews, observe_scraped, Dashboard, DashboardServer, InstanceLife, InstanceView,
+};
 use crate::node::{metrics_address_path, source_instance, summary_path, NodeSummary};
 use crate::prometheus::{self, Exposition, Sample, RESTARTS_TOTAL};
 use crate::runner::{RunSummary, SourceSummary, StageSummary};
@@ -35,6 +38,8 @@ pub struct LaunchOptions {
     pub progress_interval: Option<Duration>,
     /// Serve every process's metrics, merged, on this address.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the live dashboard (and the merged metrics) on this address.
+    pub dashboard_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -256,13 +261,18 @@ pub fn launch(
         options.state_dir.display()
     );
 
-    let restarts: Arc<std::sync::Mutex<Vec<(String, u32, u32)>>> = Arc::new(std::sync::Mutex::new(
+    let views: Views = Arc::new(std::sync::Mutex::new(
         instances
             .iter()
-            .map(|s| (s.name.clone(), s.replica, 0))
+            .map(|s| InstanceView {
+                name: s.name.clone(),
+                replica: s.replica,
+                restarts: 0,
+                life: InstanceLife::Running,
+            })
             .collect(),
     ));
-    let watcher = MetricsWatcher::start(options, restarts.clone())?;
+    let watcher = MetricsWatcher::start(topology, options, views.clone())?;
 
     let mut interrupts_seen = 0;
     loop {
@@ -293,6 +303,7 @@ pub fn launch(
                     s.restart_at = None;
                     s.child = Some(spawn(s, &options.exe, topology, &router, options)?);
                     s.started = Instant::now();
+                    set_life(&views, s, InstanceLife::Running);
                 }
                 continue;
             }
@@ -318,6 +329,7 @@ pub fn launch(
             s.child = None;
             if status.success() {
                 s.state = InstanceState::Succeeded;
+                set_life(&views, s, InstanceLife::Succeeded);
                 continue;
             }
             let why = describe_exit(status);
@@ -325,14 +337,7 @@ pub fn launch(
                 s.state = InstanceState::GaveUp(format!("{why} (the pipeline was stopped)"));
             } else if s.restarts < s.max_restarts {
                 s.restarts += 1;
-                if let Some(r) = restarts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter_mut()
-                    .find(|r| r.0 == s.name && r.1 == s.replica)
-                {
-                    r.2 = s.restarts;
-                }
+                set_life(&views, s, InstanceLife::Restarting);
                 let backoff = Duration::from_millis(200 * (1u64 << (s.restarts - 1).min(5)));
                 eprintln!(
                     "launch: {} {why}; restarting in {:.1}s (restart {} of {})",
@@ -348,6 +353,7 @@ pub fn launch(
                     s.label(),
                     s.restarts
                 );
+                set_life(&views, s, InstanceLife::GaveUp(why.clone()));
                 s.state = InstanceState::GaveUp(why);
                 for _ in 0..3 {
                     net.announce_retired(&s.name, s.replica)?;
@@ -391,6 +397,20 @@ pub fn launch(
     drop(watcher);
 
     Ok(summarise(topology, options, &instances, started))
+}
+
+/// The process table as the metrics and the dashboard see it.
+type Views = Arc<std::sync::Mutex<Vec<InstanceView>>>;
+
+fn set_life(views: &Views, s: &Supervised, life: InstanceLife) {
+    let mut views = views.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(v) = views
+        .iter_mut()
+        .find(|v| v.name == s.name && v.replica == s.replica)
+    {
+        v.restarts = s.restarts;
+        v.life = life;
+    }
 }
 
 fn summarise(
@@ -452,62 +472,97 @@ fn summarise(
     )
 }
 
-/// Scrapes every process's `/metrics` in the background: prints the status line and serves
-/// the merged view.
+/// Scrapes every process's `/metrics` in the background: prints the status line, serves the
+/// merged view and feeds the dashboard.
 struct MetricsWatcher {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _server: Option<prometheus::MetricsServer>,
+    _servers: Vec<crate::http::HttpServer>,
+    _dashboard: Option<DashboardServer>,
 }
 
 type Scraped = Arc<std::sync::Mutex<Vec<(String, Vec<Sample>)>>>;
 
 impl MetricsWatcher {
     fn start(
+        topology: &Topology,
         options: &LaunchOptions,
-        restarts: Arc<std::sync::Mutex<Vec<(String, u32, u32)>>>,
+        views: Views,
     ) -> Result<Self, LaunchError> {
         let scraped: Scraped = Arc::default();
-        let server = match options.metrics_addr {
+        let render: prometheus::RenderFn = {
+            let (scraped, views) = (scraped.clone(), views.clone());
+            Arc::new(move || merged(&scraped, &views))
+        };
+        let mut servers = Vec::new();
+        if let Some(addr) = options.metrics_addr {
+            let server = prometheus::serve(addr, render.clone())
+                .map_err(|e| LaunchError::Setup(format!("launcher: {e}")))?;
+            eprintln!(
+                "launch: metrics of every process on http://{}/metrics",
+                server.local_addr()
+            );
+            servers.push(server);
+        }
+        let board = match options.dashboard_addr {
             Some(addr) => {
-                let (scraped, restarts) = (scraped.clone(), restarts.clone());
-                let server = prometheus::serve(addr, Arc::new(move || merged(&scraped, &restarts)))
+                let board = Arc::new(Dashboard::new(topology, "launch"));
+                let server = DashboardServer::serve(addr, board.clone(), Some(render))
                     .map_err(|e| LaunchError::Setup(format!("launcher: {e}")))?;
-                eprintln!(
-                    "launch: metrics of every process on http://{}/metrics",
-                    server.local_addr()
-                );
-                Some(server)
+                eprintln!("dashboard: http://{}/", server.local_addr());
+                Some((board, server))
             }
             None => None,
         };
+        let dashboard = board.as_ref().map(|(b, _)| b.clone());
+        let previewed = dashboard::previewed_stages(topology);
+        let topology = topology.clone();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let interval = options.progress_interval;
         let state_dir = options.state_dir.clone();
         let thread = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let every = interval.unwrap_or(Duration::from_secs(2));
+                let print_every = interval.unwrap_or(Duration::from_secs(2));
+                // The dashboard's rates need a fresh scrape every sample.
+                let every = match dashboard {
+                    Some(_) => print_every.min(dashboard::SAMPLE_INTERVAL),
+                    None => print_every,
+                };
                 let started = Instant::now();
-                let mut next = Instant::now() + every;
+                let (mut next, mut next_print) = (started + every, started + print_every);
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
-                    if Instant::now() < next {
+                    let now = Instant::now();
+                    if now < next {
                         continue;
                     }
                     next += every;
-                    let now = scrape_all(&state_dir, &restarts);
-                    if interval.is_some() {
-                        eprintln!("{}", status_line(started.elapsed(), &now, &restarts));
+                    let table = views.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let samples = scrape_all(&state_dir, &table);
+                    if interval.is_some() && now >= next_print {
+                        next_print += print_every;
+                        eprintln!("{}", status_line(started.elapsed(), &samples, &table));
                     }
-                    *scraped.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                    if let Some(dashboard) = &dashboard {
+                        let mut observation = observe_scraped(&topology, &samples, &table);
+                        let addrs: Vec<std::net::SocketAddr> = table
+                            .iter()
+                            .filter(|v| previewed.contains(&v.name))
+                            .filter_map(|v| metrics_addr(&state_dir, &v.name, v.replica))
+                            .collect();
+                        observation.previews = fetch_previews(&addrs);
+                        dashboard.update(Instant::now(), observation);
+                    }
+                    *scraped.lock().unwrap_or_else(|p| p.into_inner()) = samples;
                 }
             })
         };
         Ok(Self {
             stop,
             thread: Some(thread),
-            _server: server,
+            _servers: servers,
+            _dashboard: board.map(|(_, server)| server),
         })
     }
 }
@@ -521,39 +576,40 @@ impl Drop for MetricsWatcher {
     }
 }
 
-fn scrape_all(
-    state_dir: &Path,
-    instances: &std::sync::Mutex<Vec<(String, u32, u32)>>,
-) -> Vec<(String, Vec<Sample>)> {
-    let list = instances.lock().unwrap_or_else(|p| p.into_inner()).clone();
+/// Where an instance serves its metrics (and previews), once it has said so.
+fn metrics_addr(state_dir: &Path, name: &str, replica: u32) -> Option<std::net::SocketAddr> {
+    std::fs::read_to_string(metrics_address_path(state_dir, name, replica))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn scrape_all(state_dir: &Path, instances: &[InstanceView]) -> Vec<(String, Vec<Sample>)> {
     let mut out = Vec::new();
-    for (name, replica, _) in list {
-        let Ok(addr) = std::fs::read_to_string(metrics_address_path(state_dir, &name, replica))
-        else {
-            continue;
-        };
-        let Ok(addr) = addr.trim().parse() else {
+    for v in instances {
+        let Some(addr) = metrics_addr(state_dir, &v.name, v.replica) else {
             continue;
         };
         if let Ok(samples) = prometheus::scrape(addr, Duration::from_millis(500)) {
-            out.push((format!("{name}/{replica}"), samples));
+            out.push((format!("{}/{}", v.name, v.replica), samples));
         }
     }
     out
 }
 
-fn merged(scraped: &Scraped, restarts: &std::sync::Mutex<Vec<(String, u32, u32)>>) -> String {
+fn merged(scraped: &Scraped, views: &Views) -> String {
     let scraped = scraped.lock().unwrap_or_else(|p| p.into_inner());
     let mut e = Exposition::new();
     for (instance, samples) in scraped.iter() {
         e.add_scraped(instance, samples);
     }
-    for (name, replica, n) in restarts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let replica = replica.to_string();
+    for v in views.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let replica = v.replica.to_string();
         e.family(
             &RESTARTS_TOTAL,
-            &[("stage", name.as_str()), ("replica", replica.as_str())],
-            *n as f64,
+            &[("stage", v.name.as_str()), ("replica", replica.as_str())],
+            v.restarts as f64,
         );
     }
     e.render()
@@ -563,7 +619,7 @@ fn merged(scraped: &Scraped, restarts: &std::sync::Mutex<Vec<(String, u32, u32)>
 fn status_line(
     elapsed: Duration,
     scraped: &[(String, Vec<Sample>)],
-    restarts: &std::sync::Mutex<Vec<(String, u32, u32)>>,
+    instances: &[InstanceView],
 ) -> String {
     let mut line = format!("launch {:.0}s", elapsed.as_secs_f64());
     for (instance, samples) in scraped {
@@ -584,12 +640,7 @@ fn status_line(
             line.push_str(&format!(" ({queued:.0} unacked)"));
         }
     }
-    let total: u32 = restarts
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|r| r.2)
-        .sum();
+    let total: u32 = instances.iter().map(|v| v.restarts).sum();
     line.push_str(&format!(" | {total} restart(s)"));
     line
 }

@@ -2,6 +2,10 @@
 //!
 //! The `vidmesh` binary is a thin CLI over this; tests and the Python bindings use it directly.
 
+pub mod dashboard;
+pub mod http;
+pub mod import;
+pub mod inspect;
 pub mod launch;
 pub mod node;
 pub mod prometheus;

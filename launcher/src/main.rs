@@ -37,6 +37,9 @@ enum Command {
         /// Also write the end-of-run summary as JSON here.
         #[arg(long)]
         summary_json: Option<PathBuf>,
+        /// Serve the live dashboard (and /metrics) on this address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        dashboard: Option<std::net::SocketAddr>,
     },
     /// Run a topology as one process per source and stage replica, supervised (restarts with
     /// backoff; Ctrl-C drains, a second Ctrl-C kills).
@@ -57,6 +60,9 @@ enum Command {
         /// Serve the metrics of every process, merged, on this address (e.g. 127.0.0.1:9100).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Serve the live dashboard of every process on this address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        dashboard: Option<std::net::SocketAddr>,
     },
     /// Run one stage replica (or `source.<id>`) of a topology as this process; `vidmesh launch`
     /// starts these, and they can be started by hand on other hosts.
@@ -82,7 +88,35 @@ enum Command {
     /// Check a topology without running it.
     Validate { topology: PathBuf },
     /// Print a topology as a Graphviz graph.
-    Graph { topology: PathBuf },
+    Graph {
+        topology: PathBuf,
+        /// "dot" (Graphviz source) or "svg" (drawn by Graphviz's `dot -Tsvg`).
+        #[arg(long, default_value = "dot", value_parser = ["dot", "svg"])]
+        format: String,
+        /// Write the graph here instead of to standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Describe a video source (a path, file://, rtsp://, http(s):// URI): container, codec,
+    /// resolution, frame rate, duration, bitrate, streams, seekable/live.
+    Inspect {
+        uri: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How long a source may take to answer, e.g. "10s" (1s..=1h).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Convert a deepstream-app config (and the nvinfer, tracker, analytics and msgconv files
+    /// it names) into a topology; prints what could not be mapped exactly (docs/IMPORT.md).
+    ImportDeepstream {
+        config: PathBuf,
+        /// Write the topology here (and a converted msgconv config next to it) instead of to
+        /// standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// List the stage kinds this build knows.
     Kinds,
 }
@@ -140,6 +174,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match cli.command {
+        Command::ImportDeepstream { config, output } => {
+            match vidmesh::import::import_command(&config, output.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
         Command::Kinds => {
             for k in vidmesh_actors::STAGE_KINDS {
                 println!("{:<11} {}", k.name, k.summary);
@@ -159,9 +199,43 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
-        Command::Graph { topology } => match Topology::load(&topology) {
-            Ok(t) => {
-                print!("{}", t.to_dot());
+        Command::Graph {
+            topology,
+            format,
+            output,
+        } => {
+            let t = match load(&topology) {
+                Ok(t) => t,
+                Err(code) => return code,
+            };
+            let text = match format.as_str() {
+                "svg" => match t.svg() {
+                    Ok(svg) => svg,
+                    Err(e) => return fail(&e.to_string()),
+                },
+                _ => t.graphviz(),
+            };
+            match output {
+                Some(path) => match std::fs::write(&path, text) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&format!("cannot write {}: {e}", path.display())),
+                },
+                None => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        Command::Inspect { uri, json, timeout } => match vidmesh::inspect::inspect(&uri, timeout) {
+            Ok(info) if json => match serde_json::to_string_pretty(&info) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            },
+            Ok(info) => {
+                print!("{}", vidmesh::inspect::format_text(&info));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.to_string()),
@@ -173,6 +247,7 @@ fn main() -> ExitCode {
             progress,
             summary_json,
             metrics,
+            dashboard,
         } => {
             let topology = match load(&topology) {
                 Ok(t) => t,
@@ -190,6 +265,7 @@ fn main() -> ExitCode {
                 shm_dir,
                 progress_interval: (!progress.is_zero()).then_some(progress),
                 metrics_addr: metrics,
+                dashboard_addr: dashboard,
             };
             match launch(&topology, &options, interrupts) {
                 Ok(summary) => finish(&summary, summary_json.as_deref()),
@@ -238,6 +314,7 @@ fn main() -> ExitCode {
             topology,
             progress,
             summary_json,
+            dashboard,
         } => {
             let topology = match load(&topology) {
                 Ok(t) => t,
@@ -245,6 +322,7 @@ fn main() -> ExitCode {
             };
             let options = RunOptions {
                 progress_interval: (!progress.is_zero()).then_some(progress),
+                dashboard,
             };
             let summary = match run(&topology, &options, Arc::new(AtomicBool::new(false))) {
                 Ok(s) => s,

@@ -28,10 +28,13 @@ use vidmesh_transport::net::{
 };
 use vidmesh_transport::LinkSender;
 
-use crate::prometheus::{self, LinkSample, MetricsServer};
+use crate::dashboard;
+use crate::http::{self, HttpServer, Request, Response};
+use crate::prometheus::{self, LinkSample};
 use crate::runner::{MetricsSnapshot, StageMetrics};
 use crate::topology::{Payload, Topology, SOURCES};
 use ledger::{FrameSet, Ledger};
+use vidmesh_actors::preview::PreviewBoard;
 
 /// A replica that has not been heard from for this long is treated as gone.
 const DEAD_AFTER: Duration = Duration::from_millis(1500);
@@ -161,7 +164,8 @@ fn serve_metrics(
     topology: &Topology,
     options: &NodeOptions,
     exposed: Exposed,
-) -> Result<MetricsServer, NodeError> {
+    previews: Option<Arc<PreviewBoard>>,
+) -> Result<HttpServer, NodeError> {
     let port = topology
         .deployment
         .placement
@@ -170,7 +174,16 @@ fn serve_metrics(
         .map_or(0, |base| base + options.replica as u16);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let exposed = Arc::new(exposed);
-    let server = prometheus::serve(addr, Arc::new(move || exposed.render()))
+    let render: prometheus::RenderFn = Arc::new(move || exposed.render());
+    let handler = move |request: &Request| match request.path.as_str() {
+        "/metrics" => prometheus::metrics_response(&render),
+        "/healthz" => Response::text(200, "ok"),
+        _ => previews
+            .as_deref()
+            .and_then(|board| dashboard::preview_response(board, request))
+            .unwrap_or_else(Response::not_found),
+    };
+    let server = http::serve("metrics", addr, Arc::new(handler))
         .map_err(|e| NodeError::Setup(format!("{}/{}: {e}", options.instance, options.replica)))?;
     let path = metrics_address_path(&options.state_dir, &options.instance, options.replica);
     std::fs::write(&path, server.local_addr().to_string())
@@ -350,6 +363,7 @@ fn run_source(
             duplicates: Arc::default(),
             last: std::sync::Mutex::new((Instant::now(), 0)),
         },
+        None,
     )?;
     let mut out = Outputs::new(outputs.iter().cloned().map(LinkSender::remote).collect());
     let mut source = GstSource::new(entry.settings.clone(), entry.uri.clone(), index as u32);
@@ -734,11 +748,20 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
         .as_ref()
         .map(|s| s.frontier.clone())
         .unwrap_or_default();
+    // The OSD's output is what the dashboard previews.
+    let previews = dashboard::previewed_stages(topology)
+        .contains(&entry.name)
+        .then(dashboard::preview_board);
+    let mut out = Outputs::new(outputs.iter().cloned().map(LinkSender::remote).collect());
+    if let Some(board) = &previews {
+        let board = board.clone();
+        out = out.with_tap(Arc::new(move |batch| board.offer(batch)));
+    }
     let mut node = StageNode {
         name: entry.name.clone(),
         kind: entry.kind.name.to_string(),
         stage,
-        out: Outputs::new(outputs.iter().cloned().map(LinkSender::remote).collect()),
+        out,
         outputs,
         events,
         ledger: Ledger::new(
@@ -771,6 +794,7 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
             duplicates: node.duplicates.clone(),
             last: std::sync::Mutex::new((Instant::now(), 0)),
         },
+        previews,
     )?;
 
     let mut next_status = Instant::now() + Duration::from_secs(5);

@@ -10,6 +10,7 @@ mod metrics;
 mod progress;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -22,15 +23,20 @@ use vidmesh_actors::{Outputs, Stage, StageError, StageReport};
 use vidmesh_protocol::DataMessage;
 use vidmesh_transport::{in_process_link, LinkReceiver, LinkSender, Received};
 
+use crate::dashboard::{
+    self, Dashboard, DashboardServer, Observation, SourceObservation, SourceState, StageObservation,
+};
 use crate::topology::{Topology, SOURCES};
 pub use metrics::{MetricsSnapshot, StageMetrics};
-use progress::{DepthProbe, ProgressReporter, Watched, WatchedStage};
+use progress::{DepthProbe, ProgressReporter, Watched, WatchedSource, WatchedStage};
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Print a progress line this often (to stderr); `None` for silence.
     pub progress_interval: Option<Duration>,
+    /// Serve the live dashboard (and `/metrics`) on this address while the pipeline runs.
+    pub dashboard: Option<SocketAddr>,
 }
 
 /// Why a pipeline could not start.
@@ -44,6 +50,8 @@ pub enum RunError {
     },
     #[error("cannot start the runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error(transparent)]
+    Dashboard(#[from] crate::http::ServeError),
 }
 
 /// How one source went.
@@ -150,21 +158,37 @@ pub fn run(
         inbox_senders.insert(entry.name.as_str(), tx);
         inboxes.push(rx);
     }
+    // Thumbnails of what the OSD stages emit, for the dashboard.
+    let previews = options.dashboard.map(|_| dashboard::preview_board());
+    let previewed = dashboard::previewed_stages(topology);
     let outputs_of = |producer: &str| {
-        Outputs::new(
+        let out = Outputs::new(
             topology
                 .links
                 .iter()
                 .filter(|(from, _)| from == producer)
                 .map(|(_, to)| inbox_senders[to.as_str()].clone())
                 .collect(),
-        )
+        );
+        match &previews {
+            Some(board) if previewed.iter().any(|p| p == producer) => {
+                let board = board.clone();
+                out.with_tap(Arc::new(move |batch| board.offer(batch)))
+            }
+            _ => out,
+        }
     };
 
     let mut watched_stages = Vec::new();
+    let mut observed_stages = Vec::new();
     let mut stage_threads = Vec::new();
     for ((entry, stage), inbox) in topology.stages.iter().zip(built).zip(inboxes) {
         let metrics = Arc::new(StageMetrics::default());
+        observed_stages.push(WatchedStage {
+            name: entry.name.clone(),
+            metrics: metrics.clone(),
+            inbox: DepthProbe::new(&inbox),
+        });
         watched_stages.push(WatchedStage {
             name: entry.name.clone(),
             metrics: metrics.clone(),
@@ -192,19 +216,57 @@ pub fn run(
 
     let mut source_threads = Vec::new();
     let mut watched_sources = Vec::new();
+    let mut observed_sources = Vec::new();
     for (index, entry) in topology.sources.iter().enumerate() {
         let progress = Arc::new(SourceProgress::default());
-        watched_sources.push(progress.clone());
+        let ended = Arc::new(AtomicBool::new(false));
+        watched_sources.push(WatchedSource {
+            name: entry.settings.id.clone(),
+            live: !matches!(entry.uri, vidmesh_actors::source::SourceUri::File(_)),
+            progress: progress.clone(),
+            ended: ended.clone(),
+        });
+        let state = Arc::new(std::sync::Mutex::new(SourceState::Running));
+        observed_sources.push(ObservedSource {
+            id: index as u32,
+            name: entry.settings.id.clone(),
+            progress: progress.clone(),
+            state: state.clone(),
+        });
         let mut source = GstSource::new(entry.settings.clone(), entry.uri.clone(), index as u32);
         let mut out = outputs_of(SOURCES);
         let stop = stop.clone();
         let handle = std::thread::Builder::new()
             .name(format!("source-{}", entry.settings.id))
-            .spawn(move || source.run(&mut out, &stop, &progress))?;
+            .spawn(move || {
+                let report = source.run(&mut out, &stop, &progress);
+                ended.store(true, Ordering::Relaxed);
+                *state.lock().unwrap_or_else(|p| p.into_inner()) = match &report.error {
+                    Some(e) => SourceState::Failed(e.clone()),
+                    None => SourceState::Ended,
+                };
+                report
+            })?;
         source_threads.push((entry.settings.id.clone(), handle));
     }
     // Only the threads hold senders now, so inboxes close when their producers finish.
     drop(inbox_senders);
+
+    let dashboard = match options.dashboard {
+        Some(addr) => {
+            let board = previews.clone();
+            let exposition = Arc::new(RunExposition::new(&observed_stages, &observed_sources));
+            let server = DashboardServer::start(
+                addr,
+                Arc::new(Dashboard::new(topology, "run")),
+                move || observe(&observed_stages, &observed_sources, board.as_deref()),
+                Some(Arc::new(move || exposition.render())),
+            )?;
+            eprintln!("dashboard: http://{}/", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
 
     runtime.spawn({
         let stop = stop.clone();
@@ -219,20 +281,11 @@ pub fn run(
     let finished = Arc::new(AtomicBool::new(false));
     let reporter = options.progress_interval.map(|interval| {
         let finished = finished.clone();
-        let mut reporter = ProgressReporter::new(Watched {
+        let reporter = ProgressReporter::new(Watched {
             sources: watched_sources,
             stages: watched_stages,
         });
-        std::thread::spawn(move || {
-            let mut next = Instant::now() + interval;
-            while !finished.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(50));
-                if Instant::now() >= next {
-                    eprintln!("{}", reporter.line());
-                    next += interval;
-                }
-            }
-        })
+        std::thread::spawn(move || reporter.run(interval, &finished))
     });
 
     let mut errors = Vec::new();
@@ -276,6 +329,7 @@ pub fn run(
     if let Some(r) = reporter {
         let _ = r.join();
     }
+    drop(dashboard);
     Ok(RunSummary::new(
         &topology.name,
         started.elapsed().as_secs_f64(),
@@ -283,6 +337,107 @@ pub fn run(
         stages,
         errors,
     ))
+}
+
+/// A source as the dashboard watches it in one process.
+struct ObservedSource {
+    id: u32,
+    name: String,
+    progress: Arc<SourceProgress>,
+    /// Set by the source's thread when it ends.
+    state: Arc<std::sync::Mutex<SourceState>>,
+}
+
+/// `/metrics` of a pipeline running in this process: the same families a `vidmesh stage`
+/// process exports, one `stage` label per stage and per source (`source.<id>`).
+struct RunExposition {
+    stages: Vec<(String, Arc<StageMetrics>)>,
+    sources: Vec<(String, Arc<SourceProgress>)>,
+    /// Per stage or source: when it was last rendered and its frame count then (for fps).
+    last: std::sync::Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl RunExposition {
+    fn new(stages: &[WatchedStage], sources: &[ObservedSource]) -> Self {
+        Self {
+            stages: stages
+                .iter()
+                .map(|s| (s.name.clone(), s.metrics.clone()))
+                .collect(),
+            sources: sources
+                .iter()
+                .map(|s| (crate::node::source_instance(&s.name), s.progress.clone()))
+                .collect(),
+            last: Default::default(),
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fps = |name: &str, frames: u64| {
+            let now = Instant::now();
+            let (at, before) = last
+                .insert(name.to_string(), (now, frames))
+                .unwrap_or((now, 0));
+            let dt = now.duration_since(at).as_secs_f64();
+            if dt > 0.0 {
+                frames.saturating_sub(before) as f64 / dt
+            } else {
+                0.0
+            }
+        };
+        let mut e = crate::prometheus::Exposition::new();
+        for (name, progress) in &self.sources {
+            let snapshot = MetricsSnapshot {
+                frames: progress.frames.load(Ordering::Relaxed),
+                ..Default::default()
+            };
+            e.add_stage(name, 0, &snapshot, fps(name, snapshot.frames), &[]);
+        }
+        for (name, metrics) in &self.stages {
+            let snapshot = metrics.snapshot();
+            e.add_stage(name, 0, &snapshot, fps(name, snapshot.frames), &[])
+                .add_values(name, 0, &metrics.values());
+        }
+        e.render()
+    }
+}
+
+/// The dashboard's view of a pipeline running in this process.
+fn observe(
+    stages: &[WatchedStage],
+    sources: &[ObservedSource],
+    previews: Option<&vidmesh_actors::preview::PreviewBoard>,
+) -> Observation {
+    Observation {
+        stages: stages
+            .iter()
+            .map(|s| {
+                let m = s.metrics.snapshot();
+                StageObservation {
+                    name: s.name.clone(),
+                    up: 1,
+                    frames: m.frames,
+                    batches: m.batches,
+                    busy_s: m.busy_ns as f64 / 1e9,
+                    latency_sum_s: m.latency.sum_seconds(),
+                    latency_count: m.latency.count(),
+                    queue: s.inbox.depth() as u64,
+                    ..Default::default()
+                }
+            })
+            .collect(),
+        sources: sources
+            .iter()
+            .map(|s| SourceObservation {
+                id: s.id,
+                name: s.name.clone(),
+                frames: s.progress.frames.load(Ordering::Relaxed),
+                state: s.state.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            })
+            .collect(),
+        previews: previews.map(dashboard::board_images).unwrap_or_default(),
+    }
 }
 
 pub(crate) fn now_ns() -> u64 {

@@ -275,30 +275,6 @@ impl Topology {
             resume: None,
         }
     }
-
-    /// Graphviz DOT for `vidmesh graph`.
-    pub fn to_dot(&self) -> String {
-        let mut s = format!("digraph \"{}\" {{\n  rankdir=LR;\n", self.name);
-        s.push_str(&format!(
-            "  \"{SOURCES}\" [shape=folder, label=\"{SOURCES}\\n{}\"];\n",
-            self.sources
-                .iter()
-                .map(|x| x.settings.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        for st in &self.stages {
-            s.push_str(&format!(
-                "  \"{}\" [shape=box, label=\"{}\\n({})\"];\n",
-                st.name, st.name, st.kind.name
-            ));
-        }
-        for (a, b) in &self.links {
-            s.push_str(&format!("  \"{a}\" -> \"{b}\";\n"));
-        }
-        s.push_str("}\n");
-        s
-    }
 }
 
 fn parse_deployment(

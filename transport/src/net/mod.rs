@@ -23,7 +23,7 @@
 //! ```
 
 mod inbox;
-mod jpeg;
+pub mod jpeg;
 mod output;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,558 @@
+//! A minimal, hardened HTTP/1.1 server and client on std sockets, for the endpoints vidmesh
+//! processes serve to whatever connects: Prometheus metrics, frame previews and the dashboard.
+//!
+//! Hard limits on size, time and connections: neither a stuck client nor a stuck peer may stall
+//! a pipeline, and untrusted bytes never panic. Only `GET` and `HEAD` are answered; every
+//! response closes its connection.
+
+use std::borrow::Cow;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// Largest request head the server reads; a longer one gets 431.
+const REQUEST_LIMIT_BYTES: usize = 8 << 10;
+
+/// Time one connection gets to send its request and take the answer, in total, so that a
+/// client trickling bytes cannot hold a connection thread for long.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Connections served at once; more are answered 503 at once, so idle clients cannot pile up
+/// threads.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// A request as the handler sees it: method and target only (requests have no body here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path without the query string, e.g. `/preview/0.jpg`.
+    pub path: String,
+    /// What followed `?`, possibly empty.
+    pub query: String,
+}
+
+/// An answer; the connection closes after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: Cow<'static, str>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(status: u16, body: &str) -> Self {
+        Self::bytes(
+            status,
+            "text/plain; charset=utf-8",
+            body.as_bytes().to_vec(),
+        )
+    }
+
+    pub fn bytes(status: u16, content_type: impl Into<Cow<'static, str>>, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            content_type: content_type.into(),
+            body,
+        }
+    }
+
+    pub fn json(body: String) -> Self {
+        Self::bytes(200, "application/json", body.into_bytes())
+    }
+
+    pub fn not_found() -> Self {
+        Self::text(404, "not found\n")
+    }
+
+    fn send(&self, stream: &mut TcpStream, deadline: Instant, head_only: bool) -> io::Result<()> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            503 => "Service Unavailable",
+            _ => "",
+        };
+        // Live data: a browser must ask again rather than show a cached answer.
+        let mut response = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+             Cache-Control: no-store\r\nConnection: close\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        );
+        if self.status == 405 {
+            response.push_str("Allow: GET, HEAD\r\n");
+        }
+        response.push_str("\r\n");
+        let mut response = response.into_bytes();
+        if !head_only {
+            response.extend_from_slice(&self.body);
+        }
+        write_all_by(stream, &response, deadline)?;
+        stream.shutdown(Shutdown::Write)
+    }
+}
+
+/// Answers one `GET`/`HEAD` request; a panic inside it becomes a 500.
+pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+
+/// Why [`serve`] could not start.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("{what} port {addr} is already in use (another stage or program bound it)")]
+    PortInUse {
+        what: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the {what} server thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A running server; dropping it stops it.
+#[derive(Debug)]
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// The bound address, with the real port when `serve` was given port 0.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // The accept thread blocks in accept(); a connection of our own wakes it to see `stop`.
+        let ip = match self.local_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let woke = TcpStream::connect_timeout(
+            &SocketAddr::new(ip, self.local_addr.port()),
+            Duration::from_secs(1),
+        )
+        .is_ok();
+        if let Some(thread) = self.accept_thread.take() {
+            // Unwoken, it ends at its next connection; never hang the caller on it.
+            if woke || thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Serves `handler` on `addr` from a background thread; `what` names the server in errors and
+/// thread names ("metrics", "dashboard").
+///
+/// Each connection gets its own short-lived thread, at most [`MAX_CONNECTIONS`] at once, and
+/// [`CONNECTION_DEADLINE`] in total to send at most [`REQUEST_LIMIT_BYTES`] of request head and
+/// take the answer: an idle or malicious client neither blocks other requests nor grows memory.
+pub fn serve(
+    what: &'static str,
+    addr: SocketAddr,
+    handler: Handler,
+) -> Result<HttpServer, ServeError> {
+    let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => ServeError::PortInUse { what, addr },
+        _ => ServeError::Bind { what, addr, source },
+    })?;
+    let local_addr =
+        listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { what, addr, source })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let accept_thread = std::thread::Builder::new()
+        .name(format!("vidmesh-{what}"))
+        .spawn({
+            let stop = stop.clone();
+            move || accept_loop(what, listener, handler, &stop)
+        })
+        .map_err(|source| ServeError::Thread { what, source })?;
+    Ok(HttpServer {
+        local_addr,
+        stop,
+        accept_thread: Some(accept_thread),
+    })
+}
+
+/// Frees a connection slot when its thread ends, however it ends.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn accept_loop(what: &'static str, listener: TcpListener, handler: Handler, stop: &AtomicBool) {
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!("{what} endpoint: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let deadline = Instant::now() + Duration::from_millis(100);
+            let _ = Response::text(503, "busy\n").send(&mut stream, deadline, false);
+            continue;
+        }
+        let slot = ConnectionSlot(active.clone());
+        let handler = handler.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vidmesh-{what}-conn"))
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let _slot = slot;
+                handle_connection(stream, &handler);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("{what} endpoint: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+fn handle_connection(mut stream: TcpStream, handler: &Handler) {
+    let _ = stream.set_nodelay(true);
+    let deadline = Instant::now() + CONNECTION_DEADLINE;
+    let (reply, head_only) = match read_request_head(&mut stream, deadline) {
+        Ok(head) => route(&head, handler),
+        Err(RequestError::TooLarge) => (Response::text(431, "request too large\n"), false),
+        Err(RequestError::Malformed) => (Response::text(400, "bad request\n"), false),
+        // Timed out, reset or closed: nobody to answer.
+        Err(RequestError::Io) => return,
+    };
+    let _ = reply.send(&mut stream, deadline, head_only);
+}
+
+/// The reply to a request head, and whether it was `HEAD` (headers only).
+fn route(head: &str, handler: &Handler) -> (Response, bool) {
+    let mut parts = head.lines().next().unwrap_or("").split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if method != "GET" && method != "HEAD" {
+        return (Response::text(405, "method not allowed\n"), false);
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let request = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+    };
+    let reply = catch_unwind(AssertUnwindSafe(|| handler(&request)))
+        .unwrap_or_else(|_| Response::text(500, "the handler failed\n"));
+    (reply, method == "HEAD")
+}
+
+enum RequestError {
+    TooLarge,
+    Malformed,
+    Io,
+}
+
+/// Reads up to the blank line ending the request head; the request has no body we want.
+fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<String, RequestError> {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
+            return Err(RequestError::Io);
+        }
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => return Err(RequestError::Io),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(RequestError::Io),
+        };
+        let searched_from = head.len().saturating_sub(3);
+        head.extend_from_slice(&chunk[..n]);
+        let tail = &head[searched_from..];
+        let end = tail
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| searched_from + p)
+            .or_else(|| {
+                tail.windows(2)
+                    .position(|w| w == b"\n\n")
+                    .map(|p| searched_from + p)
+            });
+        if let Some(end) = end.filter(|end| *end <= REQUEST_LIMIT_BYTES) {
+            head.truncate(end);
+            return String::from_utf8(head).map_err(|_| RequestError::Malformed);
+        }
+        if head.len() > REQUEST_LIMIT_BYTES {
+            return Err(RequestError::TooLarge);
+        }
+    }
+}
+
+/// `write_all` that gives up at `deadline`, however slowly the peer reads.
+fn write_all_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(remaining))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+
+/// Why [`get`] got no answer.
+#[derive(Debug, Error)]
+pub enum GetError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("reading from {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the response from {addr} is larger than {limit} bytes")]
+    TooLarge { addr: SocketAddr, limit: usize },
+    #[error("malformed HTTP response from {addr}: {reason}")]
+    BadResponse { addr: SocketAddr, reason: String },
+}
+
+/// A minimal HTTP/1.0 GET (1.0 so that no server answers chunked) of `path` on `addr`, all
+/// within `timeout`, reading at most `limit` bytes: status and body.
+pub fn get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(u16, Vec<u8>), GetError> {
+    let deadline = Instant::now() + timeout;
+    let timed_out = || GetError::Timeout { addr, timeout };
+    let io_error = |source: io::Error| match source.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => timed_out(),
+        _ => GetError::Io { addr, source },
+    };
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|source| match source.kind() {
+            io::ErrorKind::TimedOut => timed_out(),
+            _ => GetError::Connect { addr, source },
+        })?;
+    let _ = stream.set_nodelay(true);
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: vidmesh\r\n\r\n");
+    write_all_by(&mut stream, request.as_bytes(), deadline).map_err(io_error)?;
+
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timed_out());
+        }
+        stream.set_read_timeout(Some(remaining)).map_err(io_error)?;
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if response.len() + n > limit => return Err(GetError::TooLarge { addr, limit }),
+            Ok(n) => response.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(e)),
+        }
+    }
+    parse_response(&response).map_err(|reason| GetError::BadResponse { addr, reason })
+}
+
+/// Splits a complete HTTP/1.x response into status and body.
+pub(crate) fn parse_response(response: &[u8]) -> Result<(u16, Vec<u8>), String> {
+    let (head_len, sep_len) = match response.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => (p, 4),
+        None => response
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map(|p| (p, 2))
+            .ok_or("no end of headers")?,
+    };
+    let head = std::str::from_utf8(&response[..head_len]).map_err(|_| "headers are not UTF-8")?;
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.split(' ');
+    let version = parts.next().unwrap_or("");
+    let status = parts.next().and_then(|s| s.parse::<u16>().ok());
+    let status = match status {
+        Some(s) if version.starts_with("HTTP/1.") && (100..600).contains(&s) => s,
+        _ => return Err(format!("bad status line {:?}", preview(status_line))),
+    };
+    let mut body = &response[head_len + sep_len..];
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("bad header line {:?}", preview(line)));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let len: usize = value
+                .parse()
+                .map_err(|_| format!("bad Content-Length {:?}", preview(value)))?;
+            body = body
+                .get(..len)
+                .ok_or_else(|| format!("body truncated at {} of {len} bytes", body.len()))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            && !value.eq_ignore_ascii_case("identity")
+        {
+            return Err(format!(
+                "unsupported Transfer-Encoding {:?}",
+                preview(value)
+            ));
+        }
+    }
+    Ok((status, body.to_vec()))
+}
+
+/// At most 40 characters of `s`, for error messages about arbitrary input.
+fn preview(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    fn echo_server() -> HttpServer {
+        let handler: Handler = Arc::new(|r: &Request| match r.path.as_str() {
+            "/echo" => Response::text(200, &format!("{} {}", r.method, r.query)),
+            "/big" => Response::bytes(200, "application/octet-stream", vec![7; 1000]),
+            "/panic" => panic!("handler failed on purpose"),
+            _ => Response::not_found(),
+        });
+        serve("test", "127.0.0.1:0".parse().unwrap(), handler).unwrap()
+    }
+
+    #[test]
+    fn routes_query_methods_and_limits() {
+        let server = echo_server();
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(
+            get(addr, "/echo?a=1", TIMEOUT, 1024).unwrap(),
+            (200, b"GET a=1".to_vec())
+        );
+        assert_eq!(get(addr, "/nope", TIMEOUT, 1024).unwrap().0, 404);
+        assert!(matches!(
+            get(addr, "/big", TIMEOUT, 100),
+            Err(GetError::TooLarge { limit: 100, .. })
+        ));
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"HEAD /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.contains("Content-Length: 1000\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("\r\n\r\n"),
+            "a HEAD answer has no body: {answer}"
+        );
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_500_and_the_server_goes_on() {
+        let server = echo_server();
+        let addr = server.local_addr();
+        // The panic hook prints a backtrace first, which takes seconds in a loaded debug build.
+        let patient = Duration::from_secs(60);
+        assert_eq!(get(addr, "/panic", patient, 1024).unwrap().0, 500);
+        assert_eq!(get(addr, "/echo", patient, 1024).unwrap().0, 200);
+    }
+
+    #[test]
+    fn second_serve_on_the_same_port_names_what_and_where() {
+        let server = echo_server();
+        let addr = server.local_addr();
+        let err = serve(
+            "dashboard",
+            addr,
+            Arc::new(|_: &Request| Response::not_found()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ServeError::PortInUse { addr: a, .. } if a == addr));
+        let message = err.to_string();
+        assert!(
+            message.starts_with("dashboard port") && message.contains(&addr.to_string()),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn http_responses_are_checked() {
+        let ok = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA").unwrap();
+        assert_eq!(ok, (200, b"ok".to_vec()));
+        assert_eq!(
+            parse_response(b"HTTP/1.0 404 Not Found\n\nx").unwrap(),
+            (404, b"x".to_vec())
+        );
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            b"SSH-2.0-OpenSSH\r\n\r\n",
+            b"HTTP/1.1 200 OK",
+        ] {
+            assert!(
+                parse_response(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

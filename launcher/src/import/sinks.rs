@@ -1,0 +1,273 @@
+//! `[osd]`, `[tiled-display]` and `[sinkN]`: the `osd` stage, file sinks, and (through
+//! `broker`) message brokers.
+
+use std::path::Path;
+
+use super::broker::{self, BrokerOut};
+use super::ini::{ConfigError, GroupReader};
+use super::render::Table;
+use super::Notes;
+
+/// deepstream-app sink types (`NvDsSinkType`).
+fn type_name(t: i64) -> &'static str {
+    match t {
+        1 => "fakesink",
+        2 => "EGL display",
+        3 => "file",
+        4 => "RTSP streaming output",
+        5 => "overlay / DRM display",
+        6 => "message converter + broker",
+        7 => "3D display",
+        _ => "unknown type",
+    }
+}
+
+/// What a sink group becomes.
+#[derive(Debug)]
+pub enum SinkOut {
+    File(Table),
+    Broker(BrokerOut),
+}
+
+/// What sinks need to know besides their group.
+pub struct SinkContext<'a> {
+    pub dir: &'a Path,
+    pub source_ids: &'a [String],
+    /// `[message-converter]`, used by type=6 sinks with `disable-msgconv=1`.
+    pub msgconv_group: Option<&'a GroupReader<'a>>,
+    /// Where a converted msgconv config is written (`None`: topology to standard output).
+    pub msgconv_out: Option<&'a Path>,
+}
+
+/// `[sinkN]` → a stage, or `None` (reported) when vidmesh has nothing for it.
+pub fn sink(
+    r: &GroupReader<'_>,
+    ctx: &SinkContext<'_>,
+    notes: &mut Notes,
+) -> Result<Option<SinkOut>, ConfigError> {
+    if !r.enabled(false)? {
+        return Ok(None);
+    }
+    let name = r.name().to_string();
+    let kind = r.int("type")?.unwrap_or(0);
+    let place = format!("[{name}] type={kind} ({})", type_name(kind));
+    let out = match kind {
+        1 => {
+            notes.not_mapped(
+                place,
+                "a fakesink only discards frames; vidmesh needs no stage for that",
+            );
+            None
+        }
+        2 | 5 | 7 => {
+            notes.not_mapped(
+                place,
+                "vidmesh has no display output; use a file sink (type=3) and play the MP4",
+            );
+            None
+        }
+        3 => Some(SinkOut::File(file_sink(r, ctx, notes)?)),
+        4 => {
+            notes.not_mapped(place, "vidmesh has no RTSP server sink yet");
+            None
+        }
+        6 => broker::broker_sink(r, ctx, notes)?.map(SinkOut::Broker),
+        _ => {
+            notes.not_mapped(place, "not a sink type deepstream-app defines");
+            None
+        }
+    };
+    if out.is_none() {
+        // The whole group is reported; its keys need no lines of their own.
+        for e in r.entries() {
+            r.touch(&e.key);
+        }
+    }
+    r.touch("enable");
+    notes.unused(r, None);
+    Ok(out)
+}
+
+/// type=3: H.264 MP4 file.
+fn file_sink(
+    r: &GroupReader<'_>,
+    ctx: &SinkContext<'_>,
+    notes: &mut Notes,
+) -> Result<Table, ConfigError> {
+    let name = r.name().to_string();
+    let mut path = match r.string("output-file")? {
+        Some(p) if !p.trim().is_empty() => p.trim().to_string(),
+        _ => {
+            let p = format!("out_{name}.mp4");
+            notes.approximate(
+                format!("[{name}] output-file"),
+                format!("not set; `{p}` written"),
+            );
+            p
+        }
+    };
+    let container = r.int("container")?.unwrap_or(1);
+    if container != 1 || !path.to_ascii_lowercase().ends_with(".mp4") {
+        let stem = match path.rfind('.') {
+            Some(dot) if dot > path.rfind('/').map_or(0, |s| s + 1) => path[..dot].to_string(),
+            _ => path.clone(),
+        };
+        let mp4 = format!("{stem}.mp4");
+        notes.approximate(
+            format!("[{name}] container={container} output-file={path}"),
+            format!("vidmesh writes MP4 files only; `{mp4}` written"),
+        );
+        path = mp4;
+    }
+    if let Some(codec) = r.int("codec")? {
+        if codec != 1 {
+            notes.approximate(
+                format!(
+                    "[{name}] codec={codec} ({})",
+                    match codec {
+                        2 => "H.265",
+                        3 => "MPEG-4",
+                        _ => "unknown",
+                    }
+                ),
+                "vidmesh encodes H.264 (x264)",
+            );
+        }
+    }
+    if ctx.source_ids.len() > 1 {
+        let templated = match path.strip_suffix(".mp4") {
+            Some(stem) => format!("{stem}_{{source}}.mp4"),
+            None => path.clone(),
+        };
+        notes.approximate(
+            format!("[{name}] output-file={path}"),
+            format!(
+                "{} sources and no tiler: one file per source, `{templated}` ({{source}} is the \
+                 source id)",
+                ctx.source_ids.len()
+            ),
+        );
+        path = templated;
+    }
+    let mut table = Table::default();
+    table
+        .set("kind", "sink")
+        .set("uri", format!("file://{path}"));
+    if let Some(bps) = r.int("bitrate")? {
+        if bps > 0 {
+            table.set("bitrate_kbps", (bps / 1000).clamp(1, 2_000_000));
+        }
+    }
+    if let Some(n) = r.int("iframeinterval")? {
+        if n > 0 {
+            table.set("key_int_max", n);
+        }
+    }
+    if r.bool("sync")?.unwrap_or(false) {
+        table.set("sync", true);
+    }
+    if let Some(profile) = r.int("profile")? {
+        if profile != 0 {
+            notes.approximate(
+                format!("[{name}] profile={profile}"),
+                "x264 picks the H.264 profile for its settings",
+            );
+        }
+    }
+    if let Some(id) = r.int("source-id")? {
+        if ctx.source_ids.len() > 1 && r.bool("link-to-demux")?.unwrap_or(false) {
+            notes.approximate(
+                format!("[{name}] link-to-demux=1 source-id={id}"),
+                "the file sink writes every source (one file each), not only this one",
+            );
+        }
+    }
+    r.touch("link-to-demux");
+    r.touch("qos");
+    Ok(table)
+}
+
+/// `[osd]` → the `osd` stage.
+pub fn osd(
+    r: &GroupReader<'_>,
+    show_track_id: bool,
+    notes: &mut Notes,
+) -> Result<Table, ConfigError> {
+    let mut table = Table::default();
+    table.set("kind", "osd");
+    if let Some(w) = r.int("border-width")? {
+        if w >= 0 {
+            table.set("border_width", w);
+        }
+    }
+    if let Some(size) = r.float("text-size")? {
+        if size > 0.0 {
+            table.set("font_size", size);
+        }
+    }
+    if !show_track_id {
+        table.set("show_track_id", false);
+    }
+    if let Some(font) = r.string("font")? {
+        notes.approximate(
+            format!("[osd] font={font}"),
+            "vidmesh's `font` is a TrueType file, not a family name; DejaVu Sans is used",
+        );
+    }
+    for key in ["text-color", "text-bg-color"] {
+        if let Some(c) = r.string(key)? {
+            notes.not_mapped(
+                format!("[osd] {key}={c}"),
+                "labels are drawn in their box's colour",
+            );
+        }
+    }
+    if r.int("show-clock")?.unwrap_or(0) != 0 {
+        notes.not_mapped("[osd] show-clock=1", "vidmesh draws no clock");
+    }
+    for key in [
+        "clock-x-offset",
+        "clock-y-offset",
+        "clock-text-size",
+        "clock-color",
+        "show-clock",
+    ] {
+        r.touch(key);
+    }
+    for key in ["display-text", "display-bbox"] {
+        if r.int(key)? == Some(0) {
+            notes.not_mapped(
+                format!("[osd] {key}=0"),
+                "vidmesh's OSD always draws boxes and labels",
+            );
+        }
+    }
+    if r.int("display-mask")?.unwrap_or(0) != 0 {
+        notes.not_mapped("[osd] display-mask=1", "vidmesh has no instance masks");
+    }
+    r.touch("process-mode");
+    r.touch("enable");
+    notes.unused(r, None);
+    Ok(table)
+}
+
+/// `[tiled-display]`: reported; vidmesh has no tiler.
+pub fn tiled_display(r: &GroupReader<'_>, notes: &mut Notes) -> Result<(), ConfigError> {
+    let enable = r.int("enable")?.unwrap_or(0);
+    if enable != 0 {
+        let (rows, cols) = (r.int("rows")?, r.int("columns")?);
+        notes.not_mapped(
+            format!(
+                "[tiled-display] enable={enable} rows={} columns={}",
+                rows.map_or("-".into(), |v| v.to_string()),
+                cols.map_or("-".into(), |v| v.to_string())
+            ),
+            "vidmesh has no tiler: each source is drawn and written on its own (file sinks \
+             write one MP4 per source)",
+        );
+    }
+    for e in r.entries() {
+        r.touch(&e.key);
+    }
+    Ok(())
+}
