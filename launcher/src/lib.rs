@@ -10,6 +10,8 @@ pub mod launch;
 pub mod node;
 pub mod prometheus;
 pub mod runner;
+#[cfg(test)]
+mod test_rng;
 pub mod topology;
 
 pub use runner::{run, RunError, RunOptions, RunSummary};

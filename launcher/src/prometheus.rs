@@ -795,6 +795,7 @@ pub fn scrape(addr: SocketAddr, timeout: Duration) -> Result<Vec<Sample>, Scrape
 mod tests {
     use super::*;
     use crate::runner::StageMetrics;
+    use crate::test_rng::XorShift;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 
@@ -838,22 +839,6 @@ mod tests {
         samples
             .iter()
             .find(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
-    }
-
-    /// Tiny deterministic generator, so the fuzz loops need no dependency and fail reproducibly.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     #[test]

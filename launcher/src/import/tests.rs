@@ -9,6 +9,7 @@ use std::path::Path;
 use super::ini::KeyFile;
 use super::onnx::{Dim, ModelInfo};
 use super::*;
+use crate::test_rng::XorShift;
 
 // ---------------------------------------------------------------------------------------------
 // The key-file parser
@@ -143,22 +144,6 @@ fn unused_keys_are_known() {
             "[osd] foo=bar: not mapped — vidmesh has no equivalent setting",
         ]
     );
-}
-
-/// A small deterministic generator for the mutation loops (no dependency needed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// Flips, inserts, deletes and duplicates bytes, and truncates.
