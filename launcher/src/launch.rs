@@ -20,6 +20,7 @@ use vidmesh_transport::shm::remove_stale_segments;
 use crate::dashboard::{
     self, fetch_previews, observe_scraped, Dashboard, DashboardServer, InstanceLife, InstanceView,
 };
+use crate::gpu::GpuProbe;
 use crate::node::{metrics_address_path, source_instance, summary_path, NodeSummary};
 use crate::prometheus::{self, Exposition, Sample, RESTARTS_TOTAL};
 use crate::runner::{RunSummary, SourceSummary, StageSummary};
@@ -490,9 +491,10 @@ impl MetricsWatcher {
         views: Views,
     ) -> Result<Self, LaunchError> {
         let scraped: Scraped = Arc::default();
+        let gpus = Arc::new(GpuProbe::open());
         let render: prometheus::RenderFn = {
-            let (scraped, views) = (scraped.clone(), views.clone());
-            Arc::new(move || merged(&scraped, &views))
+            let (scraped, views, gpus) = (scraped.clone(), views.clone(), gpus.clone());
+            Arc::new(move || merged(&scraped, &views, gpus.as_ref().as_ref()))
         };
         let mut servers = Vec::new();
         if let Some(addr) = options.metrics_addr {
@@ -552,6 +554,11 @@ impl MetricsWatcher {
                             .filter_map(|v| metrics_addr(&state_dir, &v.name, v.replica))
                             .collect();
                         observation.previews = fetch_previews(&addrs);
+                        observation.gpus = gpus
+                            .as_ref()
+                            .as_ref()
+                            .map(GpuProbe::sample)
+                            .unwrap_or_default();
                         dashboard.update(Instant::now(), observation);
                     }
                     *scraped.lock().unwrap_or_else(|p| p.into_inner()) = samples;
@@ -598,7 +605,7 @@ fn scrape_all(state_dir: &Path, instances: &[InstanceView]) -> Vec<(String, Vec<
     out
 }
 
-fn merged(scraped: &Scraped, views: &Views) -> String {
+fn merged(scraped: &Scraped, views: &Views, gpus: Option<&GpuProbe>) -> String {
     let scraped = scraped.lock().unwrap_or_else(|p| p.into_inner());
     let mut e = Exposition::new();
     for (instance, samples) in scraped.iter() {
@@ -611,6 +618,9 @@ fn merged(scraped: &Scraped, views: &Views) -> String {
             &[("stage", v.name.as_str()), ("replica", replica.as_str())],
             v.restarts as f64,
         );
+    }
+    if let Some(probe) = gpus {
+        crate::gpu::add_to(&mut e, &probe.sample());
     }
     e.render()
 }

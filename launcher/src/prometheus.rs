@@ -144,6 +144,24 @@ pub const RESTARTS_TOTAL: Family = family(
 );
 
 /// Every family vidmesh exports; [`merge`] types re-exported samples from this.
+/// `{gpu,name}`, where NVML is present ([`crate::gpu`]); the runtime itself exports these (one
+/// per host), so they are not among the [`FAMILIES`] scraped off stage processes.
+pub const GPU_UTILIZATION_RATIO: Family = family(
+    "vidmesh_gpu_utilization_ratio",
+    Gauge,
+    "Share of time the GPU was busy over NVML's last sample period (0 to 1).",
+);
+pub const GPU_MEMORY_USED_BYTES: Family = family(
+    "vidmesh_gpu_memory_used_bytes",
+    Gauge,
+    "GPU memory in use, by every process on the GPU.",
+);
+pub const GPU_MEMORY_TOTAL_BYTES: Family = family(
+    "vidmesh_gpu_memory_total_bytes",
+    Gauge,
+    "GPU memory installed.",
+);
+
 pub const FAMILIES: &[Family] = &[
     UP,
     FRAMES_TOTAL,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::gpu::GpuSample;
 use crate::http::{self, HttpServer, Request, Response, ServeError};
 use crate::prometheus::{self, RenderFn};
 use crate::topology::Topology;
@@ -95,6 +96,8 @@ pub struct Observation {
     pub stages: Vec<StageObservation>,
     pub sources: Vec<SourceObservation>,
     pub previews: Vec<PreviewImage>,
+    /// The host's GPUs, where NVML is present.
+    pub gpus: Vec<GpuSample>,
 }
 
 /// One stage as the page shows it.
@@ -162,6 +165,7 @@ struct Live {
     events: VecDeque<Event>,
     history: History,
     previews: BTreeMap<u32, PreviewImage>,
+    gpus: Vec<GpuSample>,
     samples: u64,
 }
 
@@ -188,6 +192,7 @@ struct StateJson<'a> {
     streams: &'a [StreamView],
     events: &'a VecDeque<Event>,
     history: &'a History,
+    gpus: &'a [GpuSample],
 }
 
 impl Dashboard {
@@ -368,6 +373,7 @@ impl Dashboard {
         }
         live.stages = stages;
         live.streams = streams;
+        live.gpus = observation.gpus.clone();
         live.samples += 1;
         live.last = Some((now, observation));
     }
@@ -385,6 +391,7 @@ impl Dashboard {
             streams: &live.streams,
             events: &live.events,
             history: &live.history,
+            gpus: &live.gpus,
         })
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }

@@ -106,7 +106,7 @@ pub fn observe_scraped(
     Observation {
         stages,
         sources,
-        previews: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::gpu::GpuSample;
 use crate::prometheus::Sample;
 
 /// Two sources into mux → osd (×2 replicas) → broker, with a side branch mux → events.
@@ -97,6 +98,7 @@ fn rates_statuses_events_and_history_follow_the_observations() {
                 source(1, 0, SourceState::Running),
             ],
             previews: vec![],
+            gpus: vec![],
         },
     );
     let s = state(&d);
@@ -116,6 +118,13 @@ fn rates_statuses_events_and_history_follow_the_observations() {
                 source_id: 0,
                 frame_num: 29,
                 jpeg: Arc::new(vec![0xFF, 0xD8, 0xFF]),
+            }],
+            gpus: vec![GpuSample {
+                index: 0,
+                name: "NVIDIA H200".into(),
+                utilization: 0.5,
+                memory_used_bytes: 1 << 30,
+                memory_total_bytes: 2 << 30,
             }],
         },
     );
@@ -141,6 +150,8 @@ fn rates_statuses_events_and_history_follow_the_observations() {
     assert_eq!(d.preview(0).unwrap().as_slice(), &[0xFF, 0xD8, 0xFF]);
     assert_eq!(s["history"]["t_s"].as_array().unwrap().len(), 1);
     assert_eq!(s["history"]["fps"]["mux"][0], 30.0);
+    assert_eq!(s["gpus"][0]["name"], "NVIDIA H200");
+    assert_eq!(s["gpus"][0]["utilization"], 0.5);
 
     // Source 1 never delivers: stalled after STALL_AFTER; source 0 ends; mux restarts.
     let mut restarted = stage("mux", 60, 1.2, 60);
@@ -154,6 +165,7 @@ fn rates_statuses_events_and_history_follow_the_observations() {
                 source(1, 0, SourceState::Running),
             ],
             previews: vec![],
+            gpus: vec![],
         },
     );
     let s = state(&d);
@@ -195,6 +207,7 @@ fn rates_statuses_events_and_history_follow_the_observations() {
                 source(1, 0, SourceState::Failed("cannot open b.mp4".into())),
             ],
             previews: vec![],
+            gpus: vec![],
         },
     );
     let s = state(&d);

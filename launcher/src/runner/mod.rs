@@ -26,6 +26,7 @@ use vidmesh_transport::{in_process_link, LinkReceiver, LinkSender, Received};
 use crate::dashboard::{
     self, Dashboard, DashboardServer, Observation, SourceObservation, SourceState, StageObservation,
 };
+use crate::gpu::GpuProbe;
 use crate::topology::{Topology, SOURCES};
 pub use metrics::{MetricsSnapshot, StageMetrics};
 use progress::{DepthProbe, ProgressReporter, Watched, WatchedSource, WatchedStage};
@@ -255,11 +256,23 @@ pub fn run(
     let dashboard = match options.dashboard {
         Some(addr) => {
             let board = previews.clone();
-            let exposition = Arc::new(RunExposition::new(&observed_stages, &observed_sources));
+            let gpus = Arc::new(GpuProbe::open());
+            let exposition = Arc::new(RunExposition::new(
+                &observed_stages,
+                &observed_sources,
+                gpus.clone(),
+            ));
             let server = DashboardServer::start(
                 addr,
                 Arc::new(Dashboard::new(topology, "run")),
-                move || observe(&observed_stages, &observed_sources, board.as_deref()),
+                move || Observation {
+                    gpus: gpus
+                        .as_ref()
+                        .as_ref()
+                        .map(GpuProbe::sample)
+                        .unwrap_or_default(),
+                    ..observe(&observed_stages, &observed_sources, board.as_deref())
+                },
                 Some(Arc::new(move || exposition.render())),
             )?;
             eprintln!("dashboard: http://{}/", server.local_addr());
@@ -355,10 +368,15 @@ struct RunExposition {
     sources: Vec<(String, Arc<SourceProgress>)>,
     /// Per stage or source: when it was last rendered and its frame count then (for fps).
     last: std::sync::Mutex<HashMap<String, (Instant, u64)>>,
+    gpus: Arc<Option<GpuProbe>>,
 }
 
 impl RunExposition {
-    fn new(stages: &[WatchedStage], sources: &[ObservedSource]) -> Self {
+    fn new(
+        stages: &[WatchedStage],
+        sources: &[ObservedSource],
+        gpus: Arc<Option<GpuProbe>>,
+    ) -> Self {
         Self {
             stages: stages
                 .iter()
@@ -369,6 +387,7 @@ impl RunExposition {
                 .map(|s| (crate::node::source_instance(&s.name), s.progress.clone()))
                 .collect(),
             last: Default::default(),
+            gpus,
         }
     }
 
@@ -398,6 +417,9 @@ impl RunExposition {
             let snapshot = metrics.snapshot();
             e.add_stage(name, 0, &snapshot, fps(name, snapshot.frames), &[])
                 .add_values(name, 0, &metrics.values());
+        }
+        if let Some(probe) = self.gpus.as_ref() {
+            crate::gpu::add_to(&mut e, &probe.sample());
         }
         e.render()
     }
@@ -437,6 +459,7 @@ fn observe(
             })
             .collect(),
         previews: previews.map(dashboard::board_images).unwrap_or_default(),
+        gpus: Vec::new(),
     }
 }
 
