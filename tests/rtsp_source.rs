@@ -1,6 +1,7 @@
 //! An RTSP camera (a real GStreamer RTSP server on loopback, with credentials) feeds the
 //! pipeline: every frame arrives, the stream ends cleanly when the server's media ends, and the
-//! password never shows up in the summary.
+//! password never shows up in the summary; with `reconnect_interval`, a camera that goes away
+//! and comes back is reconnected and its frames keep flowing.
 
 mod common;
 
@@ -65,4 +66,90 @@ fn wrong_rtsp_password_is_a_clear_error_without_the_password() {
         "{error}"
     );
     assert!(!error.contains("wrong-pw"), "{error}");
+}
+
+#[test]
+fn a_camera_that_goes_away_and_comes_back_is_reconnected() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let scratch = tempfile::tempdir().unwrap();
+    let clip = scratch.path().join("camera.mp4");
+    // 20 s at 30 fps: the server streams in real time, so it never ends during the test.
+    make_clip(&clip, 600, 320, 240, false);
+    let server = RtspServer::serve(&clip, None);
+    let port: u16 = server
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let events = scratch.path().join("meta.jsonl");
+    let text = format!(
+        r#"
+[pipeline]
+name = "rtsp-reconnect"
+links = [["sources", "mux"], ["mux", "meta"]]
+
+[[source]]
+id = "cam"
+uri = "{}"
+rtsp_transport = "tcp"
+latency = "100ms"
+timeout = "2s"
+reconnect_interval = "500ms"
+
+[stage]
+mux = {{ kind = "mux", batch_size = 1 }}
+meta = {{ kind = "broker", uri = "file://{}", schema = "native" }}
+"#,
+        server.url,
+        events.display()
+    );
+    let path = scratch.path().join("rtsp.toml");
+    std::fs::write(&path, &text).unwrap();
+    let topology = vidmesh::Topology::parse(&path, &text, &vidmesh_tests::repo_root()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = std::thread::spawn({
+        let stop = stop.clone();
+        move || vidmesh::run(&topology, &vidmesh::RunOptions::default(), stop).unwrap()
+    });
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the first frames", &|| lines(&events) >= 30);
+    // The camera goes away (its server and every connection to it), then comes back.
+    drop(server);
+    std::thread::sleep(Duration::from_secs(3));
+    let before = lines(&events);
+    let _back = RtspServer::serve_at(&clip, None, port);
+    wait_for("frames after the reconnect", &|| {
+        lines(&events) >= before + 30
+    });
+    stop.store(true, Ordering::Relaxed);
+    let summary = run.join().unwrap();
+
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    let source = &summary.sources[0];
+    assert!(source.reconnects >= 1, "{source:?}");
+    let frames = read_native(&events);
+    assert_eq!(frames.len() as u64, source.frames);
+    // One numbering across both connections: every frame once, in order, no gap.
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.frame_num, i as u64);
+    }
 }

@@ -440,6 +440,11 @@ fn summarise(
         sources.push(SourceSummary {
             name: s.settings.id.clone(),
             frames: node.as_ref().map_or(0, |n| n.frames),
+            reconnects: node
+                .as_ref()
+                .and_then(|n| n.facts.iter().find(|(k, _)| k == "reconnects"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0),
             error: node.and_then(|n| n.error),
         });
     }

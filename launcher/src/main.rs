@@ -146,11 +146,14 @@ fn print_summary(summary: &RunSummary) {
         summary.pipeline, summary.elapsed_s, summary.frames, summary.fps
     );
     for s in &summary.sources {
-        let state = if s.error.is_some() {
-            "ended early"
+        let mut state = if s.error.is_some() {
+            "ended early".to_string()
         } else {
-            "complete"
+            "complete".to_string()
         };
+        if s.reconnects > 0 {
+            state.push_str(&format!(", {} reconnect(s)", s.reconnects));
+        }
         println!("  source {}: {} frames ({state})", s.name, s.frames);
     }
     for st in &summary.stages {

@@ -18,6 +18,12 @@ pub struct RtspServer {
 
 impl RtspServer {
     pub fn serve(clip: &Path, user_password: Option<(&str, &str)>) -> Self {
+        Self::serve_at(clip, user_password, 0)
+    }
+
+    /// Like [`RtspServer::serve`] on a given port (0: any free one), e.g. to bring a camera
+    /// back at the address it had.
+    pub fn serve_at(clip: &Path, user_password: Option<(&str, &str)>, port: u16) -> Self {
         gst::init().expect("GStreamer initialises");
         let launch = format!(
             "( filesrc location=\"{}\" ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 )",
@@ -32,7 +38,7 @@ impl RtspServer {
                 .with_thread_default(|| {
                     let server = rtsp::RTSPServer::new();
                     server.set_address("127.0.0.1");
-                    server.set_service("0");
+                    server.set_service(&port.to_string());
                     let factory = rtsp::RTSPMediaFactory::new();
                     factory.set_launch(&launch);
                     if let Some((user, password)) = &credentials {
@@ -59,6 +65,9 @@ impl RtspServer {
                     tx.send((main_loop.clone(), server.bound_port()))
                         .expect("test thread waits");
                     main_loop.run();
+                    // Gone means gone for its viewers too: close every client connection
+                    // (and with it each session's media), as a camera that loses power would.
+                    server.client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
                 })
                 .expect("own main context");
         });

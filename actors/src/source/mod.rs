@@ -4,6 +4,11 @@
 //!
 //! Supported URIs: `file://PATH` (relative paths start at the working directory) and
 //! `rtsp://[user:pass@]host[:port]/path`. Credentials are never printed.
+//!
+//! A camera that drops, stalls or ends its stream is reconnected when `reconnect_interval` is
+//! set (DeepStream's `rtsp-reconnect-interval-sec`): the decode pipeline is built anew after a
+//! backoff, frame numbers go on where they stopped, and the rest of the pipeline never notices
+//! beyond the gap.
 
 mod uri;
 
@@ -46,7 +51,18 @@ pub struct Settings {
     /// How long to wait for a network source to answer. Default "10s".
     #[serde(default = "timeout_default", with = "humantime_serde")]
     pub timeout: Duration,
+    /// RTSP: reconnect after a failure, a stall (no frame for `timeout`) or the end of the
+    /// stream, first after this long, then doubling up to [`MAX_RECONNECT_WAIT`]. Unset: the
+    /// first failure ends the source.
+    #[serde(default, with = "humantime_serde")]
+    pub reconnect_interval: Option<Duration>,
+    /// Give up after this many reconnects in a row without a frame. Unset: never.
+    #[serde(default)]
+    pub reconnect_attempts: Option<u32>,
 }
+
+/// The longest wait between two reconnect attempts.
+pub const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(30);
 
 fn latency_default() -> Duration {
     Duration::from_millis(200)
@@ -63,6 +79,18 @@ impl Settings {
             return Err(StageError::Settings("source id must not be empty".into()));
         }
         let uri = SourceUri::parse(&s.uri, ctx)?;
+        if s.reconnect_interval.is_some() && !matches!(uri, SourceUri::Rtsp(_)) {
+            return Err(StageError::Settings(format!(
+                "source `{}`: reconnect_interval applies to rtsp:// sources only",
+                s.id
+            )));
+        }
+        if s.reconnect_interval.is_some_and(|i| i.is_zero()) {
+            return Err(StageError::Settings(format!(
+                "source `{}`: reconnect_interval must be more than 0",
+                s.id
+            )));
+        }
         Ok((s, uri))
     }
 }
@@ -75,12 +103,18 @@ pub struct SourceProgress {
     pub position_ns: AtomicU64,
     /// Stream duration when the container knows it; 0 otherwise (live).
     pub duration_ns: AtomicU64,
+    /// Reconnects so far.
+    pub reconnects: AtomicU64,
+    /// True from a failure until the first frame after the reconnect.
+    pub reconnecting: AtomicBool,
 }
 
 /// How a source ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceReport {
     pub frames: u64,
+    /// Times the source reconnected to its camera.
+    pub reconnects: u64,
     /// The error that ended the stream early, if any. Frames before it were delivered.
     pub error: Option<String>,
 }
@@ -114,7 +148,9 @@ impl GstSource {
         progress: &SourceProgress,
     ) -> SourceReport {
         let mut frames = 0u64;
-        let error = self.decode(out, stop, progress, &mut frames).err();
+        let error = self
+            .decode_reconnecting(out, stop, progress, &mut frames)
+            .err();
         let notice = out.end_of_stream(StreamEnd {
             source_id: self.source_id,
             source_name: self.settings.id.clone(),
@@ -129,7 +165,64 @@ impl GstSource {
         };
         SourceReport {
             frames,
+            reconnects: progress.reconnects.load(Ordering::Relaxed),
             error: error.map(|e| e.to_string()),
+        }
+    }
+
+    /// [`Self::decode`], built anew after each failure while `reconnect_interval` allows.
+    fn decode_reconnecting(
+        &self,
+        out: &mut Outputs,
+        stop: &AtomicBool,
+        progress: &SourceProgress,
+        frames: &mut u64,
+    ) -> Result<(), StageError> {
+        let mut timeline = Timeline::default();
+        let Some(interval) = self.settings.reconnect_interval else {
+            return self.decode(out, stop, progress, frames, &mut timeline);
+        };
+        let mut failed_in_a_row = 0u32;
+        loop {
+            let before = *frames;
+            timeline.new_session();
+            let why = match self.decode(out, stop, progress, frames, &mut timeline) {
+                _ if stop.load(Ordering::Relaxed) => return Ok(()),
+                // Downstream closed: nothing left to reconnect for.
+                Err(e @ StageError::Downstream(_)) => return Err(e),
+                Err(e) => e.to_string(),
+                // A camera does not end its stream; a server that did is asked again.
+                Ok(()) => format!("the stream of {} ended", self.uri.display()),
+            };
+            if *frames > before {
+                failed_in_a_row = 0;
+            }
+            failed_in_a_row += 1;
+            if self
+                .settings
+                .reconnect_attempts
+                .is_some_and(|limit| failed_in_a_row > limit)
+            {
+                return Err(StageError::Runtime(format!(
+                    "{why}; gave up after {} reconnect attempts without a frame",
+                    failed_in_a_row - 1
+                )));
+            }
+            let wait = reconnect_wait(interval, failed_in_a_row);
+            tracing::warn!(
+                source = %self.settings.id,
+                attempt = failed_in_a_row,
+                "{why}; reconnecting in {wait:?}"
+            );
+            progress.reconnecting.store(true, Ordering::Relaxed);
+            progress.reconnects.fetch_add(1, Ordering::Relaxed);
+            let until = std::time::Instant::now() + wait;
+            while std::time::Instant::now() < until {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
@@ -139,6 +232,7 @@ impl GstSource {
         stop: &AtomicBool,
         progress: &SourceProgress,
         frames: &mut u64,
+        timeline: &mut Timeline,
     ) -> Result<(), StageError> {
         gst_util::init()?;
         let pipeline = gst::Pipeline::new();
@@ -208,7 +302,9 @@ impl GstSource {
         let bus = pipeline
             .bus()
             .ok_or_else(|| StageError::Runtime("pipeline has no bus".into()))?;
-        let result = self.pump(&pipeline, &sink, &bus, out, stop, progress, frames);
+        let result = self.pump(
+            &pipeline, &sink, &bus, out, stop, progress, frames, timeline,
+        );
         let _ = pipeline.set_state(gst::State::Null);
         result
     }
@@ -223,6 +319,7 @@ impl GstSource {
         stop: &AtomicBool,
         progress: &SourceProgress,
         frames: &mut u64,
+        timeline: &mut Timeline,
     ) -> Result<(), StageError> {
         let fail = |detail: String| {
             StageError::Runtime(format!("cannot read {}: {detail}", self.uri.display()))
@@ -241,13 +338,15 @@ impl GstSource {
             match sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
                 Some(sample) => {
                     last_frame = std::time::Instant::now();
+                    progress.reconnecting.store(false, Ordering::Relaxed);
                     if !duration_known {
                         if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
                             progress.duration_ns.store(d.nseconds(), Ordering::Relaxed);
                         }
                         duration_known = true;
                     }
-                    let frame = self.frame_from_sample(&sample, *frames)?;
+                    let mut frame = self.frame_from_sample(&sample, *frames)?;
+                    frame.pts_ns = timeline.place(frame.pts_ns, frame.duration_ns);
                     progress.position_ns.store(frame.pts_ns, Ordering::Relaxed);
                     *frames += 1;
                     progress.frames.store(*frames, Ordering::Relaxed);
@@ -327,6 +426,58 @@ impl GstSource {
     }
 }
 
+/// Keeps presentation times increasing across reconnects: a new session's timestamps start
+/// again near 0, so they are moved to continue one frame after the last frame delivered.
+#[derive(Debug, Default)]
+struct Timeline {
+    /// Added to this session's timestamps (relative to its first).
+    offset_ns: u64,
+    /// The first timestamp of this session; `None` until its first frame.
+    session_first: Option<u64>,
+    /// Whether this is a session after a reconnect (the first keeps its own timestamps).
+    rebased: bool,
+    /// The end of the last frame delivered.
+    end_ns: u64,
+}
+
+impl Timeline {
+    fn new_session(&mut self) {
+        if self.end_ns > 0 {
+            self.rebased = true;
+            self.offset_ns = self.end_ns;
+        }
+        self.session_first = None;
+    }
+
+    /// The pipeline timestamp of a frame the decoder stamped `pts_ns`.
+    fn place(&mut self, pts_ns: u64, duration_ns: u64) -> u64 {
+        let placed = if self.rebased {
+            let first = *self.session_first.get_or_insert(pts_ns);
+            self.offset_ns + pts_ns.saturating_sub(first)
+        } else {
+            pts_ns
+        };
+        // An unknown duration counts as one 30 fps frame, so the next session starts after it.
+        self.end_ns = self.end_ns.max(
+            placed
+                + if duration_ns > 0 {
+                    duration_ns
+                } else {
+                    33_333_333
+                },
+        );
+        placed
+    }
+}
+
+/// The wait before reconnect attempt `attempt` (1-based): `interval`, doubling, at most
+/// [`MAX_RECONNECT_WAIT`].
+fn reconnect_wait(interval: Duration, attempt: u32) -> Duration {
+    interval
+        .saturating_mul(1u32 << (attempt.saturating_sub(1)).min(16))
+        .min(MAX_RECONNECT_WAIT)
+}
+
 /// A damaged or truncated file often just ends early without any demuxer error; the container's
 /// declared duration tells. More than two frame intervals missing at the end is reported.
 fn check_complete(progress: &SourceProgress, frames: u64) -> Result<(), String> {
@@ -371,5 +522,34 @@ fn configure_network_source(
         if src.has_property(name) {
             src.set_property(name, micros);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_double_up_to_the_limit() {
+        let i = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=7).map(|a| reconnect_wait(i, a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(reconnect_wait(i, u32::MAX), MAX_RECONNECT_WAIT);
+    }
+
+    #[test]
+    fn timestamps_continue_across_sessions() {
+        let mut t = Timeline::default();
+        t.new_session();
+        // The first session keeps the decoder's timestamps.
+        assert_eq!(t.place(5_000, 1_000), 5_000);
+        assert_eq!(t.place(6_000, 1_000), 6_000);
+        // After a reconnect the server starts near 0 again: placed after the last frame.
+        t.new_session();
+        assert_eq!(t.place(100, 1_000), 7_000);
+        assert_eq!(t.place(1_100, 1_000), 8_000);
+        t.new_session();
+        assert_eq!(t.place(0, 0), 9_000);
+        assert_eq!(t.place(33_333_333, 0), 9_000 + 33_333_333);
     }
 }

@@ -69,6 +69,8 @@ pub enum SourceState {
     Running,
     /// Its process died and is being restarted (the launcher's view).
     Restarting,
+    /// Its camera dropped or stalled and the source is reconnecting (`reconnect_interval`).
+    Reconnecting,
     Ended,
     Failed(String),
 }
@@ -128,7 +130,7 @@ pub struct StreamView {
     pub name: String,
     pub frames: u64,
     pub fps: f64,
-    /// `starting`, `running`, `stalled`, `restarting`, `ended` or `failed`.
+    /// `starting`, `running`, `stalled`, `reconnecting`, `restarting`, `ended` or `failed`.
     pub status: &'static str,
     pub detail: Option<String>,
     /// Seconds since the last new frame.
@@ -287,6 +289,7 @@ impl Dashboard {
                 SourceState::Ended => ("ended", None),
                 SourceState::Failed(e) => ("failed", Some(e.clone())),
                 SourceState::Restarting => ("restarting", None),
+                SourceState::Reconnecting => ("reconnecting", None),
                 SourceState::Running if idle >= STALL_AFTER.as_secs_f64() => {
                     ("stalled", Some(format!("no new frame for {idle:.0} s")))
                 }
@@ -310,6 +313,10 @@ impl Dashboard {
                         ),
                     ),
                     "restarting" => ("warn", format!("stream `{}` is restarting", source.name)),
+                    "reconnecting" => (
+                        "warn",
+                        format!("stream `{}` lost its camera; reconnecting", source.name),
+                    ),
                     "ended" => (
                         "info",
                         format!(

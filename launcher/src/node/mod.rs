@@ -402,7 +402,7 @@ fn run_source(
         instance: options.instance.clone(),
         replica: options.replica,
         kind: "source".into(),
-        facts: Vec::new(),
+        facts: vec![("reconnects".into(), report.reconnects.to_string())],
         frames: report.frames,
         duplicates: 0,
         resent,

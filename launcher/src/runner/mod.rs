@@ -60,6 +60,8 @@ pub enum RunError {
 pub struct SourceSummary {
     pub name: String,
     pub frames: u64,
+    /// Times the source reconnected to its camera (`reconnect_interval`).
+    pub reconnects: u64,
     pub error: Option<String>,
 }
 
@@ -306,6 +308,7 @@ pub fn run(
     for (name, handle) in source_threads {
         let report = handle.join().unwrap_or_else(|_| SourceReport {
             frames: 0,
+            reconnects: 0,
             error: Some("the source thread panicked".into()),
         });
         if let Some(e) = &report.error {
@@ -314,6 +317,7 @@ pub fn run(
         sources.push(SourceSummary {
             name,
             frames: report.frames,
+            reconnects: report.reconnects,
             error: report.error,
         });
     }
@@ -455,7 +459,12 @@ fn observe(
                 id: s.id,
                 name: s.name.clone(),
                 frames: s.progress.frames.load(Ordering::Relaxed),
-                state: s.state.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                state: match &*s.state.lock().unwrap_or_else(|p| p.into_inner()) {
+                    SourceState::Running if s.progress.reconnecting.load(Ordering::Relaxed) => {
+                        SourceState::Reconnecting
+                    }
+                    state => state.clone(),
+                },
             })
             .collect(),
         previews: previews.map(dashboard::board_images).unwrap_or_default(),
