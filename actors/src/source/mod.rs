@@ -59,6 +59,14 @@ pub struct Settings {
     /// Give up after this many reconnects in a row without a frame. Unset: never.
     #[serde(default)]
     pub reconnect_attempts: Option<u32>,
+    /// File sources: start again from the beginning at the end (DeepStream's `file-loop`),
+    /// frame numbers and timestamps going on, until the pipeline is stopped.
+    #[serde(default, rename = "loop")]
+    pub looping: bool,
+    /// Deliver at most this many frames per second of stream time, dropping the others
+    /// (evenly, by timestamp). Unset: every frame.
+    #[serde(default)]
+    pub max_fps: Option<f64>,
 }
 
 /// The longest wait between two reconnect attempts.
@@ -82,6 +90,18 @@ impl Settings {
         if s.reconnect_interval.is_some() && !matches!(uri, SourceUri::Rtsp(_)) {
             return Err(StageError::Settings(format!(
                 "source `{}`: reconnect_interval applies to rtsp:// sources only",
+                s.id
+            )));
+        }
+        if s.looping && !matches!(uri, SourceUri::File(_)) {
+            return Err(StageError::Settings(format!(
+                "source `{}`: loop applies to file:// sources only",
+                s.id
+            )));
+        }
+        if s.max_fps.is_some_and(|f| !(f.is_finite() && f > 0.0)) {
+            return Err(StageError::Settings(format!(
+                "source `{}`: max_fps must be a positive number",
                 s.id
             )));
         }
@@ -179,6 +199,18 @@ impl GstSource {
         frames: &mut u64,
     ) -> Result<(), StageError> {
         let mut timeline = Timeline::default();
+        if self.settings.looping {
+            while !stop.load(Ordering::Relaxed) {
+                timeline.new_session();
+                let before = *frames;
+                self.decode(out, stop, progress, frames, &mut timeline)?;
+                if *frames == before {
+                    // Nothing decodable: looping would spin.
+                    return Ok(());
+                }
+            }
+            return Ok(());
+        }
         let Some(interval) = self.settings.reconnect_interval else {
             return self.decode(out, stop, progress, frames, &mut timeline);
         };
@@ -345,6 +377,13 @@ impl GstSource {
                         }
                         duration_known = true;
                     }
+                    let pts = sample
+                        .buffer()
+                        .and_then(|b| b.pts())
+                        .map_or(0, |t| t.nseconds());
+                    if !timeline.admit(pts, self.settings.max_fps) {
+                        continue;
+                    }
                     let mut frame = self.frame_from_sample(&sample, *frames)?;
                     frame.pts_ns = timeline.place(frame.pts_ns, frame.duration_ns);
                     progress.position_ns.store(frame.pts_ns, Ordering::Relaxed);
@@ -438,6 +477,8 @@ struct Timeline {
     rebased: bool,
     /// The end of the last frame delivered.
     end_ns: u64,
+    /// With `max_fps`: the decoder timestamp (this session) before which frames are dropped.
+    next_admit_ns: Option<u64>,
 }
 
 impl Timeline {
@@ -447,6 +488,30 @@ impl Timeline {
             self.offset_ns = self.end_ns;
         }
         self.session_first = None;
+        self.next_admit_ns = None;
+    }
+
+    /// Whether a frame the decoder stamped `pts_ns` is delivered under `max_fps`: frames are
+    /// kept on a grid of 1/max_fps seconds, so the kept ones are spread evenly.
+    fn admit(&mut self, pts_ns: u64, max_fps: Option<f64>) -> bool {
+        let Some(fps) = max_fps else {
+            return true;
+        };
+        let step = (1e9 / fps) as u64;
+        match self.next_admit_ns {
+            // Within a millisecond counts as on time: container timestamps are rounded.
+            Some(next) if pts_ns + 1_000_000 < next => false,
+            Some(next) => {
+                // Stay on the grid unless the stream jumped past it.
+                let grid = next + step;
+                self.next_admit_ns = Some(if grid > pts_ns { grid } else { pts_ns + step });
+                true
+            }
+            None => {
+                self.next_admit_ns = Some(pts_ns.saturating_add(step));
+                true
+            }
+        }
     }
 
     /// The pipeline timestamp of a frame the decoder stamped `pts_ns`.
@@ -535,6 +600,22 @@ mod tests {
         let waits: Vec<u64> = (1..=7).map(|a| reconnect_wait(i, a).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
         assert_eq!(reconnect_wait(i, u32::MAX), MAX_RECONNECT_WAIT);
+    }
+
+    #[test]
+    fn max_fps_keeps_frames_evenly_by_timestamp() {
+        let mut t = Timeline::default();
+        let frame = 33_333_333u64; // 30 fps
+        let kept: Vec<u64> = (0..30).filter(|i| t.admit(i * frame, Some(5.0))).collect();
+        assert_eq!(kept, [0, 6, 12, 18, 24]);
+        let mut all = Timeline::default();
+        assert!((0..30).all(|i| all.admit(i * frame, None)));
+        // A jump ahead restarts the grid instead of letting a burst through.
+        let mut j = Timeline::default();
+        assert!(j.admit(0, Some(10.0)));
+        assert!(j.admit(5_000_000_000, Some(10.0)));
+        assert!(!j.admit(5_050_000_000, Some(10.0)));
+        assert!(j.admit(5_100_000_000, Some(10.0)));
     }
 
     #[test]
