@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use vidmesh_tests::{make_clip, prepared, read_native, repo_root};
 
-fn topology(dir: &std::path::Path, source_keys: &str, clip: &std::path::Path) -> std::path::PathBuf {
+fn topology(
+    dir: &std::path::Path,
+    source_keys: &str,
+    clip: &std::path::Path,
+) -> std::path::PathBuf {
     let text = format!(
         r#"
 [pipeline]
@@ -42,7 +46,10 @@ fn max_fps_keeps_an_even_subset() {
     assert_eq!(summary.sources[0].frames, 50);
     let frames = read_native(&dir.path().join("meta.jsonl"));
     assert_eq!(frames.len(), 50);
-    assert!(frames.iter().enumerate().all(|(i, f)| f.frame_num == i as u64));
+    assert!(frames
+        .iter()
+        .enumerate()
+        .all(|(i, f)| f.frame_num == i as u64));
 }
 
 #[test]
@@ -61,7 +68,10 @@ fn a_looping_file_plays_again_until_stopped() {
     let events = dir.path().join("meta.jsonl");
     let deadline = Instant::now() + Duration::from_secs(120);
     while std::fs::read_to_string(&events).map_or(0, |t| t.lines().count()) < 100 {
-        assert!(Instant::now() < deadline, "the clip did not play past its end");
+        assert!(
+            Instant::now() < deadline,
+            "the clip did not play past its end"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
@@ -71,5 +81,8 @@ fn a_looping_file_plays_again_until_stopped() {
     assert!(frames.len() >= 100, "{} frames", frames.len());
     assert_eq!(frames.len() as u64, summary.sources[0].frames);
     // More than three passes of a 30-frame clip, numbered as one stream.
-    assert!(frames.iter().enumerate().all(|(i, f)| f.frame_num == i as u64));
+    assert!(frames
+        .iter()
+        .enumerate()
+        .all(|(i, f)| f.frame_num == i as u64));
 }

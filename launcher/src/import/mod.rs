@@ -189,7 +189,7 @@ pub fn import_deepstream(config: &Path, output: Option<&Path>) -> Result<Importe
         application(&r, &mut notes)?;
     }
 
-    let sources = sources::sources(&app, &dir, &mut notes)?;
+    let mut sources = sources::sources(&app, &dir, &mut notes)?;
     handled.extend(["source-list", "source-attr-all"]);
     let source_ids: Vec<String> = sources.iter().map(|s| s.id.clone()).collect();
     if source_ids.is_empty() {
@@ -366,10 +366,15 @@ pub fn import_deepstream(config: &Path, output: Option<&Path>) -> Result<Importe
     handled.push("tests");
     if let Some(r) = app.reader("tests") {
         if r.int("file-loop")?.unwrap_or(0) != 0 {
-            notes.not_mapped(
-                "[tests] file-loop=1",
-                "vidmesh plays each file once; sources do not loop",
-            );
+            // deepstream-app loops its file sources; vidmesh's `loop` is per source.
+            for s in sources.iter_mut().filter(|s| {
+                s.table
+                    .get("uri")
+                    .and_then(|u| u.as_str())
+                    .is_some_and(|u| u.starts_with("file:"))
+            }) {
+                s.table.set("loop", true);
+            }
         }
         notes.unused(&r, None);
     }

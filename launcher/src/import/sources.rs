@@ -107,17 +107,31 @@ fn source_group(
         if n > 1 {
             notes.not_mapped(
                 format!("[{name}] drop-frame-interval={n}"),
-                "vidmesh decodes and processes every frame; a broker's `frame_interval` can \
-                 thin out events instead",
+                format!(
+                    "vidmesh limits a source by rate, not by count: set `max_fps` to the \
+                     stream's frame rate / {n}"
+                ),
             );
         }
     }
-    for key in ["rtsp-reconnect-interval-sec", "rtsp-reconnect-attempts"] {
-        if let Some(v) = r.string(key)? {
+    let interval = r.int("rtsp-reconnect-interval-sec")?;
+    let attempts = r.int("rtsp-reconnect-attempts")?;
+    if let Some(secs) = interval.filter(|s| *s > 0) {
+        if uri.starts_with("rtsp") {
+            common.set("reconnect_interval", format!("{secs}s"));
+            // -1 (DeepStream's default) is "for ever", vidmesh's default too.
+            if let Some(n) = attempts.filter(|n| *n >= 0) {
+                common.set("reconnect_attempts", n);
+            }
+            notes.approximate(
+                format!("[{name}] rtsp-reconnect-interval-sec={secs}"),
+                "vidmesh waits this long before the first reconnect and doubles the wait (up \
+                 to 30 s) while attempts fail",
+            );
+        } else {
             notes.not_mapped(
-                format!("[{name}] {key}={v}"),
-                "vidmesh sources do not reconnect: a failing source ends with an error and \
-                 the others go on (`vidmesh launch` restarts failed stages, not sources)",
+                format!("[{name}] rtsp-reconnect-interval-sec={secs}"),
+                "vidmesh reconnects rtsp:// sources only",
             );
         }
     }

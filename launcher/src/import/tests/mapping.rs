@@ -384,7 +384,15 @@ fn sources_of_every_type() {
         c.note("[source0] camera-id=5").verdict,
         Verdict::Approximate
     );
-    c.note("[source1] rtsp-reconnect-interval-sec=10");
+    assert_eq!(
+        c.note("[source1] rtsp-reconnect-interval-sec=10").verdict,
+        Verdict::Approximate
+    );
+    assert_eq!(sources[3]["reconnect_interval"].as_str(), Some("10s"));
+    assert!(c
+        .note("[source0] drop-frame-interval=2")
+        .why
+        .contains("max_fps"));
     assert_eq!(
         c.note("[source2] type=1 (V4L2 camera)").to_string(),
         "[source2] type=1 (V4L2 camera): not mapped — vidmesh reads files (file://) and RTSP streams (rtsp://) only; no cameras"

@@ -84,7 +84,11 @@ fn secondary_gies_and_unknown_groups_are_reported() {
         .why
         .contains("--progress 2s"));
     c.note("[application] gie-kitti-output-dir=kitti");
-    c.note("[tests] file-loop=1");
+    c.no_note("[tests] file-loop=1");
+    assert!(c
+        .sources()
+        .iter()
+        .all(|s| s["loop"].as_bool() == Some(true)));
     let e = s
         .import(&format!(
             "{MINIMAL}[secondary-gie0]\nenable=1\nconfig-file=absent.txt\n"
