@@ -120,14 +120,7 @@ pub fn analytics(
         if !g.enabled(true)? {
             continue;
         }
-        if index >= source_ids.len() {
-            notes.not_mapped(
-                format!("{fname} [{}]", group.name),
-                format!(
-                    "stream {index} does not exist (the config has {} sources)",
-                    source_ids.len()
-                ),
-            );
+        if !notes.stream_exists(&fname, &group.name, index, source_ids.len()) {
             continue;
         }
         let at = match streams.iter().position(|(i, _)| *i == index) {

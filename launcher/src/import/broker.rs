@@ -513,14 +513,7 @@ pub fn convert_msgconv(
         if !g.enabled(true)? {
             continue;
         }
-        if index >= source_ids.len() {
-            notes.not_mapped(
-                format!("{fname} [{}]", group.name),
-                format!(
-                    "source {index} does not exist (the config has {} sources)",
-                    source_ids.len()
-                ),
-            );
+        if !notes.stream_exists(&fname, &group.name, index, source_ids.len()) {
             continue;
         }
         let mut t = Table::default();

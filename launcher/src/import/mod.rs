@@ -85,6 +85,19 @@ impl Notes {
         self.add(Verdict::NotMapped, place, why);
     }
 
+    /// Whether group `[group]` of config `file`, about stream `index`, names one of the
+    /// `sources` streams; notes it as not mapped when it does not.
+    pub fn stream_exists(&mut self, file: &str, group: &str, index: usize, sources: usize) -> bool {
+        if index < sources {
+            return true;
+        }
+        self.not_mapped(
+            format!("{file} [{group}]"),
+            format!("stream {index} does not exist (the config has {sources} sources)"),
+        );
+        false
+    }
+
     pub fn ignored(&mut self, place: impl Into<String>, why: impl Into<String>) {
         self.add(Verdict::Ignored, place, why);
     }
