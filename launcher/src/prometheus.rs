@@ -100,6 +100,13 @@ pub const FPS: Family = family(
     Gauge,
     "Frames per second the stage processed recently.",
 );
+/// `{stage}`: `vidmesh run` only, where every stage reads one in-process inbox (between
+/// processes the `LINK_*` families say what waits on each link).
+pub const INBOX_DEPTH: Family = family(
+    "vidmesh_inbox_depth",
+    Gauge,
+    "Batches waiting in the stage's inbox.",
+);
 /// `{stage,replica,link}` for this and the other `LINK_*` families.
 pub const LINK_QUEUE_DEPTH: Family = family(
     "vidmesh_link_queue_depth",

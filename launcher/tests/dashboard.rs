@@ -127,6 +127,7 @@ fn run_dashboard_works_in_a_real_browser() {
         );
     }
     assert!(metrics.contains("vidmesh_latency_seconds_bucket{stage=\"detect\""));
+    assert!(metrics.contains("vidmesh_inbox_depth{stage=\"detect\"}"));
     // The official client's parser reads it, and the names follow Prometheus conventions.
     let scraped = dir.path().join("metrics.txt");
     std::fs::write(&scraped, &metrics).unwrap();

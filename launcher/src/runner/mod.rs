@@ -368,7 +368,7 @@ struct ObservedSource {
 /// `/metrics` of a pipeline running in this process: the same families a `vidmesh stage`
 /// process exports, one `stage` label per stage and per source (`source.<id>`).
 struct RunExposition {
-    stages: Vec<(String, Arc<StageMetrics>)>,
+    stages: Vec<(String, Arc<StageMetrics>, DepthProbe)>,
     sources: Vec<(String, Arc<SourceProgress>)>,
     /// Per stage or source: when it was last rendered and its frame count then (for fps).
     last: std::sync::Mutex<HashMap<String, (Instant, u64)>>,
@@ -384,7 +384,7 @@ impl RunExposition {
         Self {
             stages: stages
                 .iter()
-                .map(|s| (s.name.clone(), s.metrics.clone()))
+                .map(|s| (s.name.clone(), s.metrics.clone(), s.inbox.clone()))
                 .collect(),
             sources: sources
                 .iter()
@@ -417,10 +417,15 @@ impl RunExposition {
             };
             e.add_stage(name, 0, &snapshot, fps(name, snapshot.frames), &[]);
         }
-        for (name, metrics) in &self.stages {
+        for (name, metrics, inbox) in &self.stages {
             let snapshot = metrics.snapshot();
             e.add_stage(name, 0, &snapshot, fps(name, snapshot.frames), &[])
-                .add_values(name, 0, &metrics.values());
+                .add_values(name, 0, &metrics.values())
+                .family(
+                    &crate::prometheus::INBOX_DEPTH,
+                    &[("stage", name.as_str())],
+                    inbox.depth() as f64,
+                );
         }
         if let Some(probe) = self.gpus.as_ref() {
             crate::gpu::add_to(&mut e, &probe.sample());

@@ -52,6 +52,7 @@ pub struct WatchedStage {
 }
 
 /// Reads an inbox's queue depth from another thread.
+#[derive(Clone)]
 pub struct DepthProbe {
     stats: Arc<LinkStats>,
     capacity: usize,
