@@ -1,5 +1,6 @@
-//! File-source options as users set them: `max_fps` delivers an evenly spread subset of the
-//! frames, and `loop = true` plays a clip again and again, numbering on, until stopped.
+//! Source options as users set them: `max_fps` delivers an evenly spread subset of the
+//! frames, `loop = true` plays a clip again and again, numbering on, until stopped, and
+//! `testsrc://` makes frames without any clip.
 
 mod common;
 
@@ -85,4 +86,32 @@ fn a_looping_file_plays_again_until_stopped() {
         .iter()
         .enumerate()
         .all(|(i, f)| f.frame_num == i as u64));
+}
+
+#[test]
+fn a_test_pattern_needs_no_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[pipeline]
+name = "testsrc"
+links = [["sources", "mux"], ["mux", "meta"]]
+
+[[source]]
+id = "pattern"
+uri = "testsrc://ball?width=320&height=240&fps=15&frames=45"
+
+[stage]
+mux = {{ kind = "mux", batch_size = 4 }}
+meta = {{ kind = "broker", uri = "file://{}/meta.jsonl", schema = "native" }}
+"#,
+        dir.path().display()
+    );
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, text).unwrap();
+    let summary = common::run_ok(&path);
+    assert_eq!(summary.sources[0].frames, 45);
+    let frames = read_native(&dir.path().join("meta.jsonl"));
+    assert_eq!(frames.len(), 45);
+    assert!(frames.iter().all(|f| (f.width, f.height) == (320, 240)));
 }

@@ -25,7 +25,7 @@ use vidmesh_protocol::{Batch, FrameMeta, ImageLayout, PayloadRef, PixelFormat, S
 
 use crate::gst_util;
 use crate::stage::{BuildContext, Outputs, StageError};
-pub use uri::{redact, SourceUri};
+pub use uri::{redact, SourceUri, TestPattern, TEST_PATTERNS};
 
 /// RTSP lower transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -268,18 +268,42 @@ impl GstSource {
     ) -> Result<(), StageError> {
         gst_util::init()?;
         let pipeline = gst::Pipeline::new();
+        if let SourceUri::Test(t) = &self.uri {
+            let convert = gst_util::make("videoconvert")?;
+            let sink = rgb_appsink();
+            let src = gst_util::make("videotestsrc")?;
+            src.set_property_from_str("pattern", &t.pattern);
+            src.set_property("is-live", t.live);
+            if let Some(n) = t.frames {
+                src.set_property("num-buffers", n as i32);
+            }
+            let caps = gst_util::make("capsfilter")?;
+            caps.set_property(
+                "caps",
+                gst_video::VideoCapsBuilder::new()
+                    .width(t.width as i32)
+                    .height(t.height as i32)
+                    .framerate(gst::Fraction::new(t.fps as i32, 1))
+                    .build(),
+            );
+            pipeline
+                .add_many([&src, &caps, &convert, sink.upcast_ref()])
+                .map_err(|e| StageError::runtime("cannot assemble the test pipeline", e))?;
+            gst::Element::link_many([&src, &caps, &convert, sink.upcast_ref()])
+                .map_err(|e| StageError::runtime("cannot link the test pipeline", e))?;
+            let bus = pipeline
+                .bus()
+                .ok_or_else(|| StageError::Runtime("pipeline has no bus".into()))?;
+            let result = self.pump(
+                &pipeline, &sink, &bus, out, stop, progress, frames, timeline,
+            );
+            let _ = pipeline.set_state(gst::State::Null);
+            return result;
+        }
         let decode = gst_util::make("uridecodebin")?;
         decode.set_property("uri", self.uri.gst_uri());
         let convert = gst_util::make("videoconvert")?;
-        let sink = gst_app::AppSink::builder()
-            .caps(
-                &gst_video::VideoCapsBuilder::new()
-                    .format(gst_video::VideoFormat::Rgb)
-                    .build(),
-            )
-            .sync(false)
-            .max_buffers(4)
-            .build();
+        let sink = rgb_appsink();
         pipeline
             .add_many([&decode, &convert, sink.upcast_ref()])
             .map_err(|e| StageError::runtime("cannot assemble the decode pipeline", e))?;
@@ -463,6 +487,19 @@ impl GstSource {
             ..Default::default()
         })
     }
+}
+
+/// The appsink every source pipeline ends in: packed RGB, a few frames of slack.
+fn rgb_appsink() -> gst_app::AppSink {
+    gst_app::AppSink::builder()
+        .caps(
+            &gst_video::VideoCapsBuilder::new()
+                .format(gst_video::VideoFormat::Rgb)
+                .build(),
+        )
+        .sync(false)
+        .max_buffers(4)
+        .build()
 }
 
 /// Keeps presentation times increasing across reconnects: a new session's timestamps start

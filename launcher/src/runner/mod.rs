@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use thiserror::Error;
-use vidmesh_actors::source::{GstSource, SourceProgress, SourceReport};
+use vidmesh_actors::source::{GstSource, SourceProgress, SourceReport, SourceUri};
 use vidmesh_actors::{Outputs, Stage, StageError, StageReport};
 use vidmesh_protocol::DataMessage;
 use vidmesh_transport::{in_process_link, LinkReceiver, LinkSender, Received};
@@ -225,7 +225,12 @@ pub fn run(
         let ended = Arc::new(AtomicBool::new(false));
         watched_sources.push(WatchedSource {
             name: entry.settings.id.clone(),
-            live: !matches!(entry.uri, vidmesh_actors::source::SourceUri::File(_)),
+            live: match &entry.uri {
+                SourceUri::File(_) => false,
+                SourceUri::Rtsp(_) => true,
+                // A finite synthetic stream has an end to show progress towards.
+                SourceUri::Test(t) => t.live || t.frames.is_none(),
+            },
             progress: progress.clone(),
             ended: ended.clone(),
         });
