@@ -6,7 +6,7 @@
 mod common;
 
 use vidmesh_tests::rtsp::RtspServer;
-use vidmesh_tests::{make_clip, read_native};
+use vidmesh_tests::{make_clip, metadata_topology, read_native};
 
 #[test]
 fn rtsp_source_delivers_every_frame() {
@@ -15,27 +15,13 @@ fn rtsp_source_delivers_every_frame() {
     make_clip(&clip, 60, 320, 240, false);
     let server = RtspServer::serve(&clip, Some(("viewer", "s3cret-pw")));
     let uri = server.url.replace("rtsp://", "rtsp://viewer:s3cret-pw@");
-    let text = format!(
-        r#"
-[pipeline]
-name = "rtsp"
-links = [["sources", "mux"], ["mux", "meta"]]
-
-[[source]]
-id = "cam"
-uri = "{uri}"
-rtsp_transport = "tcp"
-latency = "100ms"
-timeout = "5s"
-
-[stage]
-mux = {{ kind = "mux", batch_size = 1 }}
-meta = {{ kind = "broker", uri = "file://{}/meta.jsonl", schema = "native" }}
-"#,
-        scratch.path().display()
+    let path = metadata_topology(
+        scratch.path(),
+        "rtsp",
+        &format!(
+            "id = \"cam\"\nuri = \"{uri}\"\nrtsp_transport = \"tcp\"\nlatency = \"100ms\"\ntimeout = \"5s\""
+        ),
     );
-    let path = scratch.path().join("rtsp.toml");
-    std::fs::write(&path, &text).unwrap();
     let summary = common::run_ok(&path);
     assert_eq!(summary.sources[0].frames, 60);
     let frames = read_native(&scratch.path().join("meta.jsonl"));
@@ -90,29 +76,16 @@ fn a_camera_that_goes_away_and_comes_back_is_reconnected() {
         .parse()
         .unwrap();
     let events = scratch.path().join("meta.jsonl");
-    let text = format!(
-        r#"
-[pipeline]
-name = "rtsp-reconnect"
-links = [["sources", "mux"], ["mux", "meta"]]
-
-[[source]]
-id = "cam"
-uri = "{}"
-rtsp_transport = "tcp"
-latency = "100ms"
-timeout = "2s"
-reconnect_interval = "500ms"
-
-[stage]
-mux = {{ kind = "mux", batch_size = 1 }}
-meta = {{ kind = "broker", uri = "file://{}", schema = "native" }}
-"#,
-        server.url,
-        events.display()
+    let path = metadata_topology(
+        scratch.path(),
+        "rtsp-reconnect",
+        &format!(
+            "id = \"cam\"\nuri = \"{}\"\nrtsp_transport = \"tcp\"\nlatency = \"100ms\"\n\
+             timeout = \"2s\"\nreconnect_interval = \"500ms\"",
+            server.url
+        ),
     );
-    let path = scratch.path().join("rtsp.toml");
-    std::fs::write(&path, &text).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
     let topology = vidmesh::Topology::parse(&path, &text, &vidmesh_tests::repo_root()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let run = std::thread::spawn({

@@ -8,34 +8,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vidmesh_tests::{make_clip, prepared, read_native, repo_root};
+use vidmesh_tests::{make_clip, metadata_topology, prepared, read_native, repo_root};
 
 fn topology(
     dir: &std::path::Path,
     source_keys: &str,
     clip: &std::path::Path,
 ) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[pipeline]
-name = "source-options"
-links = [["sources", "mux"], ["mux", "meta"]]
-
-[[source]]
-id = "clip"
-uri = "file://{}"
-{source_keys}
-
-[stage]
-mux = {{ kind = "mux", batch_size = 1 }}
-meta = {{ kind = "broker", uri = "file://{}/meta.jsonl", schema = "native" }}
-"#,
-        clip.display(),
-        dir.display()
+    let source = format!(
+        "id = \"clip\"\nuri = \"file://{}\"\n{source_keys}",
+        clip.display()
     );
-    let path = dir.join("t.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    metadata_topology(dir, "source-options", &source)
 }
 
 #[test]
@@ -91,24 +75,11 @@ fn a_looping_file_plays_again_until_stopped() {
 #[test]
 fn a_test_pattern_needs_no_clip() {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"
-[pipeline]
-name = "testsrc"
-links = [["sources", "mux"], ["mux", "meta"]]
-
-[[source]]
-id = "pattern"
-uri = "testsrc://ball?width=320&height=240&fps=15&frames=45"
-
-[stage]
-mux = {{ kind = "mux", batch_size = 4 }}
-meta = {{ kind = "broker", uri = "file://{}/meta.jsonl", schema = "native" }}
-"#,
-        dir.path().display()
+    let path = metadata_topology(
+        dir.path(),
+        "testsrc",
+        "id = \"pattern\"\nuri = \"testsrc://ball?width=320&height=240&fps=15&frames=45\"",
     );
-    let path = dir.path().join("t.toml");
-    std::fs::write(&path, text).unwrap();
     let summary = common::run_ok(&path);
     assert_eq!(summary.sources[0].frames, 45);
     let frames = read_native(&dir.path().join("meta.jsonl"));

@@ -331,3 +331,27 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Writes `dir/t.toml`: one source whose `[[source]]` table is `source` (id, uri and any other
+/// keys), batched one frame at a time into a broker that records every frame as native
+/// metadata in `dir/meta.jsonl`. Returns the topology's path.
+pub fn metadata_topology(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[pipeline]
+name = "{name}"
+links = [["sources", "mux"], ["mux", "meta"]]
+
+[[source]]
+{source}
+
+[stage]
+mux = {{ kind = "mux", batch_size = 1 }}
+meta = {{ kind = "broker", uri = "file://{}/meta.jsonl", schema = "native" }}
+"#,
+        dir.display()
+    );
+    let path = dir.join("t.toml");
+    std::fs::write(&path, text).expect("scratch dir is writable");
+    path
+}

@@ -184,7 +184,13 @@ pub fn dot_to_svg(dot_text: &str) -> Result<String, GraphError> {
         })?;
     // Written from another thread so that a `dot` writing before it has read everything
     // cannot deadlock against us.
-    let mut stdin = child.stdin.take().expect("stdin was piped");
+    let Some(mut stdin) = child.stdin.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(GraphError::Unusable(std::io::Error::other(
+            "dot started without a pipe to its input",
+        )));
+    };
     let input = dot_text.to_string();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let output = child.wait_with_output().map_err(GraphError::Unusable)?;
