@@ -2,7 +2,8 @@
 //! processes serve to whatever connects: Prometheus metrics, frame previews and the dashboard.
 //!
 //! Hard limits on size, time and connections: neither a stuck client nor a stuck peer may stall
-//! a pipeline, and untrusted bytes never panic. Only `GET` and `HEAD` are answered; every
+//! a pipeline, and untrusted bytes never panic. [`serve`] answers only `GET` and `HEAD`;
+//! [`serve_api`] also takes `POST` and `DELETE` with a small body (the control API). Every
 //! response closes its connection.
 
 use std::borrow::Cow;
@@ -19,6 +20,9 @@ use thiserror::Error;
 /// Largest request head the server reads; a longer one gets 431.
 const REQUEST_LIMIT_BYTES: usize = 8 << 10;
 
+/// Largest request body [`serve_api`] reads; a longer one gets 413.
+const BODY_LIMIT_BYTES: usize = 64 << 10;
+
 /// Time one connection gets to send its request and take the answer, in total, so that a
 /// client trickling bytes cannot hold a connection thread for long.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
@@ -27,7 +31,7 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 /// threads.
 pub const MAX_CONNECTIONS: usize = 16;
 
-/// A request as the handler sees it: method and target only (requests have no body here).
+/// A request as the handler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: String,
@@ -35,6 +39,20 @@ pub struct Request {
     pub path: String,
     /// What followed `?`, possibly empty.
     pub query: String,
+    /// The body of a `POST`/`DELETE` to [`serve_api`]; empty otherwise.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A `GET` of `path` (with no query).
+    pub fn get(path: &str) -> Self {
+        Self {
+            method: "GET".into(),
+            path: path.into(),
+            query: String::new(),
+            body: Vec::new(),
+        }
+    }
 }
 
 /// An answer; the connection closes after it.
@@ -70,12 +88,22 @@ impl Response {
         Self::text(404, "not found\n")
     }
 
-    fn send(&self, stream: &mut TcpStream, deadline: Instant, head_only: bool) -> io::Result<()> {
+    fn send(
+        &self,
+        stream: &mut TcpStream,
+        deadline: Instant,
+        head_only: bool,
+        allow: &str,
+    ) -> io::Result<()> {
         let reason = match self.status {
             200 => "OK",
+            201 => "Created",
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
+            411 => "Length Required",
+            413 => "Content Too Large",
             431 => "Request Header Fields Too Large",
             500 => "Internal Server Error",
             503 => "Service Unavailable",
@@ -90,7 +118,7 @@ impl Response {
             self.body.len()
         );
         if self.status == 405 {
-            response.push_str("Allow: GET, HEAD\r\n");
+            response.push_str(&format!("Allow: {allow}\r\n"));
         }
         response.push_str("\r\n");
         let mut response = response.into_bytes();
@@ -102,7 +130,7 @@ impl Response {
     }
 }
 
-/// Answers one `GET`/`HEAD` request; a panic inside it becomes a 500.
+/// Answers one request; a panic inside it becomes a 500.
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
 /// Why [`serve`] could not start.
@@ -177,6 +205,28 @@ pub fn serve(
     addr: SocketAddr,
     handler: Handler,
 ) -> Result<HttpServer, ServeError> {
+    serve_methods(what, addr, handler, READ_ONLY)
+}
+
+/// [`serve`], and `POST`/`DELETE` requests with a body of at most [`BODY_LIMIT_BYTES`]
+/// (sent with `Content-Length`) reach the handler too.
+pub fn serve_api(
+    what: &'static str,
+    addr: SocketAddr,
+    handler: Handler,
+) -> Result<HttpServer, ServeError> {
+    serve_methods(what, addr, handler, READ_WRITE)
+}
+
+const READ_ONLY: &[&str] = &["GET", "HEAD"];
+const READ_WRITE: &[&str] = &["GET", "HEAD", "POST", "DELETE"];
+
+fn serve_methods(
+    what: &'static str,
+    addr: SocketAddr,
+    handler: Handler,
+    methods: &'static [&'static str],
+) -> Result<HttpServer, ServeError> {
     let listener = TcpListener::bind(addr).map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => ServeError::PortInUse { what, addr },
         _ => ServeError::Bind { what, addr, source },
@@ -190,7 +240,7 @@ pub fn serve(
         .name(format!("vidmesh-{what}"))
         .spawn({
             let stop = stop.clone();
-            move || accept_loop(what, listener, handler, &stop)
+            move || accept_loop(what, listener, handler, methods, &stop)
         })
         .map_err(|source| ServeError::Thread { what, source })?;
     Ok(HttpServer {
@@ -209,7 +259,13 @@ impl Drop for ConnectionSlot {
     }
 }
 
-fn accept_loop(what: &'static str, listener: TcpListener, handler: Handler, stop: &AtomicBool) {
+fn accept_loop(
+    what: &'static str,
+    listener: TcpListener,
+    handler: Handler,
+    methods: &'static [&'static str],
+    stop: &AtomicBool,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = listener.accept();
@@ -229,7 +285,7 @@ fn accept_loop(what: &'static str, listener: TcpListener, handler: Handler, stop
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
             let deadline = Instant::now() + Duration::from_millis(100);
-            let _ = Response::text(503, "busy\n").send(&mut stream, deadline, false);
+            let _ = Response::text(503, "busy\n").send(&mut stream, deadline, false, "");
             continue;
         }
         let slot = ConnectionSlot(active.clone());
@@ -239,7 +295,7 @@ fn accept_loop(what: &'static str, listener: TcpListener, handler: Handler, stop
             .stack_size(256 << 10)
             .spawn(move || {
                 let _slot = slot;
-                handle_connection(stream, &handler);
+                handle_connection(stream, &handler, methods);
             });
         if let Err(e) = spawned {
             tracing::warn!("{what} endpoint: cannot start a connection thread: {e}");
@@ -247,45 +303,116 @@ fn accept_loop(what: &'static str, listener: TcpListener, handler: Handler, stop
     }
 }
 
-fn handle_connection(mut stream: TcpStream, handler: &Handler) {
+fn handle_connection(mut stream: TcpStream, handler: &Handler, methods: &[&str]) {
     let _ = stream.set_nodelay(true);
     let deadline = Instant::now() + CONNECTION_DEADLINE;
-    let (reply, head_only) = match read_request_head(&mut stream, deadline) {
-        Ok(head) => route(&head, handler),
-        Err(RequestError::TooLarge) => (Response::text(431, "request too large\n"), false),
-        Err(RequestError::Malformed) => (Response::text(400, "bad request\n"), false),
+    let allow = methods.join(", ");
+    let reply = read_request_head(&mut stream, deadline).and_then(|(head, early_body)| {
+        let mut request = parse_request_head(&head)?;
+        if !methods.contains(&request.method.as_str()) {
+            return Err(RequestError::Reply(Response::text(
+                405,
+                "method not allowed\n",
+            )));
+        }
+        if request.method == "POST" || request.method == "DELETE" {
+            request.body = read_body(&mut stream, &head, early_body, deadline)?;
+        }
+        Ok(request)
+    });
+    let (reply, head_only) = match reply {
+        Ok(request) => {
+            let reply = catch_unwind(AssertUnwindSafe(|| handler(&request)))
+                .unwrap_or_else(|_| Response::text(500, "the handler failed\n"));
+            (reply, request.method == "HEAD")
+        }
+        Err(RequestError::Reply(reply)) => (reply, false),
         // Timed out, reset or closed: nobody to answer.
         Err(RequestError::Io) => return,
     };
-    let _ = reply.send(&mut stream, deadline, head_only);
+    let _ = reply.send(&mut stream, deadline, head_only, &allow);
 }
 
-/// The reply to a request head, and whether it was `HEAD` (headers only).
-fn route(head: &str, handler: &Handler) -> (Response, bool) {
+/// Method, path and query of a request head.
+fn parse_request_head(head: &str) -> Result<Request, RequestError> {
     let mut parts = head.lines().next().unwrap_or("").split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" && method != "HEAD" {
-        return (Response::text(405, "method not allowed\n"), false);
+    if method.is_empty() || !target.starts_with('/') {
+        return Err(RequestError::Reply(Response::text(400, "bad request\n")));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let request = Request {
+    Ok(Request {
         method: method.to_string(),
         path: path.to_string(),
         query: query.to_string(),
+        body: Vec::new(),
+    })
+}
+
+/// The body announced by `Content-Length` (none without it), at most [`BODY_LIMIT_BYTES`];
+/// `early` holds what arrived together with the head.
+fn read_body(
+    stream: &mut TcpStream,
+    head: &str,
+    mut early: Vec<u8>,
+    deadline: Instant,
+) -> Result<Vec<u8>, RequestError> {
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
     };
-    let reply = catch_unwind(AssertUnwindSafe(|| handler(&request)))
-        .unwrap_or_else(|_| Response::text(500, "the handler failed\n"));
-    (reply, method == "HEAD")
+    if header("transfer-encoding").is_some() {
+        return Err(RequestError::Reply(Response::text(
+            411,
+            "send the body with Content-Length, not chunked\n",
+        )));
+    }
+    let length = match header("content-length") {
+        None => return Ok(Vec::new()),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| RequestError::Reply(Response::text(400, "malformed Content-Length\n")))?,
+    };
+    if length > BODY_LIMIT_BYTES {
+        return Err(RequestError::Reply(Response::text(
+            413,
+            &format!("the body may be at most {BODY_LIMIT_BYTES} bytes\n"),
+        )));
+    }
+    early.truncate(length);
+    let mut chunk = [0u8; 4096];
+    while early.len() < length {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
+            return Err(RequestError::Io);
+        }
+        let want = (length - early.len()).min(chunk.len());
+        match stream.read(&mut chunk[..want]) {
+            Ok(0) => return Err(RequestError::Io),
+            Ok(n) => early.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(RequestError::Io),
+        }
+    }
+    Ok(early)
 }
 
 enum RequestError {
-    TooLarge,
-    Malformed,
+    /// Answer this instead of calling the handler.
+    Reply(Response),
     Io,
 }
 
-/// Reads up to the blank line ending the request head; the request has no body we want.
-fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<String, RequestError> {
+/// Reads up to the blank line ending the request head: the head, and whatever of the body
+/// came with it.
+fn read_request_head(
+    stream: &mut TcpStream,
+    deadline: Instant,
+) -> Result<(String, Vec<u8>), RequestError> {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -312,11 +439,22 @@ fn read_request_head(stream: &mut TcpStream, deadline: Instant) -> Result<String
                     .map(|p| searched_from + p)
             });
         if let Some(end) = end.filter(|end| *end <= REQUEST_LIMIT_BYTES) {
+            let separator = if head[end..].starts_with(b"\r\n\r\n") {
+                4
+            } else {
+                2
+            };
+            let body = head.split_off(end + separator);
             head.truncate(end);
-            return String::from_utf8(head).map_err(|_| RequestError::Malformed);
+            let head = String::from_utf8(head)
+                .map_err(|_| RequestError::Reply(Response::text(400, "bad request\n")))?;
+            return Ok((head, body));
         }
         if head.len() > REQUEST_LIMIT_BYTES {
-            return Err(RequestError::TooLarge);
+            return Err(RequestError::Reply(Response::text(
+                431,
+                "request too large\n",
+            )));
         }
     }
 }
@@ -373,6 +511,18 @@ pub fn get(
     timeout: Duration,
     limit: usize,
 ) -> Result<(u16, Vec<u8>), GetError> {
+    request(addr, "GET", path, None, timeout, limit)
+}
+
+/// [`get`] with any method, and a JSON body when given.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: Option<&[u8]>,
+    timeout: Duration,
+    limit: usize,
+) -> Result<(u16, Vec<u8>), GetError> {
     let deadline = Instant::now() + timeout;
     let timed_out = || GetError::Timeout { addr, timeout };
     let io_error = |source: io::Error| match source.kind() {
@@ -385,8 +535,22 @@ pub fn get(
             _ => GetError::Connect { addr, source },
         })?;
     let _ = stream.set_nodelay(true);
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: vidmesh\r\n\r\n");
-    write_all_by(&mut stream, request.as_bytes(), deadline).map_err(io_error)?;
+    let mut request =
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: vidmesh\r\n").into_bytes();
+    match json_body {
+        Some(body) => {
+            request.extend_from_slice(
+                format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            request.extend_from_slice(body);
+        }
+        None => request.extend_from_slice(b"\r\n"),
+    }
+    write_all_by(&mut stream, &request, deadline).map_err(io_error)?;
 
     let mut response = Vec::new();
     let mut chunk = [0u8; 16 << 10];
@@ -503,6 +667,44 @@ mod tests {
             answer.ends_with("\r\n\r\n"),
             "a HEAD answer has no body: {answer}"
         );
+    }
+
+    #[test]
+    fn the_api_server_reads_bodies_within_limits() {
+        let handler: Handler = Arc::new(|r: &Request| {
+            Response::text(200, &format!("{} {} {}", r.method, r.path, r.body.len()))
+        });
+        let server = serve_api("test", "127.0.0.1:0".parse().unwrap(), handler).unwrap();
+        let addr = server.local_addr();
+        let body = vec![b'x'; 20_000];
+        assert_eq!(
+            request(addr, "POST", "/sources", Some(&body), TIMEOUT, 1024).unwrap(),
+            (200, b"POST /sources 20000".to_vec())
+        );
+        assert_eq!(
+            request(addr, "DELETE", "/sources/a", None, TIMEOUT, 1024).unwrap(),
+            (200, b"DELETE /sources/a 0".to_vec())
+        );
+        let raw = |bytes: &[u8]| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(bytes).unwrap();
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            answer
+        };
+        let big = raw(b"POST /x HTTP/1.1\r\nContent-Length: 9999999\r\n\r\n");
+        assert!(big.starts_with("HTTP/1.1 413 "), "{big}");
+        let chunked = raw(b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        assert!(chunked.starts_with("HTTP/1.1 411 "), "{chunked}");
+        let bad_length = raw(b"POST /x HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+        assert!(bad_length.starts_with("HTTP/1.1 400 "), "{bad_length}");
+        let put = raw(b"PUT /x HTTP/1.1\r\n\r\n");
+        assert!(
+            put.starts_with("HTTP/1.1 405 ") && put.contains("Allow: GET, HEAD, POST, DELETE"),
+            "{put}"
+        );
+        let no_path = raw(b"GET\r\n\r\n");
+        assert!(no_path.starts_with("HTTP/1.1 400 "), "{no_path}");
     }
 
     #[test]

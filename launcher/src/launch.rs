@@ -180,6 +180,15 @@ pub fn launch(
     interrupts: Interrupts,
 ) -> Result<RunSummary, LaunchError> {
     let started = Instant::now();
+    if topology.max_sources > 0 {
+        // Each source is a process of its own here; starting and stopping them at run time is
+        // not built for `launch` yet.
+        return Err(LaunchError::Setup(format!(
+            "{}: sources added at run time (pipeline.max_sources) work with `vidmesh run` only; \
+             `vidmesh launch` runs the declared [[source]] entries",
+            topology.path.display()
+        )));
+    }
     std::fs::create_dir_all(&options.state_dir).map_err(|e| {
         LaunchError::Setup(format!(
             "cannot create {}: {e}",
@@ -514,7 +523,7 @@ impl MetricsWatcher {
         let board = match options.dashboard_addr {
             Some(addr) => {
                 let board = Arc::new(Dashboard::new(topology, "launch"));
-                let server = DashboardServer::serve(addr, board.clone(), Some(render))
+                let server = DashboardServer::serve(addr, board.clone(), Some(render), None)
                     .map_err(|e| LaunchError::Setup(format!("launcher: {e}")))?;
                 eprintln!("dashboard: http://{}/", server.local_addr());
                 Some((board, server))

@@ -37,7 +37,8 @@ enum Command {
         /// Also write the end-of-run summary as JSON here.
         #[arg(long)]
         summary_json: Option<PathBuf>,
-        /// Serve the live dashboard (and /metrics) on this address, e.g. 127.0.0.1:8080.
+        /// Serve the live dashboard, /metrics and the sources API (GET/POST/DELETE /sources) on
+        /// this address, e.g. 127.0.0.1:8080.
         #[arg(long)]
         dashboard: Option<std::net::SocketAddr>,
     },

@@ -194,6 +194,16 @@ impl SourceUri {
         }
     }
 
+    /// Whether the stream has no end to count down to (cameras, network streams, endless
+    /// synthetic streams); progress bars and the dashboard show these without an ETA.
+    pub fn is_live(&self) -> bool {
+        match self {
+            SourceUri::File(_) => false,
+            SourceUri::Rtsp(_) => true,
+            SourceUri::Test(t) => t.live || t.frames.is_none(),
+        }
+    }
+
     /// The URI for humans: credentials removed.
     pub fn display(&self) -> String {
         match self {

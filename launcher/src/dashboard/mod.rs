@@ -75,6 +75,19 @@ pub enum SourceState {
     Failed(String),
 }
 
+impl SourceState {
+    /// The state's name in JSON answers.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SourceState::Running => "running",
+            SourceState::Restarting => "restarting",
+            SourceState::Reconnecting => "reconnecting",
+            SourceState::Ended => "ended",
+            SourceState::Failed(_) => "failed",
+        }
+    }
+}
+
 /// What a runtime saw of one source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceObservation {
@@ -539,6 +552,9 @@ fn queue_capacity_hint(replicas: u32) -> u64 {
     8 * replicas.max(1) as u64
 }
 
+/// Answers the requests it recognises (`None` for the others).
+pub type ControlFn = Arc<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
+
 /// A running dashboard: its server and the thread that samples the pipeline.
 pub struct DashboardServer {
     server: HttpServer,
@@ -548,17 +564,31 @@ pub struct DashboardServer {
 
 impl DashboardServer {
     /// Serves `dashboard` on `addr`; whoever owns it feeds it observations. `metrics` adds
-    /// `/metrics` to the same port.
+    /// `/metrics` to the same port; `control` answers the requests it claims first (the
+    /// control API, which also takes `POST` and `DELETE`).
     pub fn serve(
         addr: SocketAddr,
         dashboard: Arc<Dashboard>,
         metrics: Option<RenderFn>,
+        control: Option<ControlFn>,
     ) -> Result<Self, ServeError> {
-        let server = http::serve(
-            "dashboard",
-            addr,
-            Arc::new(move |request: &Request| dashboard.handle(request, metrics.as_ref())),
-        )?;
+        let server = match control {
+            None => http::serve(
+                "dashboard",
+                addr,
+                Arc::new(move |request: &Request| dashboard.handle(request, metrics.as_ref())),
+            )?,
+            Some(control) => http::serve_api(
+                "dashboard",
+                addr,
+                Arc::new(move |request: &Request| {
+                    control(request).unwrap_or_else(|| match request.method.as_str() {
+                        "GET" | "HEAD" => dashboard.handle(request, metrics.as_ref()),
+                        _ => Response::text(405, "method not allowed\n"),
+                    })
+                }),
+            )?,
+        };
         Ok(Self {
             server,
             stop: Arc::new(AtomicBool::new(false)),
@@ -572,8 +602,9 @@ impl DashboardServer {
         dashboard: Arc<Dashboard>,
         mut observe: impl FnMut() -> Observation + Send + 'static,
         metrics: Option<RenderFn>,
+        control: Option<ControlFn>,
     ) -> Result<Self, ServeError> {
-        let mut this = Self::serve(addr, dashboard.clone(), metrics)?;
+        let mut this = Self::serve(addr, dashboard.clone(), metrics, control)?;
         dashboard.update(Instant::now(), observe());
         let stop = this.stop.clone();
         let sampler = std::thread::Builder::new()

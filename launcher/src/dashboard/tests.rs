@@ -223,16 +223,7 @@ fn rates_statuses_events_and_history_follow_the_observations() {
 fn routes_answer_the_page_state_and_previews() {
     let dir = tempfile::tempdir().unwrap();
     let d = Dashboard::new(&topology(dir.path()), "launch");
-    let get = |path: &str| {
-        d.handle(
-            &Request {
-                method: "GET".into(),
-                path: path.into(),
-                query: String::new(),
-            },
-            None,
-        )
-    };
+    let get = |path: &str| d.handle(&Request::get(path), None);
     let page = get("/");
     assert_eq!(page.status, 200);
     assert!(String::from_utf8(page.body).unwrap().contains("/api/state"));

@@ -8,6 +8,7 @@
 
 mod metrics;
 mod progress;
+pub mod sources;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,18 +19,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use thiserror::Error;
-use vidmesh_actors::source::{GstSource, SourceProgress, SourceReport, SourceUri};
 use vidmesh_actors::{Outputs, Stage, StageError, StageReport};
 use vidmesh_protocol::DataMessage;
 use vidmesh_transport::{in_process_link, LinkReceiver, LinkSender, Received};
 
 use crate::dashboard::{
-    self, Dashboard, DashboardServer, Observation, SourceObservation, SourceState, StageObservation,
+    self, Dashboard, DashboardServer, Observation, SourceObservation, StageObservation,
 };
 use crate::gpu::GpuProbe;
 use crate::topology::{Topology, SOURCES};
 pub use metrics::{MetricsSnapshot, StageMetrics};
 use progress::{DepthProbe, ProgressReporter, Watched, WatchedSource, WatchedStage};
+use sources::{SourceHandle, SourceRegistry};
 
 /// How to run.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +54,8 @@ pub enum RunError {
     Runtime(#[from] std::io::Error),
     #[error(transparent)]
     Dashboard(#[from] crate::http::ServeError),
+    #[error("source `{source_name}`: {error}")]
+    Source { source_name: String, error: String },
 }
 
 /// How one source went.
@@ -217,45 +220,36 @@ pub fn run(
         });
     }
 
-    let mut source_threads = Vec::new();
+    // Sources send into the stages linked from `sources`; the registry keeps those links while
+    // sources may still be added, so the pipeline does not end between two sources.
+    let source_links = topology
+        .links
+        .iter()
+        .filter(|(from, _)| from == SOURCES)
+        .map(|(_, to)| inbox_senders[to.as_str()].clone())
+        .collect();
+    let registry = Arc::new(SourceRegistry::new(
+        source_links,
+        topology.max_sources,
+        topology.context(SOURCES),
+    ));
     let mut watched_sources = Vec::new();
-    let mut observed_sources = Vec::new();
-    for (index, entry) in topology.sources.iter().enumerate() {
-        let progress = Arc::new(SourceProgress::default());
-        let ended = Arc::new(AtomicBool::new(false));
-        watched_sources.push(WatchedSource {
-            name: entry.settings.id.clone(),
-            live: match &entry.uri {
-                SourceUri::File(_) => false,
-                SourceUri::Rtsp(_) => true,
-                // A finite synthetic stream has an end to show progress towards.
-                SourceUri::Test(t) => t.live || t.frames.is_none(),
-            },
-            progress: progress.clone(),
-            ended: ended.clone(),
-        });
-        let state = Arc::new(std::sync::Mutex::new(SourceState::Running));
-        observed_sources.push(ObservedSource {
-            id: index as u32,
-            name: entry.settings.id.clone(),
-            progress: progress.clone(),
-            state: state.clone(),
-        });
-        let mut source = GstSource::new(entry.settings.clone(), entry.uri.clone(), index as u32);
-        let mut out = outputs_of(SOURCES);
-        let stop = stop.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("source-{}", entry.settings.id))
-            .spawn(move || {
-                let report = source.run(&mut out, &stop, &progress);
-                ended.store(true, Ordering::Relaxed);
-                *state.lock().unwrap_or_else(|p| p.into_inner()) = match &report.error {
-                    Some(e) => SourceState::Failed(e.clone()),
-                    None => SourceState::Ended,
-                };
-                report
+    for entry in &topology.sources {
+        let handle = registry
+            .add(entry.settings.clone(), entry.uri.clone())
+            .map_err(|e| RunError::Source {
+                source_name: entry.settings.id.clone(),
+                error: e.to_string(),
             })?;
-        source_threads.push((entry.settings.id.clone(), handle));
+        watched_sources.push(WatchedSource {
+            name: handle.name.clone(),
+            live: handle.live,
+            progress: handle.progress.clone(),
+            ended: handle.ended.clone(),
+        });
+    }
+    if !registry.accepts_new() {
+        registry.close();
     }
     // Only the threads hold senders now, so inboxes close when their producers finish.
     drop(inbox_senders);
@@ -266,9 +260,11 @@ pub fn run(
             let gpus = Arc::new(GpuProbe::open());
             let exposition = Arc::new(RunExposition::new(
                 &observed_stages,
-                &observed_sources,
+                registry.clone(),
                 gpus.clone(),
             ));
+            let observed_sources = registry.clone();
+            let control = registry.clone();
             let server = DashboardServer::start(
                 addr,
                 Arc::new(Dashboard::new(topology, "run")),
@@ -278,9 +274,16 @@ pub fn run(
                         .as_ref()
                         .map(GpuProbe::sample)
                         .unwrap_or_default(),
-                    ..observe(&observed_stages, &observed_sources, board.as_deref())
+                    ..observe(
+                        &observed_stages,
+                        &observed_sources.handles(),
+                        board.as_deref(),
+                    )
                 },
                 Some(Arc::new(move || exposition.render())),
+                Some(Arc::new(move |request: &crate::http::Request| {
+                    control.handle(request)
+                })),
             )?;
             eprintln!("dashboard: http://{}/", server.local_addr());
             Some(server)
@@ -308,14 +311,21 @@ pub fn run(
         std::thread::spawn(move || reporter.run(interval, &finished))
     });
 
+    // Sources stop on their own (their streams end) or when the run is stopped; while sources
+    // may be added, only a stop ends the run.
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            registry.stop_all();
+        }
+        if registry.all_ended() && (stop.load(Ordering::Relaxed) || !registry.accepts_new()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut errors = Vec::new();
     let mut sources = Vec::new();
-    for (name, handle) in source_threads {
-        let report = handle.join().unwrap_or_else(|_| SourceReport {
-            frames: 0,
-            reconnects: 0,
-            error: Some("the source thread panicked".into()),
-        });
+    for finished in registry.join() {
+        let (name, report) = (finished.name, finished.report);
         if let Some(e) = &report.error {
             errors.push(format!("source `{name}`: {e}"));
         }
@@ -361,20 +371,11 @@ pub fn run(
     ))
 }
 
-/// A source as the dashboard watches it in one process.
-struct ObservedSource {
-    id: u32,
-    name: String,
-    progress: Arc<SourceProgress>,
-    /// Set by the source's thread when it ends.
-    state: Arc<std::sync::Mutex<SourceState>>,
-}
-
 /// `/metrics` of a pipeline running in this process: the same families a `vidmesh stage`
 /// process exports, one `stage` label per stage and per source (`source.<id>`).
 struct RunExposition {
     stages: Vec<(String, Arc<StageMetrics>, DepthProbe)>,
-    sources: Vec<(String, Arc<SourceProgress>)>,
+    sources: Arc<SourceRegistry>,
     /// Per stage or source: when it was last rendered and its frame count then (for fps).
     last: std::sync::Mutex<HashMap<String, (Instant, u64)>>,
     gpus: Arc<Option<GpuProbe>>,
@@ -383,7 +384,7 @@ struct RunExposition {
 impl RunExposition {
     fn new(
         stages: &[WatchedStage],
-        sources: &[ObservedSource],
+        sources: Arc<SourceRegistry>,
         gpus: Arc<Option<GpuProbe>>,
     ) -> Self {
         Self {
@@ -391,10 +392,7 @@ impl RunExposition {
                 .iter()
                 .map(|s| (s.name.clone(), s.metrics.clone(), s.inbox.clone()))
                 .collect(),
-            sources: sources
-                .iter()
-                .map(|s| (crate::node::source_instance(&s.name), s.progress.clone()))
-                .collect(),
+            sources,
             last: Default::default(),
             gpus,
         }
@@ -415,12 +413,13 @@ impl RunExposition {
             }
         };
         let mut e = crate::prometheus::Exposition::new();
-        for (name, progress) in &self.sources {
+        for source in self.sources.handles() {
+            let name = crate::node::source_instance(&source.name);
             let snapshot = MetricsSnapshot {
-                frames: progress.frames.load(Ordering::Relaxed),
+                frames: source.progress.frames.load(Ordering::Relaxed),
                 ..Default::default()
             };
-            e.add_stage(name, 0, &snapshot, fps(name, snapshot.frames), &[]);
+            e.add_stage(&name, 0, &snapshot, fps(&name, snapshot.frames), &[]);
         }
         for (name, metrics, inbox) in &self.stages {
             let snapshot = metrics.snapshot();
@@ -442,7 +441,7 @@ impl RunExposition {
 /// The dashboard's view of a pipeline running in this process.
 fn observe(
     stages: &[WatchedStage],
-    sources: &[ObservedSource],
+    sources: &[SourceHandle],
     previews: Option<&vidmesh_actors::preview::PreviewBoard>,
 ) -> Observation {
     Observation {
@@ -469,12 +468,7 @@ fn observe(
                 id: s.id,
                 name: s.name.clone(),
                 frames: s.progress.frames.load(Ordering::Relaxed),
-                state: match &*s.state.lock().unwrap_or_else(|p| p.into_inner()) {
-                    SourceState::Running if s.progress.reconnecting.load(Ordering::Relaxed) => {
-                        SourceState::Reconnecting
-                    }
-                    state => state.clone(),
-                },
+                state: s.state(),
             })
             .collect(),
         previews: previews.map(dashboard::board_images).unwrap_or_default(),

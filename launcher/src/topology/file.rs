@@ -26,6 +26,10 @@ pub struct PipelineSection {
     /// Capacity of every link, in messages (batches): the credits a producer holds.
     #[serde(default = "queue_default")]
     pub queue: usize,
+    /// Sources running at once, counting those added through the control API while the
+    /// pipeline runs; 0 (the default): no sources can be added at run time.
+    #[serde(default)]
+    pub max_sources: usize,
 }
 
 fn queue_default() -> usize {

@@ -74,6 +74,9 @@ pub struct Topology {
     pub path: PathBuf,
     pub name: String,
     pub queue: usize,
+    /// Sources running at once, counting those added at run time; 0: no sources are added at
+    /// run time.
+    pub max_sources: usize,
     /// Where relative paths in the file start (the working directory).
     pub base_dir: PathBuf,
     pub sources: Vec<SourceEntry>,
@@ -243,14 +246,35 @@ impl Topology {
             .into_iter()
             .map(|i| stages[i].clone())
             .collect::<Vec<_>>();
-        if !sources.is_empty() && !links.iter().any(|(f, _)| f == SOURCES) {
+        let max_sources = parsed.pipeline.max_sources;
+        if max_sources > 0 && max_sources < sources.len() {
+            return Err(at(
+                None,
+                format!(
+                    "pipeline.max_sources is {max_sources} but the topology declares {} sources",
+                    sources.len()
+                ),
+            ));
+        }
+        if max_sources > 4096 {
+            return Err(at(
+                None,
+                format!("pipeline.max_sources must be at most 4096, got {max_sources}"),
+            ));
+        }
+        if (!sources.is_empty() || max_sources > 0) && !links.iter().any(|(f, _)| f == SOURCES) {
             return Err(at(
                 None,
                 format!("no link starts at `{SOURCES}`, so no frames would enter the pipeline"),
             ));
         }
-        if sources.is_empty() {
-            return Err(at(None, "the topology has no [[source]] entries".into()));
+        if sources.is_empty() && max_sources == 0 {
+            return Err(at(
+                None,
+                "the topology has no [[source]] entries (declare one, or set \
+                 pipeline.max_sources to add sources while it runs)"
+                    .into(),
+            ));
         }
         let deployment = parse_deployment(&parsed, &stages).map_err(|(o, m)| at(o, m))?;
         Ok(Topology {
@@ -258,6 +282,7 @@ impl Topology {
             path: path.to_path_buf(),
             name: parsed.pipeline.name,
             queue: parsed.pipeline.queue,
+            max_sources,
             base_dir: base_dir.to_path_buf(),
             sources,
             stages,

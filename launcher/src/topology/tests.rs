@@ -130,6 +130,31 @@ fn a_stage_nothing_feeds_is_rejected() {
 }
 
 #[test]
+fn max_sources_allows_an_empty_start_and_is_checked() {
+    let no_sources = GOOD.replace("[[source]]\nid = \"cam0\"\nuri = \"file://clip.mp4\"\n", "");
+    let e = error(&no_sources);
+    assert!(
+        e.contains("no [[source]] entries") && e.contains("max_sources"),
+        "{e}"
+    );
+    let dynamic = no_sources.replace("name = \"t\"", "name = \"t\"\nmax_sources = 4");
+    let t = check(&dynamic).unwrap();
+    assert_eq!((t.sources.len(), t.max_sources), (0, 4));
+    let e = error(
+        &GOOD
+            .replace("name = \"t\"", "name = \"t\"\nmax_sources = 1")
+            .replace(
+                "[stage.mux]",
+                "[[source]]\nid = \"cam1\"\nuri = \"file://clip.mp4\"\n\n[stage.mux]",
+            ),
+    );
+    assert!(
+        e.contains("max_sources is 1 but the topology declares 2 sources"),
+        "{e}"
+    );
+}
+
+#[test]
 fn placement_on_an_undeclared_host_names_the_stage_the_host_and_the_declared_ones() {
     let e = error(&format!(
         "{GOOD}\n[hosts]\ngpu-a = {{ zenoh = \"tcp/10.0.0.2:7447\" }}\n[placement]\ndetect = {{ host = \"gpu-z\" }}\n"
