@@ -304,9 +304,27 @@ pub fn run(
     let finished = Arc::new(AtomicBool::new(false));
     let reporter = options.progress_interval.map(|interval| {
         let finished = finished.clone();
+        let discover: Option<progress::Discover> = registry.accepts_new().then(|| {
+            let registry = registry.clone();
+            Box::new(move |known: usize| {
+                registry
+                    .handles()
+                    .into_iter()
+                    // Source ids count up from 0 without gaps, so the watched ones are 0..known.
+                    .filter(|h| h.id as usize >= known)
+                    .map(|h| WatchedSource {
+                        name: h.name,
+                        live: h.live,
+                        progress: h.progress,
+                        ended: h.ended,
+                    })
+                    .collect()
+            }) as progress::Discover
+        });
         let reporter = ProgressReporter::new(Watched {
             sources: watched_sources,
             stages: watched_stages,
+            discover,
         });
         std::thread::spawn(move || reporter.run(interval, &finished))
     });

@@ -32,7 +32,13 @@ const STALL_INTERVALS: u32 = 2;
 pub struct Watched {
     pub sources: Vec<WatchedSource>,
     pub stages: Vec<WatchedStage>,
+    /// Sources added while the pipeline runs: given how many are watched, returns the newer
+    /// ones. `None` when the sources are fixed.
+    pub discover: Option<Discover>,
 }
+
+/// See [`Watched::discover`].
+pub type Discover = Box<dyn Fn(usize) -> Vec<WatchedSource> + Send>;
 
 /// One source: its counters, and whether its thread is done.
 pub struct WatchedSource {
@@ -178,7 +184,7 @@ impl ProgressReporter {
     pub fn run(mut self, interval: Duration, finished: &AtomicBool) {
         let display = if !std::io::stderr().is_terminal() {
             Display::Lines
-        } else if self.watched.sources.iter().any(|s| s.live) {
+        } else if self.watched.discover.is_some() || self.watched.sources.iter().any(|s| s.live) {
             Display::Table
         } else {
             Display::Bar
@@ -253,6 +259,15 @@ impl ProgressReporter {
         }
         .as_secs_f64()
         .max(1e-3);
+        if let Some(discover) = &self.watched.discover {
+            for added in discover(self.watched.sources.len()) {
+                self.watched.sources.push(added);
+                self.last_source.push(SourceState {
+                    last_frames: 0,
+                    last_change: now,
+                });
+            }
+        }
         let mut sources = Vec::with_capacity(self.watched.sources.len());
         let mut total = Some(0u64);
         for (s, last) in self.watched.sources.iter().zip(&mut self.last_source) {
@@ -618,6 +633,33 @@ mod tests {
     }
 
     #[test]
+    fn sources_added_at_run_time_join_the_report() {
+        let added = Arc::new(SourceProgress::default());
+        added.frames.store(7, Ordering::Relaxed);
+        let offered = added.clone();
+        let mut reporter = ProgressReporter::new(Watched {
+            sources: vec![],
+            stages: vec![],
+            discover: Some(Box::new(move |known| {
+                (known == 0)
+                    .then(|| WatchedSource {
+                        name: "gate".into(),
+                        live: true,
+                        progress: offered.clone(),
+                        ended: Arc::new(AtomicBool::new(false)),
+                    })
+                    .into_iter()
+                    .collect()
+            })),
+        });
+        let t = reporter.sample(Duration::from_secs(1), false);
+        assert_eq!(t.sources.len(), 1);
+        assert_eq!((t.sources[0].name.as_str(), t.frames), ("gate", 7));
+        let t = reporter.sample(Duration::from_secs(1), false);
+        assert_eq!(t.sources.len(), 1, "a source is discovered once");
+    }
+
+    #[test]
     fn sampling_counts_frames_and_expected_totals() {
         let progress = Arc::new(SourceProgress::default());
         let ended = Arc::new(AtomicBool::new(false));
@@ -629,6 +671,7 @@ mod tests {
                 ended: ended.clone(),
             }],
             stages: vec![],
+            discover: None,
         });
         // Half of a 10 s clip: 50 frames, the newest at 5 s.
         progress.frames.store(50, Ordering::Relaxed);
@@ -660,6 +703,7 @@ mod tests {
                 ended,
             }],
             stages: vec![],
+            discover: None,
         });
         progress.frames.store(33, Ordering::Relaxed);
         progress.position_ns.store(3_200_000_000, Ordering::Relaxed);
