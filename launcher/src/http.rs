@@ -41,6 +41,8 @@ pub struct Request {
     pub query: String,
     /// The body of a `POST`/`DELETE` to [`serve_api`]; empty otherwise.
     pub body: Vec<u8>,
+    /// Header fields, names in lower case, in the order sent.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Request {
@@ -51,7 +53,23 @@ impl Request {
             path: path.into(),
             query: String::new(),
             body: Vec::new(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of `key` in the query string (not percent-decoded).
+    pub fn query_param(&self, key: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
     }
 }
 
@@ -99,6 +117,7 @@ impl Response {
             200 => "OK",
             201 => "Created",
             400 => "Bad Request",
+            401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
             409 => "Conflict",
@@ -119,6 +138,9 @@ impl Response {
         );
         if self.status == 405 {
             response.push_str(&format!("Allow: {allow}\r\n"));
+        }
+        if self.status == 401 {
+            response.push_str("WWW-Authenticate: Bearer realm=\"vidmesh\"\r\n");
         }
         response.push_str("\r\n");
         let mut response = response.into_bytes();
@@ -147,6 +169,15 @@ pub enum ServeError {
         addr: SocketAddr,
         #[source]
         source: io::Error,
+    },
+    #[error(
+        "the {what} on {addr} would answer other hosts without a password: set the environment \
+         variable {TOKEN_VARIABLE} to a secret token (clients then send `Authorization: Bearer \
+         TOKEN`, browsers open http://{addr}/?token=TOKEN), or bind it to 127.0.0.1"
+    )]
+    NoToken {
+        what: &'static str,
+        addr: SocketAddr,
     },
     #[error("cannot start the {what} server thread: {source}")]
     Thread {
@@ -250,6 +281,56 @@ fn serve_methods(
     })
 }
 
+/// The environment variable holding the token that guards the dashboard and control API.
+pub const TOKEN_VARIABLE: &str = "VIDMESH_API_TOKEN";
+
+/// The token a server on `addr` requires: [`TOKEN_VARIABLE`]'s value when set (on any
+/// address); none on a loopback address without it. A server other hosts could reach is
+/// refused without a token, because the control API changes what the pipeline does.
+pub fn required_token(what: &'static str, addr: SocketAddr) -> Result<Option<String>, ServeError> {
+    let token = std::env::var(TOKEN_VARIABLE)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(ServeError::NoToken { what, addr });
+    }
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        tracing::warn!("{TOKEN_VARIABLE} is shorter than 16 characters; use a long random token");
+    }
+    Ok(token)
+}
+
+/// `handler` behind `token`: a request must carry `Authorization: Bearer TOKEN` or
+/// `?token=TOKEN` (what a browser can send), else it gets 401. `/healthz` stays open for
+/// health checks. Without a token, `handler` itself.
+pub fn guarded(token: Option<String>, handler: Handler) -> Handler {
+    let Some(token) = token else {
+        return handler;
+    };
+    Arc::new(move |request: &Request| {
+        let offered = request
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| request.query_param("token"));
+        if request.path == "/healthz" || offered.is_some_and(|o| same_secret(o, &token)) {
+            handler(request)
+        } else {
+            Response::text(
+                401,
+                "missing or wrong token: send `Authorization: Bearer TOKEN` or add ?token=TOKEN\n",
+            )
+        }
+    })
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess was
+/// right.
+fn same_secret(offered: &str, token: &str) -> bool {
+    let (a, b) = (offered.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Frees a connection slot when its thread ends, however it ends.
 struct ConnectionSlot(Arc<AtomicUsize>);
 
@@ -316,7 +397,7 @@ fn handle_connection(mut stream: TcpStream, handler: &Handler, methods: &[&str])
             )));
         }
         if request.method == "POST" || request.method == "DELETE" {
-            request.body = read_body(&mut stream, &head, early_body, deadline)?;
+            request.body = read_body(&mut stream, &request, early_body, deadline)?;
         }
         Ok(request)
     });
@@ -341,11 +422,20 @@ fn parse_request_head(head: &str) -> Result<Request, RequestError> {
         return Err(RequestError::Reply(Response::text(400, "bad request\n")));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        })
+        .collect();
     Ok(Request {
         method: method.to_string(),
         path: path.to_string(),
         query: query.to_string(),
         body: Vec::new(),
+        headers,
     })
 }
 
@@ -353,18 +443,11 @@ fn parse_request_head(head: &str) -> Result<Request, RequestError> {
 /// `early` holds what arrived together with the head.
 fn read_body(
     stream: &mut TcpStream,
-    head: &str,
+    request: &Request,
     mut early: Vec<u8>,
     deadline: Instant,
 ) -> Result<Vec<u8>, RequestError> {
-    let header = |name: &str| {
-        head.lines().skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_string())
-        })
-    };
+    let header = |name: &str| request.header(name);
     if header("transfer-encoding").is_some() {
         return Err(RequestError::Reply(Response::text(
             411,
@@ -705,6 +788,31 @@ mod tests {
         );
         let no_path = raw(b"GET\r\n\r\n");
         assert!(no_path.starts_with("HTTP/1.1 400 "), "{no_path}");
+    }
+
+    #[test]
+    fn a_guarded_handler_wants_the_token() {
+        let handler: Handler = Arc::new(|_: &Request| Response::text(200, "secret"));
+        let guarded = guarded(Some("correct-horse-battery".into()), handler);
+        let mut request = Request::get("/api/state");
+        assert_eq!(guarded(&request).status, 401);
+        request.query = "token=correct-horse-batterX".into();
+        assert_eq!(guarded(&request).status, 401);
+        request.query = "frame=3&token=correct-horse-battery".into();
+        assert_eq!(guarded(&request).status, 200);
+        request.query.clear();
+        request.headers = vec![(
+            "authorization".into(),
+            "Bearer correct-horse-battery".into(),
+        )];
+        assert_eq!(guarded(&request).status, 200);
+        assert_eq!(guarded(&Request::get("/healthz")).status, 200);
+        let open = guarded_none();
+        assert_eq!(open(&Request::get("/api/state")).status, 200);
+    }
+
+    fn guarded_none() -> Handler {
+        guarded(None, Arc::new(|_: &Request| Response::text(200, "open")))
     }
 
     #[test]

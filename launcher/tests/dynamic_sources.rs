@@ -42,12 +42,25 @@ out = {{ kind = "sink", uri = "file://{dir}/{{source}}.mp4" }}
     path
 }
 
+fn start(topology: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    start_on(topology, "127.0.0.1:0", None)
+}
+
 // The child is returned to the test, which interrupts and reaps it.
 #[allow(clippy::zombie_processes)]
-fn start(topology: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vidmesh"))
+fn start_on(
+    topology: &Path,
+    addr: &str,
+    token: Option<&str>,
+) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vidmesh"));
+    command.env_remove("VIDMESH_API_TOKEN");
+    if let Some(token) = token {
+        command.env("VIDMESH_API_TOKEN", token);
+    }
+    let mut child = command
         .current_dir(repo_root())
-        .args(["run", "--progress", "0s", "--dashboard", "127.0.0.1:0"])
+        .args(["run", "--progress", "0s", "--dashboard", addr])
         .arg(topology)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -266,6 +279,71 @@ fn sources_come_and_go_while_the_pipeline_runs() {
             "{name}.mp4"
         );
     }
+}
+
+/// Sends one raw HTTP/1.0 request and returns the status code.
+fn status_of(addr: SocketAddr, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+#[test]
+fn the_api_on_a_public_address_wants_a_token() {
+    let scratch = tempfile::tempdir().unwrap();
+    let topology = topology(scratch.path());
+    let refused = Command::new(env!("CARGO_BIN_EXE_vidmesh"))
+        .env_remove("VIDMESH_API_TOKEN")
+        .current_dir(repo_root())
+        .args(["run", "--dashboard", "0.0.0.0:0"])
+        .arg(&topology)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("VIDMESH_API_TOKEN") && stderr.contains("127.0.0.1"),
+        "{stderr}"
+    );
+
+    let token = "s3cret-token-for-the-test";
+    let (mut child, addr, _rest) = start_on(&topology, "0.0.0.0:0", Some(token));
+    let addr = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    let add = r#"{"id": "cam1", "uri": "testsrc://ball?frames=5"}"#;
+    let post = |auth: &str| {
+        format!(
+            "POST /sources HTTP/1.0\r\n{auth}Content-Length: {}\r\n\r\n{add}",
+            add.len()
+        )
+    };
+    assert_eq!(status_of(addr, "GET /sources HTTP/1.0\r\n\r\n"), 401);
+    assert_eq!(status_of(addr, &post("")), 401);
+    assert_eq!(
+        status_of(addr, &post("Authorization: Bearer wrong-token\r\n")),
+        401
+    );
+    assert_eq!(status_of(addr, "GET /healthz HTTP/1.0\r\n\r\n"), 200);
+    assert_eq!(
+        status_of(
+            addr,
+            &format!("GET /api/state?token={token} HTTP/1.0\r\n\r\n")
+        ),
+        200
+    );
+    assert_eq!(
+        status_of(addr, &post(&format!("Authorization: Bearer {token}\r\n"))),
+        201
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]

@@ -572,21 +572,29 @@ impl DashboardServer {
         metrics: Option<RenderFn>,
         control: Option<ControlFn>,
     ) -> Result<Self, ServeError> {
+        // Reachable from other hosts only with a token (`VIDMESH_API_TOKEN`).
+        let token = http::required_token("dashboard", addr)?;
         let server = match control {
             None => http::serve(
                 "dashboard",
                 addr,
-                Arc::new(move |request: &Request| dashboard.handle(request, metrics.as_ref())),
+                http::guarded(
+                    token,
+                    Arc::new(move |request: &Request| dashboard.handle(request, metrics.as_ref())),
+                ),
             )?,
             Some(control) => http::serve_api(
                 "dashboard",
                 addr,
-                Arc::new(move |request: &Request| {
-                    control(request).unwrap_or_else(|| match request.method.as_str() {
-                        "GET" | "HEAD" => dashboard.handle(request, metrics.as_ref()),
-                        _ => Response::text(405, "method not allowed\n"),
-                    })
-                }),
+                http::guarded(
+                    token,
+                    Arc::new(move |request: &Request| {
+                        control(request).unwrap_or_else(|| match request.method.as_str() {
+                            "GET" | "HEAD" => dashboard.handle(request, metrics.as_ref()),
+                            _ => Response::text(405, "method not allowed\n"),
+                        })
+                    }),
+                ),
             )?,
         };
         Ok(Self {
