@@ -49,7 +49,9 @@ fn decodes_every_frame(file: &str, encoder: &str, muxer: &str) {
     let numbers: Vec<u64> = frames.iter().map(|f| f.frame_num).collect();
     assert_eq!(numbers, (0..FRAMES as u64).collect::<Vec<_>>(), "{file}");
     assert!(
-        frames.iter().all(|f| (f.width, f.height) == (WIDTH, HEIGHT)),
+        frames
+            .iter()
+            .all(|f| (f.width, f.height) == (WIDTH, HEIGHT)),
         "{file}: frames of another size"
     );
 }
