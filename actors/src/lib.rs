@@ -14,11 +14,13 @@ pub mod mux;
 pub mod osd;
 pub mod preprocess;
 pub mod preview;
+pub mod record;
 pub mod registry;
 pub mod settings;
 pub mod sink;
 pub mod source;
 pub mod stage;
+pub mod tile;
 pub mod track;
 
 mod gst_util;

@@ -53,7 +53,10 @@ pub static STAGE_KINDS: &[StageKind] = &[
     crate::track::KIND,
     crate::analytics::KIND,
     crate::osd::KIND,
+    crate::tile::KIND,
     crate::sink::KIND,
+    crate::record::RECORD_KIND,
+    crate::record::SNAPSHOT_KIND,
     crate::broker::KIND,
 ];
 

@@ -1,6 +1,6 @@
 //! Drawing primitives on a packed RGB image, with alpha blending and clipping to the frame.
 
-use vidmesh_protocol::{DisplayCircle, DisplayLine, DisplayRect, ImageLayout, Rgba};
+use vidmesh_protocol::{BBox, DisplayCircle, DisplayLine, DisplayRect, ImageLayout, Mask, Rgba};
 
 pub struct Canvas<'a> {
     pixels: &'a mut [u8],
@@ -128,6 +128,70 @@ impl<'a> Canvas<'a> {
             }
         }
     }
+    /// Connected segments through `points` (a track's trail).
+    pub fn polyline(&mut self, points: &[(f32, f32)], width: u32, color: Rgba) {
+        for pair in points.windows(2) {
+            self.line(&DisplayLine {
+                x1: pair[0].0,
+                y1: pair[0].1,
+                x2: pair[1].0,
+                y2: pair[1].1,
+                width,
+                color,
+            });
+        }
+    }
+
+    /// Blends `color` at `opacity` (0..=1) over the pixels of `bbox` where the instance mask
+    /// is above its threshold. The mask is stretched over the box (nearest sample at each
+    /// pixel centre), as nvdsosd does. Returns why a malformed mask was not drawn.
+    pub fn mask(
+        &mut self,
+        bbox: &BBox,
+        mask: &Mask,
+        color: Rgba,
+        opacity: f32,
+    ) -> Result<(), String> {
+        let (mw, mh) = (mask.width as usize, mask.height as usize);
+        if mw == 0 || mh == 0 || mw.checked_mul(mh) != Some(mask.data.len()) {
+            return Err(format!(
+                "mask of {}x{} holds {} values",
+                mask.width,
+                mask.height,
+                mask.data.len()
+            ));
+        }
+        let finite = [bbox.left, bbox.top, bbox.width, bbox.height]
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite || bbox.width <= 0.0 || bbox.height <= 0.0 {
+            return Ok(());
+        }
+        let alpha = (opacity.clamp(0.0, 1.0) * 255.0).round() as u8;
+        let x0 = (bbox.left.floor() as i64).max(0);
+        let x1 = (bbox.right().ceil() as i64).min(self.width());
+        let y0 = (bbox.top.floor() as i64).max(0);
+        let y1 = (bbox.bottom().ceil() as i64).min(self.height());
+        for y in y0..y1 {
+            let fy = (y as f32 + 0.5 - bbox.top) / bbox.height;
+            if !(0.0..1.0).contains(&fy) {
+                continue;
+            }
+            let row = ((fy * mh as f32) as usize).min(mh - 1) * mw;
+            for x in x0..x1 {
+                let fx = (x as f32 + 0.5 - bbox.left) / bbox.width;
+                if !(0.0..1.0).contains(&fx) {
+                    continue;
+                }
+                let col = ((fx * mw as f32) as usize).min(mw - 1);
+                // NaN compares false: not inside.
+                if mask.data[row + col] > mask.threshold {
+                    self.blend(x, y, color, alpha);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -178,5 +242,94 @@ mod tests {
             radius: 100.0,
             color: Rgba::new(1, 1, 1, 255),
         });
+    }
+
+    fn grey(width: u32, height: u32) -> (ImageLayout, Vec<u8>) {
+        let layout = ImageLayout::packed(PixelFormat::Rgb24, width, height);
+        (layout, vec![100u8; layout.min_len().unwrap()])
+    }
+
+    fn pixel(px: &[u8], layout: ImageLayout, x: usize, y: usize) -> [u8; 3] {
+        let o = y * layout.stride as usize + x * 3;
+        [px[o], px[o + 1], px[o + 2]]
+    }
+
+    #[test]
+    fn mask_blends_the_colour_where_the_mask_is_set_and_only_inside_the_box() {
+        let (layout, mut px) = grey(10, 10);
+        let mut c = Canvas::new(&mut px, layout);
+        // A 2x2 mask over a 4x4 box: top-left and bottom-right quarters set.
+        let mask = Mask {
+            width: 2,
+            height: 2,
+            threshold: 0.5,
+            data: vec![0.9, 0.1, f32::NAN, 0.6],
+        };
+        c.mask(
+            &BBox::from_corners(2.0, 2.0, 6.0, 6.0),
+            &mask,
+            Rgba::new(255, 0, 0, 255),
+            0.4,
+        )
+        .unwrap();
+        // 40% red over grey 100: 255*0.4 + 100*0.6 = 162, 0*0.4 + 100*0.6 = 60.
+        for (x, y) in [(2, 2), (3, 3), (4, 4), (5, 5)] {
+            assert_eq!(pixel(&px, layout, x, y), [162, 60, 60], "({x},{y}) masked");
+        }
+        for (x, y) in [(4, 2), (5, 3), (2, 4), (3, 5), (1, 1), (6, 6), (8, 2)] {
+            assert_eq!(
+                pixel(&px, layout, x, y),
+                [100, 100, 100],
+                "({x},{y}) not masked"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_masks_are_refused_not_a_panic() {
+        let (layout, mut px) = grey(4, 4);
+        let mut c = Canvas::new(&mut px, layout);
+        let bbox = BBox::from_corners(0.0, 0.0, 4.0, 4.0);
+        let red = Rgba::new(255, 0, 0, 255);
+        for (w, h, n) in [(2, 2, 3), (0, 2, 0), (u32::MAX, u32::MAX, 1)] {
+            let mask = Mask {
+                width: w,
+                height: h,
+                threshold: 0.5,
+                data: vec![1.0; n],
+            };
+            assert!(c.mask(&bbox, &mask, red, 0.5).is_err(), "{w}x{h} with {n}");
+        }
+        let ok = Mask {
+            width: 1,
+            height: 1,
+            threshold: 0.5,
+            data: vec![1.0],
+        };
+        let huge = BBox::from_corners(-1e30, f32::NAN, 1e30, 1e30);
+        assert!(c.mask(&huge, &ok, red, 0.5).is_ok());
+        assert!(px.iter().all(|&v| v == 100));
+    }
+
+    #[test]
+    fn polyline_draws_every_segment() {
+        let (layout, mut px) = grey(10, 10);
+        let mut c = Canvas::new(&mut px, layout);
+        let green = Rgba::new(0, 255, 0, 255);
+        c.polyline(&[(1.0, 1.0), (8.0, 1.0), (8.0, 8.0)], 1, green);
+        for (x, y) in [(1, 1), (4, 1), (8, 1), (8, 4), (8, 8)] {
+            assert_eq!(
+                pixel(&px, layout, x, y),
+                [0, 255, 0],
+                "({x},{y}) on the trail"
+            );
+        }
+        for (x, y) in [(4, 4), (1, 8), (4, 2), (7, 4)] {
+            assert_eq!(
+                pixel(&px, layout, x, y),
+                [100, 100, 100],
+                "({x},{y}) off it"
+            );
+        }
     }
 }

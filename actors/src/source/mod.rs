@@ -1,15 +1,21 @@
-//! Sources: `[[source]]` entries of a topology. Each runs a GStreamer `uridecodebin` (demux +
-//! decode of whatever GStreamer can play) into an appsink delivering RGB frames, and sends
-//! one single-frame batch per decoded frame downstream, then an end-of-stream notice.
+//! Sources: `[[source]]` entries of a topology. Each kind builds its own GStreamer decode
+//! pipeline (`pipeline.rs`) ending in an appsink delivering RGB frames; one frame loop, shared by
+//! every kind, sends one single-frame batch per decoded frame downstream, then an end-of-stream
+//! notice.
 //!
-//! Supported URIs: `file://PATH` (relative paths start at the working directory) and
-//! `rtsp://[user:pass@]host[:port]/path`. Credentials are never printed.
+//! Supported URIs (`uri.rs`): `file://PATH`, `rtsp://[user:pass@]host[:port]/path`,
+//! `http(s)://…` (files and HLS playlists), `udp://@[GROUP]:PORT?encoding=H264|H265` (RTP, also
+//! `rtp://`), `v4l2:///dev/videoN`, `images://DIR/frame_%05d.jpg?fps=10`, `testsrc://PATTERN`.
+//! Credentials are never printed.
 //!
-//! A camera that drops, stalls or ends its stream is reconnected when `reconnect_interval` is
-//! set (DeepStream's `rtsp-reconnect-interval-sec`): the decode pipeline is built anew after a
-//! backoff, frame numbers go on where they stopped, and the rest of the pipeline never notices
-//! beyond the gap.
+//! A camera or network stream that drops, stalls (no data for `timeout`) or ends is reconnected
+//! when `reconnect_interval` is set (DeepStream's `rtsp-reconnect-interval-sec`): the decode
+//! pipeline is built anew after a backoff, frame numbers and timestamps go on where they
+//! stopped (`timeline.rs`), and the rest of the pipeline never notices beyond the gap.
 
+mod params;
+mod pipeline;
+mod timeline;
 mod uri;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,14 +24,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use gst::prelude::*;
 use gstreamer as gst;
-use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use serde::Deserialize;
 use vidmesh_protocol::{Batch, FrameMeta, ImageLayout, PayloadRef, PixelFormat, StreamEnd};
 
-use crate::gst_util;
 use crate::stage::{BuildContext, Outputs, StageError};
-pub use uri::{redact, SourceUri, TestPattern, TEST_PATTERNS};
+use pipeline::SourcePipeline;
+use timeline::Timeline;
+pub use uri::{
+    redact, ImageFormat, ImageSequence, RtpEncoding, SourceUri, TestPattern, UdpStream, V4l2Device,
+    SCHEMES, TEST_PATTERNS,
+};
 
 /// RTSP lower transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -48,18 +57,23 @@ pub struct Settings {
     /// RTSP transport; default lets GStreamer try UDP then TCP.
     #[serde(default)]
     pub rtsp_transport: Option<RtspTransport>,
-    /// How long to wait for a network source to answer. Default "10s".
+    /// How long to wait for a network source to answer, and how long a camera or network
+    /// stream may send nothing before it counts as stalled. Default "10s".
     #[serde(default = "timeout_default", with = "humantime_serde")]
     pub timeout: Duration,
-    /// RTSP: reconnect after a failure, a stall (no frame for `timeout`) or the end of the
-    /// stream, first after this long, then doubling up to [`MAX_RECONNECT_WAIT`]. Unset: the
-    /// first failure ends the source.
+    /// RTP/UDP sources: the codec in the packets ("H264" or "H265"), when the URI has no
+    /// `?encoding=`.
+    #[serde(default)]
+    pub encoding: Option<String>,
+    /// Camera and network sources (rtsp, udp/rtp, http, v4l2): reconnect after a failure, a
+    /// stall (no data for `timeout`) or the end of the stream, first after this long, then
+    /// doubling up to [`MAX_RECONNECT_WAIT`]. Unset: the first failure ends the source.
     #[serde(default, with = "humantime_serde")]
     pub reconnect_interval: Option<Duration>,
     /// Give up after this many reconnects in a row without a frame. Unset: never.
     #[serde(default)]
     pub reconnect_attempts: Option<u32>,
-    /// File sources: start again from the beginning at the end (DeepStream's `file-loop`),
+    /// File, HTTP and image-sequence sources: start again from the beginning at the end (DeepStream's `file-loop`),
     /// frame numbers and timestamps going on, until the pipeline is stopped.
     #[serde(default, rename = "loop")]
     pub looping: bool,
@@ -80,24 +94,68 @@ fn timeout_default() -> Duration {
 }
 
 impl Settings {
-    /// Parses a `[[source]]` table and checks its URI (a file source's file must exist).
+    /// Parses a `[[source]]` table and checks its URI (a file source's file, an image
+    /// sequence's first image and, unless it may reconnect, a camera's device must exist).
     pub fn load(table: &toml::Table, ctx: &BuildContext) -> Result<(Self, SourceUri), StageError> {
         let s: Settings = crate::settings::parse(table)?;
         if s.id.is_empty() {
             return Err(StageError::Settings("source id must not be empty".into()));
         }
-        let uri = SourceUri::parse(&s.uri, ctx)?;
-        if s.reconnect_interval.is_some() && !matches!(uri, SourceUri::Rtsp(_)) {
-            return Err(StageError::Settings(format!(
-                "source `{}`: reconnect_interval applies to rtsp:// sources only",
-                s.id
-            )));
+        let bad = |why: String| StageError::Settings(format!("source `{}`: {why}", s.id));
+        let mut uri = SourceUri::parse(&s.uri, ctx)?;
+        match (&mut uri, &s.encoding) {
+            (SourceUri::Udp(udp), Some(name)) => {
+                let encoding = RtpEncoding::parse(name).ok_or_else(|| {
+                    bad(format!(
+                        "unsupported encoding `{name}` (one of: {})",
+                        RtpEncoding::NAMES
+                    ))
+                })?;
+                if udp.encoding.is_some_and(|e| e != encoding) {
+                    return Err(bad(format!(
+                        "`encoding = \"{name}\"` contradicts the URI's `?encoding=`"
+                    )));
+                }
+                udp.encoding = Some(encoding);
+            }
+            (SourceUri::Udp(udp), None) if udp.encoding.is_none() => {
+                return Err(bad(format!(
+                    "an RTP/UDP source needs the codec of its packets: add `?encoding=H264` to the URI or `encoding = \"H264\"` (one of: {})",
+                    RtpEncoding::NAMES
+                )));
+            }
+            (SourceUri::Udp(_), None) => {}
+            (_, Some(_)) => {
+                return Err(bad(
+                    "`encoding` applies to udp:// and rtp:// sources only".into()
+                ))
+            }
+            (_, None) => {}
         }
-        if s.looping && !matches!(uri, SourceUri::File(_)) {
-            return Err(StageError::Settings(format!(
-                "source `{}`: loop applies to file:// sources only",
-                s.id
-            )));
+        if let SourceUri::Images(images) = &uri {
+            let first = images.file(images.start_index);
+            if !first.is_file() {
+                return Err(bad(format!(
+                    "the image sequence's first image {} does not exist",
+                    first.display()
+                )));
+            }
+        }
+        if let SourceUri::V4l2(camera) = &uri {
+            // A camera that may be plugged in later is waited for; otherwise say so now.
+            if s.reconnect_interval.is_none() {
+                camera.check().map_err(bad)?;
+            }
+        }
+        if s.reconnect_interval.is_some() && !uri.is_network() {
+            return Err(bad(
+                "reconnect_interval applies to camera and network sources only (rtsp, udp, rtp, http, https, v4l2)".into(),
+            ));
+        }
+        if s.looping && !uri.is_replayable() {
+            return Err(bad(
+                "loop applies to sources with an end only (file, http, https, images)".into(),
+            ));
         }
         if s.max_fps.is_some_and(|f| !(f.is_finite() && f > 0.0)) {
             return Err(StageError::Settings(format!(
@@ -258,6 +316,7 @@ impl GstSource {
         }
     }
 
+    /// One session: builds this kind's pipeline and delivers its frames until it ends.
     fn decode(
         &self,
         out: &mut Outputs,
@@ -266,134 +325,54 @@ impl GstSource {
         frames: &mut u64,
         timeline: &mut Timeline,
     ) -> Result<(), StageError> {
-        gst_util::init()?;
-        let pipeline = gst::Pipeline::new();
-        if let SourceUri::Test(t) = &self.uri {
-            let convert = gst_util::make("videoconvert")?;
-            let sink = rgb_appsink();
-            let src = gst_util::make("videotestsrc")?;
-            src.set_property_from_str("pattern", &t.pattern);
-            src.set_property("is-live", t.live);
-            if let Some(n) = t.frames {
-                src.set_property("num-buffers", n as i32);
-            }
-            let caps = gst_util::make("capsfilter")?;
-            caps.set_property(
-                "caps",
-                gst_video::VideoCapsBuilder::new()
-                    .width(t.width as i32)
-                    .height(t.height as i32)
-                    .framerate(gst::Fraction::new(t.fps as i32, 1))
-                    .build(),
-            );
-            pipeline
-                .add_many([&src, &caps, &convert, sink.upcast_ref()])
-                .map_err(|e| StageError::runtime("cannot assemble the test pipeline", e))?;
-            gst::Element::link_many([&src, &caps, &convert, sink.upcast_ref()])
-                .map_err(|e| StageError::runtime("cannot link the test pipeline", e))?;
-            let bus = pipeline
-                .bus()
-                .ok_or_else(|| StageError::Runtime("pipeline has no bus".into()))?;
-            let result = self.pump(
-                &pipeline, &sink, &bus, out, stop, progress, frames, timeline,
-            );
-            let _ = pipeline.set_state(gst::State::Null);
-            return result;
-        }
-        let decode = gst_util::make("uridecodebin")?;
-        decode.set_property("uri", self.uri.gst_uri());
-        let convert = gst_util::make("videoconvert")?;
-        let sink = rgb_appsink();
-        pipeline
-            .add_many([&decode, &convert, sink.upcast_ref()])
-            .map_err(|e| StageError::runtime("cannot assemble the decode pipeline", e))?;
-        convert
-            .link(&sink)
-            .map_err(|e| StageError::runtime("cannot link videoconvert to appsink", e))?;
-
-        let (latency, transport, timeout) = (
-            self.settings.latency,
-            self.settings.rtsp_transport,
-            self.settings.timeout,
-        );
-        decode.connect("source-setup", false, move |args| {
-            if let Ok(src) = args[1].get::<gst::Element>() {
-                configure_network_source(&src, latency, transport, timeout);
-            }
-            None
-        });
-        let convert_weak = convert.downgrade();
-        decode.connect_pad_added(move |_, pad| {
-            let is_video = pad
-                .current_caps()
-                .and_then(|c| c.structure(0).map(|s| s.name().starts_with("video/")))
-                .unwrap_or(false);
-            let Some(convert) = convert_weak.upgrade() else {
-                return;
-            };
-            if let Some(sink_pad) = convert
-                .static_pad("sink")
-                .filter(|p| is_video && !p.is_linked())
-            {
-                if let Err(e) = pad.link(&sink_pad) {
-                    tracing::warn!(error = ?e, "could not link decoded video pad");
-                }
-            }
-        });
-        let convert_weak = convert.downgrade();
-        decode.connect_no_more_pads(move |bin| {
-            let linked = convert_weak
-                .upgrade()
-                .and_then(|c| c.static_pad("sink"))
-                .is_some_and(|p| p.is_linked());
-            if !linked {
-                gst::element_error!(
-                    bin,
-                    gst::StreamError::WrongType,
-                    ("the stream has no video track")
-                );
-            }
-        });
-
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| StageError::Runtime("pipeline has no bus".into()))?;
-        let result = self.pump(
-            &pipeline, &sink, &bus, out, stop, progress, frames, timeline,
-        );
-        let _ = pipeline.set_state(gst::State::Null);
-        result
+        let source = pipeline::build(&self.uri, &self.settings).map_err(|e| match e {
+            StageError::Runtime(why) => self.failure(&why),
+            other => other,
+        })?;
+        self.pump(&source, out, stop, progress, frames, timeline)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The error that ends this source's session, naming its URI without credentials.
+    fn failure(&self, detail: &str) -> StageError {
+        StageError::Runtime(
+            self.uri
+                .scrub(&format!("cannot read {}: {detail}", self.uri.display())),
+        )
+    }
+
     fn pump(
         &self,
-        pipeline: &gst::Pipeline,
-        sink: &gst_app::AppSink,
-        bus: &gst::Bus,
+        source: &SourcePipeline,
         out: &mut Outputs,
         stop: &AtomicBool,
         progress: &SourceProgress,
         frames: &mut u64,
         timeline: &mut Timeline,
     ) -> Result<(), StageError> {
-        let fail = |detail: String| {
-            StageError::Runtime(format!("cannot read {}: {detail}", self.uri.display()))
-        };
+        let SourcePipeline {
+            pipeline,
+            sink,
+            bus,
+            watch,
+        } = source;
+        let fail = |detail: String| self.failure(&detail);
+        let bus_failure = || pipeline::pending_error(bus).map(|e| fail(watch.explain(e)));
         if pipeline.set_state(gst::State::Playing).is_err() {
-            return Err(fail(
-                gst_util::pending_error(bus)
-                    .unwrap_or_else(|| "the pipeline refused to start".into()),
-            ));
+            return Err(
+                bus_failure().unwrap_or_else(|| fail("the pipeline refused to start".into()))
+            );
         }
         let mut duration_known = false;
-        // A network stream that stops sending is detected, not waited on forever.
-        let stall_limit = matches!(self.uri, SourceUri::Rtsp(_)).then_some(self.settings.timeout);
+        // A camera or network stream that stops sending is detected, not waited on forever.
+        let stall_limit = self.uri.is_network().then_some(self.settings.timeout);
         let mut last_frame = std::time::Instant::now();
+        let mut last_data = last_frame;
+        let mut data_seen = 0u64;
         while !stop.load(Ordering::Relaxed) {
             match sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
                 Some(sample) => {
                     last_frame = std::time::Instant::now();
+                    last_data = last_frame;
                     progress.reconnecting.store(false, Ordering::Relaxed);
                     if !duration_known {
                         if let Some(d) = pipeline.query_duration::<gst::ClockTime>() {
@@ -421,17 +400,33 @@ impl GstSource {
                 }
                 None => {
                     // Frames decoded before an error were delivered above; now report it.
-                    if let Some(error) = gst_util::pending_error(bus) {
-                        return Err(fail(error));
+                    if let Some(error) = bus_failure() {
+                        return Err(error);
                     }
                     if sink.is_eos() {
+                        if let SourceUri::Images(images) = &self.uri {
+                            watch.check_images(images).map_err(fail)?;
+                        }
                         return check_complete(progress, *frames).map_err(fail);
                     }
-                    if let Some(limit) = stall_limit.filter(|l| last_frame.elapsed() > *l) {
+                    let seen = watch.data_buffers.load(Ordering::Relaxed);
+                    if seen != data_seen {
+                        data_seen = seen;
+                        last_data = std::time::Instant::now();
+                    }
+                    let Some(limit) = stall_limit else { continue };
+                    // Packets still in flight when a sender stops arrive after its last frame:
+                    // only data that keeps coming without frames is a decoding problem.
+                    if last_data.elapsed() > limit {
                         return Err(fail(format!(
-                            "no frame for {:.1}s (timeout {:?}): the stream stalled after {} frames",
-                            last_frame.elapsed().as_secs_f64(),
-                            limit,
+                            "no data for {limit:?} (the source's `timeout`): the stream stopped after {} frames",
+                            *frames
+                        )));
+                    }
+                    if last_frame.elapsed() > 2 * limit {
+                        return Err(fail(format!(
+                            "data arrives but no frame was decoded for {:?} (twice the source's `timeout`) after {} frames: is the stream the codec the source expects?",
+                            2 * limit,
                             *frames
                         )));
                     }
@@ -489,89 +484,6 @@ impl GstSource {
     }
 }
 
-/// The appsink every source pipeline ends in: packed RGB, a few frames of slack.
-fn rgb_appsink() -> gst_app::AppSink {
-    gst_app::AppSink::builder()
-        .caps(
-            &gst_video::VideoCapsBuilder::new()
-                .format(gst_video::VideoFormat::Rgb)
-                .build(),
-        )
-        .sync(false)
-        .max_buffers(4)
-        .build()
-}
-
-/// Keeps presentation times increasing across reconnects: a new session's timestamps start
-/// again near 0, so they are moved to continue one frame after the last frame delivered.
-#[derive(Debug, Default)]
-struct Timeline {
-    /// Added to this session's timestamps (relative to its first).
-    offset_ns: u64,
-    /// The first timestamp of this session; `None` until its first frame.
-    session_first: Option<u64>,
-    /// Whether this is a session after a reconnect (the first keeps its own timestamps).
-    rebased: bool,
-    /// The end of the last frame delivered.
-    end_ns: u64,
-    /// With `max_fps`: the decoder timestamp (this session) before which frames are dropped.
-    next_admit_ns: Option<u64>,
-}
-
-impl Timeline {
-    fn new_session(&mut self) {
-        if self.end_ns > 0 {
-            self.rebased = true;
-            self.offset_ns = self.end_ns;
-        }
-        self.session_first = None;
-        self.next_admit_ns = None;
-    }
-
-    /// Whether a frame the decoder stamped `pts_ns` is delivered under `max_fps`: frames are
-    /// kept on a grid of 1/max_fps seconds, so the kept ones are spread evenly.
-    fn admit(&mut self, pts_ns: u64, max_fps: Option<f64>) -> bool {
-        let Some(fps) = max_fps else {
-            return true;
-        };
-        let step = (1e9 / fps) as u64;
-        match self.next_admit_ns {
-            // Within a millisecond counts as on time: container timestamps are rounded.
-            Some(next) if pts_ns + 1_000_000 < next => false,
-            Some(next) => {
-                // Stay on the grid unless the stream jumped past it.
-                let grid = next + step;
-                self.next_admit_ns = Some(if grid > pts_ns { grid } else { pts_ns + step });
-                true
-            }
-            None => {
-                self.next_admit_ns = Some(pts_ns.saturating_add(step));
-                true
-            }
-        }
-    }
-
-    /// The pipeline timestamp of a frame the decoder stamped `pts_ns`.
-    fn place(&mut self, pts_ns: u64, duration_ns: u64) -> u64 {
-        let placed = if self.rebased {
-            let first = *self.session_first.get_or_insert(pts_ns);
-            self.offset_ns + pts_ns.saturating_sub(first)
-        } else {
-            pts_ns
-        };
-        // An unknown duration counts as one 30 fps frame, so the next session starts after it.
-        self.end_ns = self.end_ns.max(
-            placed
-                + if duration_ns > 0 {
-                    duration_ns
-                } else {
-                    33_333_333
-                },
-        );
-        placed
-    }
-}
-
 /// The wait before reconnect attempt `attempt` (1-based): `interval`, doubling, at most
 /// [`MAX_RECONNECT_WAIT`].
 fn reconnect_wait(interval: Duration, attempt: u32) -> Duration {
@@ -599,34 +511,6 @@ fn check_complete(progress: &SourceProgress, frames: u64) -> Result<(), String> 
     Ok(())
 }
 
-/// Applies latency, transport and timeouts to rtspsrc (and similar network sources).
-fn configure_network_source(
-    src: &gst::Element,
-    latency: Duration,
-    transport: Option<RtspTransport>,
-    timeout: Duration,
-) {
-    if src.has_property("latency") {
-        src.set_property("latency", latency.as_millis().min(u32::MAX as u128) as u32);
-    }
-    if let Some(t) = transport.filter(|_| src.has_property("protocols")) {
-        src.set_property_from_str(
-            "protocols",
-            if t == RtspTransport::Tcp {
-                "tcp"
-            } else {
-                "udp"
-            },
-        );
-    }
-    let micros = timeout.as_micros().min(u64::MAX as u128) as u64;
-    for name in ["tcp-timeout", "timeout"] {
-        if src.has_property(name) {
-            src.set_property(name, micros);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,37 +521,5 @@ mod tests {
         let waits: Vec<u64> = (1..=7).map(|a| reconnect_wait(i, a).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
         assert_eq!(reconnect_wait(i, u32::MAX), MAX_RECONNECT_WAIT);
-    }
-
-    #[test]
-    fn max_fps_keeps_frames_evenly_by_timestamp() {
-        let mut t = Timeline::default();
-        let frame = 33_333_333u64; // 30 fps
-        let kept: Vec<u64> = (0..30).filter(|i| t.admit(i * frame, Some(5.0))).collect();
-        assert_eq!(kept, [0, 6, 12, 18, 24]);
-        let mut all = Timeline::default();
-        assert!((0..30).all(|i| all.admit(i * frame, None)));
-        // A jump ahead restarts the grid instead of letting a burst through.
-        let mut j = Timeline::default();
-        assert!(j.admit(0, Some(10.0)));
-        assert!(j.admit(5_000_000_000, Some(10.0)));
-        assert!(!j.admit(5_050_000_000, Some(10.0)));
-        assert!(j.admit(5_100_000_000, Some(10.0)));
-    }
-
-    #[test]
-    fn timestamps_continue_across_sessions() {
-        let mut t = Timeline::default();
-        t.new_session();
-        // The first session keeps the decoder's timestamps.
-        assert_eq!(t.place(5_000, 1_000), 5_000);
-        assert_eq!(t.place(6_000, 1_000), 6_000);
-        // After a reconnect the server starts near 0 again: placed after the last frame.
-        t.new_session();
-        assert_eq!(t.place(100, 1_000), 7_000);
-        assert_eq!(t.place(1_100, 1_000), 8_000);
-        t.new_session();
-        assert_eq!(t.place(0, 0), 9_000);
-        assert_eq!(t.place(33_333_333, 0), 9_000 + 33_333_333);
     }
 }
