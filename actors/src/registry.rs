@@ -43,6 +43,9 @@ pub struct StageKind {
     pub check: fn(&toml::Table, &BuildContext) -> Result<(), StageError>,
     /// Builds a ready-to-run stage.
     pub build: BuildFn,
+    /// For a stage that makes new streams out of its inputs (the tiler's one grid): their
+    /// names. Stages after it see these streams instead of the sources (`BuildContext::sources`).
+    pub makes_streams: Option<fn(&toml::Table) -> Vec<String>>,
 }
 
 /// Every stage kind vidmesh knows.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vidmesh_protocol::{Batch, DataMessage, StreamEnd};
+use vidmesh_protocol::{Batch, DataMessage, FrameMeta, StreamEnd};
 use vidmesh_transport::{LinkClosed, LinkSender};
 
 /// Why a stage failed. The runner prints it as one line prefixed with the stage's name.
@@ -60,6 +60,19 @@ impl BuildContext {
             self.base_dir.join(p)
         }
     }
+}
+
+/// The name a frame's source goes by: the one the frame carries (sources added at run time
+/// and streams a stage made, like the tiler's, are not in the topology), else the topology's
+/// name for its id, else `source<N>`.
+pub fn source_name_of(sources: &[String], frame: &FrameMeta) -> String {
+    if !frame.source_name.is_empty() {
+        return frame.source_name.clone();
+    }
+    sources
+        .get(frame.source_id as usize)
+        .cloned()
+        .unwrap_or_else(|| format!("source{}", frame.source_id))
 }
 
 /// Lines a stage contributes to the end-of-run summary, e.g. ("tracks", "17").

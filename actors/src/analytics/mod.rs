@@ -73,6 +73,7 @@ pub const KIND: StageKind = StageKind {
             None => Ok(Box::new(Analytics::new(configs, sources))),
         }
     },
+    makes_streams: None,
 };
 
 /// `UserMeta::kind` of the per-frame results.
@@ -138,17 +139,6 @@ impl Analytics {
             .or_else(|| self.configs.iter().position(|c| c.source == ANY_SOURCE))
     }
 
-    fn source_name(&self, frame: &FrameMeta) -> String {
-        if frame.source_name.is_empty() {
-            self.sources
-                .get(frame.source_id as usize)
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            frame.source_name.clone()
-        }
-    }
-
     /// The first frame of a stream: checks the configuration against the frame size.
     fn start_stream(
         &self,
@@ -184,7 +174,7 @@ impl Analytics {
     /// Analyses one frame and attaches the results (what `on_batch` does for each frame).
     pub fn analyse_frame(&mut self, frame: &mut FrameMeta) -> Result<(), StageError> {
         if !self.streams.contains_key(&frame.source_id) {
-            let name = self.source_name(frame);
+            let name = crate::stage::source_name_of(&self.sources, frame);
             let Some(state) = self.start_stream(frame, &name)? else {
                 return Ok(());
             };

@@ -76,6 +76,7 @@ pub const KIND: StageKind = StageKind {
             stats: Stats::default(),
         }))
     },
+    makes_streams: None,
 };
 
 /// What the user configures.

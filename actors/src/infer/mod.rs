@@ -30,6 +30,7 @@ pub const KIND: StageKind = StageKind {
         let s = Settings::load(t, ctx)?;
         Ok(Box::new(Infer::new(s, ctx)?))
     },
+    makes_streams: None,
 };
 
 /// Inference backends. More (TensorRT, Triton, native CUDA) arrive behind the same settings.

@@ -23,6 +23,7 @@ pub const KIND: StageKind = StageKind {
         s.validate()?;
         Ok(Box::new(Mux::new(s)))
     },
+    makes_streams: None,
 };
 
 /// What the user configures.

@@ -38,6 +38,7 @@ pub const KIND: StageKind = StageKind {
     summary: "draw boxes, labels, masks, track trails, display meta and a stream overlay (nvdsosd)",
     check: |t, ctx| Style::load(t, ctx).map(|_| ()),
     build: |t, ctx| Ok(Box::new(Osd::build(t, ctx)?)),
+    makes_streams: None,
 };
 
 /// A fixed palette of well-separated colours; tracks (or classes) cycle through it so

@@ -27,6 +27,7 @@ pub const KIND: StageKind = StageKind {
         s.validate()?;
         Ok(Box::new(Preprocess::new(s)))
     },
+    makes_streams: None,
 };
 
 /// Channel order the model expects (nvinfer `model-color-format`).

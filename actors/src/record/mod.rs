@@ -23,7 +23,7 @@ mod trigger;
 use std::time::Duration;
 
 use serde::Serialize;
-use vidmesh_protocol::{FrameMeta, ObjectMeta};
+use vidmesh_protocol::ObjectMeta;
 
 use crate::registry::{Delivery, StageKind};
 
@@ -36,6 +36,7 @@ pub const RECORD_KIND: StageKind = StageKind {
     summary: "smart record: MP4 clips from N s before to M s after a trigger (pre-roll ring of x264 samples)",
     check: |t, _ctx| recorder::Settings::load(t).map(|_| ()),
     build: |t, ctx| Ok(Box::new(recorder::Record::build(t, ctx)?)),
+    makes_streams: None,
 };
 
 pub const SNAPSHOT_KIND: StageKind = StageKind {
@@ -44,19 +45,10 @@ pub const SNAPSHOT_KIND: StageKind = StageKind {
     summary: "JPEG snapshots of frames or object crops on triggers, with a JSON line each",
     check: |t, _ctx| snapshot::Settings::load(t).map(|_| ()),
     build: |t, ctx| Ok(Box::new(snapshot::Snapshot::build(t, ctx)?)),
+    makes_streams: None,
 };
 
 /// A frame's source name: the one it carries, else the topology's by `source_id`.
-fn source_name(sources: &[String], frame: &FrameMeta) -> String {
-    if !frame.source_name.is_empty() {
-        return frame.source_name.clone();
-    }
-    sources
-        .get(frame.source_id as usize)
-        .cloned()
-        .unwrap_or_else(|| format!("source{}", frame.source_id))
-}
-
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

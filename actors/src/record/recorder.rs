@@ -12,9 +12,11 @@ use vidmesh_protocol::{Batch, FrameMeta, StreamEnd};
 use super::media::{ClipWriter, EncoderSettings, H264Encoder};
 use super::ring::{EncodedSample, SampleRing};
 use super::trigger::{Hit, RuleSettings, TriggerSet};
-use super::{duration_ns, source_name, ObjectRef};
+use super::{duration_ns, ObjectRef};
 use crate::settings;
-use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport, StageValue, ValueKind};
+use crate::stage::{
+    source_name_of, BuildContext, Outputs, Stage, StageError, StageReport, StageValue, ValueKind,
+};
 
 /// What the user configures.
 #[derive(Debug, Clone, Deserialize)]
@@ -206,7 +208,7 @@ impl Record {
 
     fn on_frame(&mut self, frame: &FrameMeta) -> Result<(), StageError> {
         let hits = self.triggers.evaluate(&self.stage, frame)?;
-        let name = source_name(&self.sources, frame);
+        let name = source_name_of(&self.sources, frame);
         let max_bytes = usize::try_from(self.settings.max_buffer_bytes).unwrap_or(usize::MAX);
         let stream = self
             .streams

@@ -12,9 +12,11 @@ use vidmesh_protocol::{Batch, FrameMeta, StreamEnd};
 
 use super::media::{encode_jpeg, frame_image, region};
 use super::trigger::{label_of, Hit, RuleSettings, TriggerSet};
-use super::{duration_ns, source_name, ObjectRef};
+use super::{duration_ns, ObjectRef};
 use crate::settings;
-use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport, StageValue, ValueKind};
+use crate::stage::{
+    source_name_of, BuildContext, Outputs, Stage, StageError, StageReport, StageValue, ValueKind,
+};
 
 /// The sidecar's file name inside `dir`.
 pub const SIDECAR: &str = "snapshots.jsonl";
@@ -205,7 +207,7 @@ impl Snapshot {
         triggers: Vec<HitRecord>,
     ) -> Result<(), StageError> {
         let (layout, data) = frame_image(&self.stage, frame)?;
-        let source = source_name(&self.sources, frame);
+        let source = source_name_of(&self.sources, frame);
         let (rect, file, object_ref) = match object
             .and_then(|i| frame.objects.get(i).map(|o| (i, o)))
         {

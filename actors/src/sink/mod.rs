@@ -29,7 +29,9 @@ use std::path::PathBuf;
 use vidmesh_protocol::{Batch, FrameMeta, StreamEnd};
 
 use crate::registry::{Delivery, StageKind};
-use crate::stage::{BuildContext, Outputs, Stage, StageError, StageReport, StageValue, ValueKind};
+use crate::stage::{
+    source_name_of, BuildContext, Outputs, Stage, StageError, StageReport, StageValue, ValueKind,
+};
 use output::{Finished, StreamOutput, Tail};
 use rtsp::RtspOutput;
 pub use settings::{Codec, Container, EncoderChoice, Settings, Target};
@@ -41,6 +43,7 @@ pub const KIND: StageKind = StageKind {
               rotation, an RTSP server, RTP over UDP, or the display",
     check: |t, ctx| Settings::load(t, ctx).map(|_| ()),
     build: |t, ctx| Ok(Box::new(Sink::build(t, ctx)?)),
+    makes_streams: None,
 };
 
 /// One source's output.
@@ -77,6 +80,8 @@ struct Sink {
     /// File targets: the resolved path, `{source}` and `{index}` still in it.
     template: String,
     sources: Vec<String>,
+    /// Each source's name as its first frame gave it.
+    names: HashMap<u32, String>,
     slots: HashMap<u32, Slot>,
     rtsp: Option<RtspOutput>,
     finished: Vec<Finished>,
@@ -138,6 +143,7 @@ impl Sink {
             target,
             template,
             sources: ctx.sources.clone(),
+            names: HashMap::new(),
             slots: HashMap::new(),
             rtsp,
             finished: Vec::new(),
@@ -147,18 +153,22 @@ impl Sink {
         })
     }
 
-    fn source_name<'a>(&'a self, frame: &'a FrameMeta) -> &'a str {
-        self.sources
-            .get(frame.source_id as usize)
-            .map(String::as_str)
-            .unwrap_or(&frame.source_name)
-    }
-
     /// Where a source's output goes.
     fn tail(&self, source_id: u32, source: &str) -> Result<(String, Tail), StageError> {
         let s = &self.settings;
         Ok(match &self.target {
             Target::File { container, .. } => {
+                // Checked against the topology's sources at load time; a source added while
+                // the pipeline runs can still be a second one.
+                if !self.template.contains("{source}")
+                    && self.slots.keys().any(|&id| id != source_id)
+                {
+                    return Err(StageError::Settings(format!(
+                        "`{}` has no {{source}} in its path, and `{source}` is a second source: \
+                         it would overwrite the first one's file",
+                        s.uri
+                    )));
+                }
                 let path = self.template.replace("{source}", source);
                 if s.max_duration.is_some() || s.max_size_mb.is_some() {
                     // splitmuxsink formats the name with printf: a literal % must be doubled.
@@ -210,11 +220,10 @@ impl Sink {
 
     /// Writes one frame to its source's output; a failing output is closed and remembered.
     fn write(&mut self, frame: &FrameMeta) -> Result<(), StageError> {
-        if let Some(server) = &self.rtsp {
-            if let Some(feed) = server.feeds.get(frame.source_id as usize) {
-                feed.push(frame)?;
-                self.stats.written += 1;
-            }
+        if let Some(server) = &mut self.rtsp {
+            let name = source_name_of(&self.sources, frame);
+            server.feed(frame.source_id, &name).push(frame)?;
+            self.stats.written += 1;
             return Ok(());
         }
         let result = match self.slots.get_mut(&frame.source_id) {
@@ -224,7 +233,8 @@ impl Sink {
                 return Ok(());
             }
             None => {
-                let source = self.source_name(frame).to_string();
+                let source = source_name_of(&self.sources, frame);
+                self.names.insert(frame.source_id, source.clone());
                 let started = self
                     .tail(frame.source_id, &source)
                     .and_then(|(label, tail)| {
@@ -257,10 +267,11 @@ impl Sink {
     }
 
     fn source_of(&self, source_id: u32) -> String {
-        self.sources
-            .get(source_id as usize)
+        self.names
+            .get(&source_id)
+            .or(self.sources.get(source_id as usize))
             .cloned()
-            .unwrap_or_else(|| source_id.to_string())
+            .unwrap_or_else(|| format!("source{source_id}"))
     }
 
     /// Closes a source's output after `error`; the other sources carry on.
@@ -327,11 +338,7 @@ impl Stage for Sink {
 
     fn on_end_of_stream(&mut self, end: &StreamEnd, out: &mut Outputs) -> Result<(), StageError> {
         self.finish(end.source_id);
-        if let Some(feed) = self
-            .rtsp
-            .as_ref()
-            .and_then(|r| r.feeds.get(end.source_id as usize))
-        {
+        if let Some(feed) = self.rtsp.as_ref().and_then(|r| r.feeds.get(&end.source_id)) {
             feed.end();
         }
         out.end_of_stream(end.clone())
@@ -365,7 +372,7 @@ impl Stage for Sink {
             };
         }
         if let Some(server) = &self.rtsp {
-            for feed in &server.feeds {
+            for feed in server.feeds.values() {
                 let s = feed.stats();
                 report = report.with(
                     "rtsp",
@@ -407,7 +414,7 @@ impl Stage for Sink {
         let rtsp = self
             .rtsp
             .as_ref()
-            .map(|r| r.feeds.iter().map(|f| f.stats()).collect::<Vec<_>>())
+            .map(|r| r.feeds.values().map(|f| f.stats()).collect::<Vec<_>>())
             .unwrap_or_default();
         let rtsp_dropped: u64 = rtsp.iter().map(|s| s.dropped).sum();
         let mut values = vec![
@@ -437,7 +444,7 @@ impl Stage for Sink {
                 ValueKind::Gauge,
                 server
                     .feeds
-                    .iter()
+                    .values()
                     .filter(|f| f.viewers_media() > 0)
                     .count() as f64,
             ));

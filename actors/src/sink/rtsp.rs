@@ -6,6 +6,7 @@
 //! A viewer that reads too slowly fills its media's queue and the frames beyond it are dropped
 //! too, so a stalled player never holds up the pipeline or the other outputs.
 
+use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -50,6 +51,14 @@ struct FeedState {
 }
 
 impl Feed {
+    fn new(mount: String, queue_frames: u64) -> Arc<Self> {
+        Arc::new(Feed {
+            mount,
+            state: Mutex::new(FeedState::default()),
+            queue_frames,
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -128,15 +137,20 @@ impl Feed {
 pub struct RtspOutput {
     main_loop: glib::MainLoop,
     thread: Option<JoinHandle<()>>,
-    /// Index = source id.
-    pub feeds: Vec<Arc<Feed>>,
+    points: rtsp::RTSPMountPoints,
+    /// The media pipeline every mount runs.
+    launch: String,
+    path: String,
+    queue_frames: u64,
+    /// By source id.
+    pub feeds: BTreeMap<u32, Arc<Feed>>,
     /// `rtsp://host:port`, for messages.
     pub base: String,
 }
 
 impl RtspOutput {
     /// Binds `host:port` and mounts every source: at `path` when there is one source, else at
-    /// `path/<source id>`.
+    /// `path/<source name>`.
     pub fn start(
         host: &str,
         port: u16,
@@ -163,18 +177,17 @@ impl RtspOutput {
         gst::parse::launch(launch.trim_start_matches("( ").trim_end_matches(" )")).map_err(
             |e| StageError::Runtime(format!("cannot build the RTSP media pipeline: {e}")),
         )?;
-        let feeds: Vec<Arc<Feed>> = sources
+        let queue_frames = settings.rtsp_queue_frames as u64;
+        let feeds: BTreeMap<u32, Arc<Feed>> = sources
             .iter()
-            .map(|name| {
-                Arc::new(Feed {
-                    mount: if sources.len() == 1 {
-                        path.to_string()
-                    } else {
-                        format!("{path}/{name}")
-                    },
-                    state: Mutex::new(FeedState::default()),
-                    queue_frames: settings.rtsp_queue_frames as u64,
-                })
+            .enumerate()
+            .map(|(id, name)| {
+                let mount = if sources.len() == 1 {
+                    path.to_string()
+                } else {
+                    format!("{path}/{name}")
+                };
+                (id as u32, Feed::new(mount, queue_frames))
             })
             .collect();
         let base = if host.contains(':') {
@@ -182,8 +195,9 @@ impl RtspOutput {
         } else {
             format!("rtsp://{host}:{port}")
         };
-        let (tx, rx) = mpsc::channel::<Result<glib::MainLoop, String>>();
-        let (host_owned, mounts) = (host.to_string(), feeds.clone());
+        type Started = Result<(glib::MainLoop, rtsp::RTSPMountPoints), String>;
+        let (tx, rx) = mpsc::channel::<Started>();
+        let (host_owned, mounts, media) = (host.to_string(), feeds.clone(), launch.clone());
         let thread = std::thread::Builder::new()
             .name(format!("rtsp-{port}"))
             .spawn(move || {
@@ -197,8 +211,8 @@ impl RtspOutput {
                         let _ = tx.send(Err("the server has no mount points".into()));
                         return;
                     };
-                    for feed in &mounts {
-                        points.add_factory(&feed.mount, media_factory(&launch, feed.clone()));
+                    for feed in mounts.values() {
+                        points.add_factory(&feed.mount, media_factory(&media, feed.clone()));
                     }
                     // Binding happens here: a port in use fails now, with the OS's reason.
                     let source = match server.create_source(None::<&rtsp::gio::Cancellable>) {
@@ -209,7 +223,7 @@ impl RtspOutput {
                         }
                     };
                     source.attach(Some(&context));
-                    let _ = tx.send(Ok(main_loop.clone()));
+                    let _ = tx.send(Ok((main_loop.clone(), points)));
                     main_loop.run();
                     // Stopping: disconnect every viewer so their media shut down.
                     server.client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
@@ -219,8 +233,8 @@ impl RtspOutput {
                 }
             })
             .map_err(|e| StageError::runtime("cannot start the RTSP server thread", e))?;
-        let main_loop = match rx.recv() {
-            Ok(Ok(l)) => l,
+        let (main_loop, points) = match rx.recv() {
+            Ok(Ok(started)) => started,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(StageError::Runtime(format!(
@@ -234,21 +248,41 @@ impl RtspOutput {
                 )));
             }
         };
-        for feed in &feeds {
+        for feed in feeds.values() {
             tracing::info!(url = %format!("{base}{}", feed.mount), "serving RTSP");
         }
         Ok(Self {
             main_loop,
             thread: Some(thread),
+            points,
+            launch,
+            path: path.to_string(),
+            queue_frames,
             feeds,
             base,
         })
+    }
+
+    /// The feed of a source, mounting one at `path/<name>` for a source the topology did not
+    /// declare (one added while the pipeline runs).
+    pub fn feed(&mut self, source_id: u32, name: &str) -> Arc<Feed> {
+        if let Some(feed) = self.feeds.get(&source_id) {
+            return feed.clone();
+        }
+        let feed = Feed::new(format!("{}/{name}", self.path), self.queue_frames);
+        // Mount points are locked internally: adding from this thread while the server's
+        // thread serves is what gst-rtsp-server supports.
+        self.points
+            .add_factory(&feed.mount, media_factory(&self.launch, feed.clone()));
+        tracing::info!(url = %format!("{}{}", self.base, feed.mount), "serving RTSP");
+        self.feeds.insert(source_id, feed.clone());
+        feed
     }
 }
 
 impl Drop for RtspOutput {
     fn drop(&mut self) {
-        for feed in &self.feeds {
+        for feed in self.feeds.values() {
             feed.end();
         }
         self.main_loop.quit();
@@ -293,13 +327,16 @@ mod tests {
     #[test]
     fn one_mount_per_source() {
         let one = RtspOutput::start("127.0.0.1", 0, "/live", &["cam".into()], &settings()).unwrap();
-        assert_eq!(one.feeds[0].mount, "/live");
+        assert_eq!(one.feeds[&0].mount, "/live");
         let names = ["front".to_string(), "back".to_string()];
-        let two = RtspOutput::start("127.0.0.1", 0, "/live", &names, &settings()).unwrap();
-        let mounts: Vec<_> = two.feeds.iter().map(|f| f.mount.as_str()).collect();
-        assert_eq!(mounts, ["/live/front", "/live/back"]);
+        let mut two = RtspOutput::start("127.0.0.1", 0, "/live", &names, &settings()).unwrap();
+        // A source added at run time gets its own mount.
+        assert_eq!(two.feed(5, "side").mount, "/live/side");
+        assert_eq!(two.feed(0, "front").mount, "/live/front");
+        let mounts: Vec<_> = two.feeds.values().map(|f| f.mount.as_str()).collect();
+        assert_eq!(mounts, ["/live/front", "/live/back", "/live/side"]);
         // Nobody watches yet: frames have nowhere to go.
-        assert_eq!(two.feeds[0].viewers_media(), 0);
+        assert_eq!(two.feeds[&0].viewers_media(), 0);
     }
 
     #[test]

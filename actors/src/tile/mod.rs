@@ -36,6 +36,11 @@ pub const KIND: StageKind = StageKind {
     summary: "compose all sources into one grid stream, metadata mapped (nvmultistreamtiler)",
     check: |t, ctx| Grid::load(t, ctx).map(|_| ()),
     build: |t, ctx| Ok(Box::new(Tiler::new(Grid::load(t, ctx)?, ctx))),
+    // Unreadable settings fail in `check`; here they only need a name.
+    makes_streams: Some(|t| {
+        let name = t.get("name").and_then(|v| v.as_str()).unwrap_or("tiled");
+        vec![name.to_string()]
+    }),
 };
 
 /// What the user configures.

@@ -61,6 +61,7 @@ pub const KIND: StageKind = StageKind {
             None => Ok(Box::new(Track::new(s))),
         }
     },
+    makes_streams: None,
 };
 
 /// Tracking algorithms.

@@ -57,6 +57,9 @@ pub struct StageEntry {
     /// The kind's own settings (runtime keys taken out).
     pub table: toml::Table,
     pub runtime: StageRuntime,
+    /// The streams reaching this stage, index = `source_id`: the sources, or what a stage
+    /// before it made of them (the tiler's grid).
+    pub streams: Vec<String>,
 }
 
 impl fmt::Debug for StageEntry {
@@ -195,13 +198,12 @@ impl Topology {
                     ),
                 )
             })?;
-            (kind.check)(table, &ctx(name))
-                .map_err(|e| at(offset, format!("stage `{name}` ({kind_name}): {e}")))?;
             stages.push(StageEntry {
                 name: name.clone(),
                 kind,
                 table: table.clone(),
                 runtime,
+                streams: Vec::new(),
             });
         }
 
@@ -242,10 +244,42 @@ impl Topology {
         }
 
         let order = graph::order(&stages, &links).map_err(|e| at(None, e))?;
-        let stages = order
+        let mut stages = order
             .into_iter()
             .map(|i| stages[i].clone())
             .collect::<Vec<_>>();
+        // In dependency order, so every producer's streams are known before its consumers'.
+        for i in 0..stages.len() {
+            let mut streams: Vec<String> = Vec::new();
+            for (from, _) in links.iter().filter(|(_, to)| to == &stages[i].name) {
+                let produced = if from == SOURCES {
+                    source_names.clone()
+                } else {
+                    let p = stages.iter().find(|s| &s.name == from).expect("linked");
+                    p.kind
+                        .makes_streams
+                        .map(|names| names(&p.table))
+                        .unwrap_or_else(|| p.streams.clone())
+                };
+                for name in produced {
+                    if !streams.contains(&name) {
+                        streams.push(name);
+                    }
+                }
+            }
+            stages[i].streams = streams;
+            let s = &stages[i];
+            let context = BuildContext {
+                sources: s.streams.clone(),
+                ..ctx(&s.name)
+            };
+            (s.kind.check)(&s.table, &context).map_err(|e| {
+                at(
+                    stage_offset(&s.name),
+                    format!("stage `{}` ({}): {e}", s.name, s.kind.name),
+                )
+            })?;
+        }
         let max_sources = parsed.pipeline.max_sources;
         if max_sources > 0 && max_sources < sources.len() {
             return Err(at(
@@ -290,13 +324,17 @@ impl Topology {
         })
     }
 
-    /// The build context stage `name` gets.
+    /// The build context stage `name` (or [`SOURCES`]) gets.
     pub fn context(&self, name: &str) -> BuildContext {
+        let sources = match self.stages.iter().find(|s| s.name == name) {
+            Some(stage) => stage.streams.clone(),
+            None => self.sources.iter().map(|s| s.settings.id.clone()).collect(),
+        };
         BuildContext {
             replica: 0,
             stage_name: name.to_string(),
             base_dir: self.base_dir.clone(),
-            sources: self.sources.iter().map(|s| s.settings.id.clone()).collect(),
+            sources,
             resume: None,
         }
     }

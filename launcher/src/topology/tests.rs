@@ -190,3 +190,48 @@ fn runtime_keys_do_not_reach_the_stage_kind() {
     assert_eq!(detect.runtime.replicas, 3);
     assert!(!detect.table.contains_key("replicas"));
 }
+
+#[test]
+fn stages_after_a_tiler_see_its_one_stream_instead_of_the_sources() {
+    let text = r#"
+[pipeline]
+name = "t"
+links = [["sources", "mux"], ["mux", "grid"], ["grid", "out"], ["mux", "files"]]
+
+[[source]]
+id = "cam0"
+uri = "file://clip.mp4"
+
+[[source]]
+id = "cam1"
+uri = "file://clip.mp4"
+
+[stage.mux]
+kind = "mux"
+
+[stage.grid]
+kind = "tile"
+name = "wall"
+
+[stage.out]
+kind = "sink"
+uri = "rtsp://127.0.0.1:8554/live"
+
+[stage.files]
+kind = "sink"
+uri = "file://out/{source}.mp4"
+"#;
+    let t = check(text).unwrap();
+    assert_eq!(t.context("grid").sources, ["cam0", "cam1"]);
+    assert_eq!(t.context("out").sources, ["wall"]);
+    assert_eq!(t.context("files").sources, ["cam0", "cam1"]);
+    assert_eq!(t.context(SOURCES).sources, ["cam0", "cam1"]);
+    // One stream: a file sink after the tiler needs no {source} in its path…
+    check(&text.replace("rtsp://127.0.0.1:8554/live", "file://out/wall.mp4")).unwrap();
+    // …where one fed by both sources does.
+    let e = error(&text.replace("out/{source}.mp4", "out/all.mp4"));
+    assert!(
+        e.contains("stage `files` (sink)") && e.contains("{source}"),
+        "{e}"
+    );
+}
