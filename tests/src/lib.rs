@@ -184,6 +184,8 @@ pub fn topology_in(name: &str, dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
 /// One frame of a native-schema metadata line.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct NativeFrame {
+    #[serde(default)]
+    pub source_name: String,
     pub frame_num: u64,
     pub width: u32,
     pub height: u32,

@@ -269,6 +269,16 @@ impl Topology {
             }
             stages[i].streams = streams;
             let s = &stages[i];
+            if s.kind.makes_streams.is_some() && s.runtime.replicas > 1 {
+                return Err(at(
+                    stage_offset(&s.name),
+                    format!(
+                        "stage `{}` ({}) makes one stream out of all its inputs, so it runs as \
+                         one replica; remove `replicas = {}`",
+                        s.name, s.kind.name, s.runtime.replicas
+                    ),
+                ));
+            }
             let context = BuildContext {
                 sources: s.streams.clone(),
                 ..ctx(&s.name)

@@ -234,4 +234,10 @@ uri = "file://out/{source}.mp4"
         e.contains("stage `files` (sink)") && e.contains("{source}"),
         "{e}"
     );
+    // Its picture is made of every source: one instance only.
+    let e = error(&text.replace("name = \"wall\"", "name = \"wall\"\nreplicas = 2"));
+    assert!(
+        e.contains("stage `grid` (tile)") && e.contains("one replica"),
+        "{e}"
+    );
 }
