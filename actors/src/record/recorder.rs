@@ -69,19 +69,6 @@ fn max_buffer_default() -> u64 {
     64 << 20
 }
 
-const PRESETS: [&str; 10] = [
-    "ultrafast",
-    "superfast",
-    "veryfast",
-    "faster",
-    "fast",
-    "medium",
-    "slow",
-    "slower",
-    "veryslow",
-    "placebo",
-];
-
 impl Settings {
     pub fn load(t: &toml::Table) -> Result<(Self, TriggerSet), StageError> {
         let s: Settings = settings::parse(t)?;
@@ -111,11 +98,11 @@ impl Settings {
                 s.bitrate_kbps
             )));
         }
-        if !PRESETS.contains(&s.speed_preset.as_str()) {
+        if !crate::sink::PRESETS.contains(&s.speed_preset.as_str()) {
             return Err(StageError::Settings(format!(
                 "speed_preset `{}` is not one of {}",
                 s.speed_preset,
-                PRESETS.join(", ")
+                crate::sink::PRESETS.join(", ")
             )));
         }
         if s.max_buffer_bytes < 1 << 20 {

@@ -34,7 +34,7 @@ use crate::stage::{
 };
 use output::{Finished, StreamOutput, Tail};
 use rtsp::RtspOutput;
-pub use settings::{Codec, Container, EncoderChoice, Settings, Target};
+pub use settings::{Codec, Container, EncoderChoice, Settings, Target, PRESETS};
 
 pub const KIND: StageKind = StageKind {
     name: "sink",

@@ -203,7 +203,8 @@ impl Target {
     }
 }
 
-const PRESETS: [&str; 10] = [
+/// x264/x265 `speed-preset` names (the record stage checks against them too).
+pub const PRESETS: [&str; 10] = [
     "ultrafast",
     "superfast",
     "veryfast",
