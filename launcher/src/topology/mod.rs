@@ -8,6 +8,7 @@
 mod file;
 mod graph;
 pub mod runtime;
+mod secrets;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -109,8 +110,23 @@ impl Topology {
             position: offset.map(|o| line_col(text, o)),
             message,
         };
-        let parsed: TopologyFile = toml::from_str(text)
+        let mut parsed: TopologyFile = toml::from_str(text)
             .map_err(|e| at(e.span().map(|s| s.start), e.message().trim().to_string()))?;
+        for (i, entry) in parsed.source.iter_mut().enumerate() {
+            let offset = entry.span().start;
+            secrets::expand_table(entry.get_mut(), base_dir)
+                .map_err(|e| at(Some(offset), format!("source #{}: {e}", i + 1)))?;
+        }
+        for (name, value) in parsed.stage.iter_mut() {
+            if let toml::Value::Table(table) = value {
+                secrets::expand_table(table, base_dir).map_err(|e| {
+                    at(
+                        find_stage_offset(text, name),
+                        format!("stage `{name}`: {e}"),
+                    )
+                })?;
+            }
+        }
         if parsed.pipeline.queue == 0 || parsed.pipeline.queue > 4096 {
             return Err(at(
                 None,

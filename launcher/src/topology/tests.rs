@@ -241,3 +241,25 @@ uri = "file://out/{source}.mp4"
         "{e}"
     );
 }
+
+#[test]
+fn secret_references_are_expanded_and_a_missing_one_is_named_at_its_entry() {
+    std::env::set_var("VIDMESH_TOPOLOGY_TEST_TOPIC", "people");
+    let t = check(&GOOD.replace(
+        "file://out/events.jsonl",
+        "file://out/${env:VIDMESH_TOPOLOGY_TEST_TOPIC}.jsonl",
+    ))
+    .unwrap();
+    let out = t.stages.iter().find(|s| s.name == "out").unwrap();
+    assert_eq!(out.table["uri"].as_str(), Some("file://out/people.jsonl"));
+
+    std::env::remove_var("VIDMESH_TOPOLOGY_TEST_ABSENT");
+    let e = error(&GOOD.replace(
+        "file://clip.mp4",
+        "rtsp://u:${env:VIDMESH_TOPOLOGY_TEST_ABSENT}@cam/live",
+    ));
+    assert!(
+        e.starts_with("t.toml:6:1: source #1: `uri`: `${env:VIDMESH_TOPOLOGY_TEST_ABSENT}`"),
+        "{e}"
+    );
+}
