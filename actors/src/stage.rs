@@ -100,6 +100,17 @@ pub struct StageValue {
     pub value: f64,
 }
 
+impl StageValue {
+    pub fn new(name: &'static str, help: &'static str, kind: ValueKind, value: f64) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            value,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueKind {
     /// Only goes up.

@@ -293,13 +293,7 @@ impl Stage for Broker {
     }
 
     fn values(&self) -> Vec<StageValue> {
-        let value = |name, help, kind, value| StageValue {
-            name,
-            help,
-            kind,
-            value,
-        };
-        let mut values = vec![value(
+        let mut values = vec![StageValue::new(
             "broker_messages_total",
             "Messages the broker stage produced from frame metadata.",
             ValueKind::Counter,
@@ -308,43 +302,43 @@ impl Stage for Broker {
         if let Some(Output::Spooled(delivery)) = &self.output {
             let s = delivery.stats();
             values.extend([
-                value(
+                StageValue::new(
                     "broker_delivered_total",
                     "Messages the broker confirmed.",
                     ValueKind::Counter,
                     s.delivered as f64,
                 ),
-                value(
+                StageValue::new(
                     "broker_rejected_total",
                     "Messages the broker refused for good (set aside in rejected.jsonl).",
                     ValueKind::Counter,
                     s.rejected as f64,
                 ),
-                value(
+                StageValue::new(
                     "broker_retries_total",
                     "Failed publish attempts, each retried.",
                     ValueKind::Counter,
                     s.retries as f64,
                 ),
-                value(
+                StageValue::new(
                     "broker_dropped_total",
                     "Unconfirmed messages deleted because the spool was full (drop_oldest).",
                     ValueKind::Counter,
                     s.spool.dropped as f64,
                 ),
-                value(
+                StageValue::new(
                     "broker_spool_messages",
                     "Messages in the spool not yet confirmed by the broker.",
                     ValueKind::Gauge,
                     s.spool.pending as f64,
                 ),
-                value(
+                StageValue::new(
                     "broker_spool_bytes",
                     "Size of the spool on disk.",
                     ValueKind::Gauge,
                     s.spool.bytes as f64,
                 ),
-                value(
+                StageValue::new(
                     "broker_up",
                     "1 while the last delivery attempt succeeded, 0 while the broker fails.",
                     ValueKind::Gauge,

@@ -107,6 +107,18 @@ fn wait_for_eos(bus: &gst::Bus, what: &str) -> Result<(), StageError> {
     }
 }
 
+/// A pipeline of `elements` linked in order, and its bus; `what` names it in errors.
+fn linked(elements: &[&gst::Element], what: &str) -> Result<(gst::Pipeline, gst::Bus), StageError> {
+    let ctx = |e: gst::glib::BoolError| StageError::runtime(what, e);
+    let pipeline = gst::Pipeline::new();
+    pipeline.add_many(elements).map_err(ctx)?;
+    gst::Element::link_many(elements).map_err(ctx)?;
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| StageError::Runtime(format!("{what}: pipeline has no bus")))?;
+    Ok((pipeline, bus))
+}
+
 fn start(pipeline: &gst::Pipeline, bus: &gst::Bus, what: &str) -> Result<(), StageError> {
     if pipeline.set_state(gst::State::Playing).is_err() {
         let detail = gst_util::pending_error(bus).unwrap_or_else(|| "it refused to start".into());
@@ -152,7 +164,6 @@ impl H264Encoder {
         gst_util::init()?;
         let (layout, _) = frame_image(stage, first)?;
         let what = format!("{stage}: encoder of source `{}`", first.source_name);
-        let ctx = |e: gst::glib::BoolError| StageError::runtime(&what, e);
         let appsrc = gst_app::AppSrc::builder()
             .caps(&raw_caps(
                 layout.format,
@@ -200,7 +211,6 @@ impl H264Encoder {
             )
             .sync(false)
             .build();
-        let pipeline = gst::Pipeline::new();
         let elements = [
             appsrc.upcast_ref(),
             &convert,
@@ -210,11 +220,7 @@ impl H264Encoder {
             &parse,
             appsink.upcast_ref(),
         ];
-        pipeline.add_many(elements).map_err(ctx)?;
-        gst::Element::link_many(elements).map_err(ctx)?;
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| StageError::Runtime(format!("{what}: pipeline has no bus")))?;
+        let (pipeline, bus) = linked(&elements, &what)?;
         start(&pipeline, &bus, &what)?;
         Ok(Self {
             what,
@@ -363,7 +369,6 @@ impl ClipWriter {
                 .map_err(|e| StageError::runtime(format!("cannot create {}", dir.display()), e))?;
         }
         let what = format!("cannot write {}", path.display());
-        let ctx = |e: gst::glib::BoolError| StageError::runtime(&what, e);
         let appsrc = gst_app::AppSrc::builder()
             .caps(caps)
             .format(gst::Format::Time)
@@ -372,13 +377,8 @@ impl ClipWriter {
         let mux = gst_util::make("mp4mux")?;
         let file = gst_util::make("filesink")?;
         file.set_property("location", path.to_string_lossy().to_string());
-        let pipeline = gst::Pipeline::new();
         let elements = [appsrc.upcast_ref(), &parse, &mux, &file];
-        pipeline.add_many(elements).map_err(ctx)?;
-        gst::Element::link_many(elements).map_err(ctx)?;
-        let bus = pipeline
-            .bus()
-            .ok_or_else(|| StageError::Runtime(format!("{what}: pipeline has no bus")))?;
+        let (pipeline, bus) = linked(&elements, &what)?;
         start(&pipeline, &bus, &what)?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -444,7 +444,6 @@ pub fn encode_jpeg(
 ) -> Result<Vec<u8>, StageError> {
     gst_util::init()?;
     let what = format!("cannot encode a {width}x{height} JPEG");
-    let ctx = |e: gst::glib::BoolError| StageError::runtime(&what, e);
     let appsrc = gst_app::AppSrc::builder()
         .caps(&raw_caps(format, width, height, gst::Fraction::new(0, 1)))
         .format(gst::Format::Time)
@@ -453,18 +452,13 @@ pub fn encode_jpeg(
     let encoder = gst_util::make("jpegenc")?;
     encoder.set_property("quality", quality as i32);
     let appsink = gst_app::AppSink::builder().sync(false).build();
-    let pipeline = gst::Pipeline::new();
     let elements = [
         appsrc.upcast_ref(),
         &convert,
         &encoder,
         appsink.upcast_ref(),
     ];
-    pipeline.add_many(elements).map_err(ctx)?;
-    gst::Element::link_many(elements).map_err(ctx)?;
-    let bus = pipeline
-        .bus()
-        .ok_or_else(|| StageError::Runtime(format!("{what}: pipeline has no bus")))?;
+    let (pipeline, bus) = linked(&elements, &what)?;
     let result = (|| {
         start(&pipeline, &bus, &what)?;
         let mut pixels = pixels;

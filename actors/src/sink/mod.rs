@@ -405,12 +405,6 @@ impl Stage for Sink {
     }
 
     fn values(&self) -> Vec<StageValue> {
-        let value = |name, help, kind, value| StageValue {
-            name,
-            help,
-            kind,
-            value,
-        };
         let rtsp = self
             .rtsp
             .as_ref()
@@ -418,19 +412,19 @@ impl Stage for Sink {
             .unwrap_or_default();
         let rtsp_dropped: u64 = rtsp.iter().map(|s| s.dropped).sum();
         let mut values = vec![
-            value(
+            StageValue::new(
                 "sink_frames_total",
                 "Frames the sink stage received for its outputs.",
                 ValueKind::Counter,
                 self.stats.written as f64 + self.stats.dropped_failed as f64,
             ),
-            value(
+            StageValue::new(
                 "sink_dropped_frames_total",
                 "Frames not written: their output had failed, or (RTSP) no viewer was ready.",
                 ValueKind::Counter,
                 (self.stats.dropped_failed + rtsp_dropped) as f64,
             ),
-            value(
+            StageValue::new(
                 "sink_failed_outputs",
                 "Outputs stopped by an error (e.g. disk full).",
                 ValueKind::Gauge,
@@ -438,7 +432,7 @@ impl Stage for Sink {
             ),
         ];
         if let Some(server) = &self.rtsp {
-            values.push(value(
+            values.push(StageValue::new(
                 "sink_rtsp_media",
                 "RTSP mounts being watched right now.",
                 ValueKind::Gauge,
