@@ -27,5 +27,5 @@ mod gst_util;
 
 pub use registry::{find_kind, Delivery, StageKind, STAGE_KINDS};
 pub use stage::{
-    BuildContext, Outputs, Resume, Stage, StageError, StageReport, StageValue, ValueKind,
+    BuildContext, Outputs, PeerStage, Resume, Stage, StageError, StageReport, StageValue, ValueKind,
 };

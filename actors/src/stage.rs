@@ -41,6 +41,20 @@ pub struct BuildContext {
     pub sources: Vec<String>,
     /// `Some` when this instance replaces one that stopped mid-stream; `None` on a fresh start.
     pub resume: Option<Resume>,
+    /// The topology's other stages by name, for stages whose settings refer to one (an infer
+    /// stage operating on another's objects, or checking the preprocess stage that feeds it).
+    pub peers: std::sync::Arc<std::collections::BTreeMap<String, PeerStage>>,
+}
+
+/// What a stage may know about another stage of its topology.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStage {
+    /// The stage kind's name (`infer`, `preprocess`...).
+    pub kind: String,
+    /// Its settings as written (runtime keys taken out).
+    pub table: toml::Table,
+    /// The stages that feed it (`sources` for the sources).
+    pub inputs: Vec<String>,
 }
 
 /// This stage instance replaces one that stopped (crashed or was killed) mid-stream.

@@ -294,7 +294,7 @@ mod tests {
                 shape: vec![1, 1],
                 layout: Some(TensorLayout::Nhwc),
                 data: Bytes::from(vec![0u8; 4]),
-                transforms: vec![FrameTransform::default()],
+                rows: vec![TensorRow::default()],
             }],
         }
     }

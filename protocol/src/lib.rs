@@ -26,4 +26,4 @@ pub use stage_to_stage::{DataMessage, StreamEnd};
 
 /// The protocol version this build speaks. Bumped whenever the body encoding of any message
 /// kind changes incompatibly; a peer with a newer version is rejected with both versions named.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;

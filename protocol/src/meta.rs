@@ -278,8 +278,19 @@ pub struct TensorMeta {
     pub layout: Option<TensorLayout>,
     /// Little-endian elements, `shape.iter().product() * dtype.size()` bytes.
     pub data: Bytes,
-    /// One entry per frame of the batch, in order.
-    pub transforms: Vec<FrameTransform>,
+    /// What each image of the batch dimension shows, in order: `shape[0]` entries.
+    pub rows: Vec<TensorRow>,
+}
+
+/// One image of a tensor's batch dimension: which frame (and, for secondary inference, which
+/// object's crop) it shows, and how its pixels map back to that frame's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct TensorRow {
+    /// Index of the frame in the batch.
+    pub frame: u32,
+    /// Index of the object in that frame whose crop this row is; `None` for the whole frame.
+    pub object: Option<u32>,
+    pub transform: FrameTransform,
 }
 
 /// Axis order of an image tensor.

@@ -414,6 +414,7 @@ mod tests {
 
     fn ctx() -> BuildContext {
         BuildContext {
+            peers: Default::default(),
             replica: 0,
             stage_name: "analytics".into(),
             base_dir: ".".into(),

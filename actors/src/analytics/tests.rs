@@ -34,6 +34,7 @@ const TOPOLOGY: &str = r#"
 
 fn ctx() -> BuildContext {
     BuildContext {
+        peers: Default::default(),
         replica: 0,
         stage_name: "analytics".into(),
         base_dir: ".".into(),

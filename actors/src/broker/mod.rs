@@ -384,6 +384,7 @@ mod tests {
             base_dir: dir.to_path_buf(),
             sources: vec!["street".into()],
             resume: None,
+            peers: Default::default(),
         }
     }
 

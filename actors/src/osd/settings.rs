@@ -243,6 +243,7 @@ mod tests {
 
     fn ctx() -> BuildContext {
         BuildContext {
+            peers: Default::default(),
             stage_name: "osd".into(),
             replica: 0,
             base_dir: std::env::temp_dir(),

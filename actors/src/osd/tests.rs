@@ -13,6 +13,7 @@ const BG: u8 = 90;
 
 fn stage(settings: &str) -> Osd {
     let ctx = BuildContext {
+        peers: Default::default(),
         stage_name: "osd".into(),
         replica: 0,
         base_dir: std::env::temp_dir(),

@@ -390,6 +390,7 @@ mod tests {
     fn the_rate_limit_counts_stream_time_per_subject() {
         let t: toml::Table = toml::from_str("dir = 's'\non = [{ class = 'person' }]").unwrap();
         let ctx = BuildContext {
+            peers: Default::default(),
             stage_name: "snap".into(),
             replica: 0,
             base_dir: ".".into(),

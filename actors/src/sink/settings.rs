@@ -343,6 +343,7 @@ mod tests {
             base_dir: ".".into(),
             sources: (0..sources).map(|i| format!("cam{i}")).collect(),
             resume: None,
+            peers: Default::default(),
         }
     }
 

@@ -246,6 +246,7 @@ mod tests {
             base_dir: std::env::temp_dir(),
             sources: vec![],
             resume: None,
+            peers: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ fn ctx(sources: usize) -> BuildContext {
         base_dir: std::env::temp_dir(),
         sources: (0..sources).map(|i| format!("cam{i}")).collect(),
         resume: None,
+        peers: Default::default(),
     }
 }
 

@@ -741,6 +741,7 @@ mod tests {
 
     fn resuming(snapshot: Option<Vec<u8>>) -> crate::stage::BuildContext {
         crate::stage::BuildContext {
+            peers: Default::default(),
             replica: 0,
             stage_name: "tracker".into(),
             base_dir: ".".into(),

@@ -51,6 +51,7 @@ pub fn settings_from_table(table: &toml::Table) -> Result<Settings> {
         base_dir: PathBuf::from("."),
         sources: Vec::new(),
         resume: None,
+        peers: Default::default(),
     };
     (KIND.check)(table, &ctx).with_context(|| {
         let shown: Vec<String> = table.iter().map(|(k, v)| format!("{k} = {v}")).collect();

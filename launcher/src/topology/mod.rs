@@ -10,12 +10,14 @@ mod graph;
 pub mod runtime;
 mod secrets;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 use vidmesh_actors::source::{self, SourceUri};
-use vidmesh_actors::{find_kind, BuildContext, StageKind, STAGE_KINDS};
+use vidmesh_actors::{find_kind, BuildContext, PeerStage, StageKind, STAGE_KINDS};
 
 use file::TopologyFile;
 pub use runtime::{Deployment, Payload, StageRuntime};
@@ -88,6 +90,8 @@ pub struct Topology {
     /// (producer, consumer); the producer may be [`SOURCES`].
     pub links: Vec<(String, String)>,
     pub deployment: Deployment,
+    /// The stages as each stage's [`BuildContext`] shows them.
+    pub peers: Arc<BTreeMap<String, PeerStage>>,
 }
 
 impl Topology {
@@ -157,6 +161,7 @@ impl Topology {
             base_dir: base_dir.to_path_buf(),
             sources: source_names.clone(),
             resume: None,
+            peers: Default::default(),
         };
 
         let mut sources = Vec::new();
@@ -259,6 +264,7 @@ impl Topology {
             links.push((from.clone(), to.clone()));
         }
 
+        let peers = Arc::new(peers_of(&stages, &links));
         let order = graph::order(&stages, &links).map_err(|e| at(None, e))?;
         let mut stages = order
             .into_iter()
@@ -297,6 +303,7 @@ impl Topology {
             }
             let context = BuildContext {
                 sources: s.streams.clone(),
+                peers: peers.clone(),
                 ..ctx(&s.name)
             };
             (s.kind.check)(&s.table, &context).map_err(|e| {
@@ -347,6 +354,7 @@ impl Topology {
             sources,
             stages,
             links,
+            peers,
         })
     }
 
@@ -362,8 +370,29 @@ impl Topology {
             base_dir: self.base_dir.clone(),
             sources,
             resume: None,
+            peers: self.peers.clone(),
         }
     }
+}
+
+/// Every stage as the others may see it.
+fn peers_of(stages: &[StageEntry], links: &[(String, String)]) -> BTreeMap<String, PeerStage> {
+    stages
+        .iter()
+        .map(|s| {
+            let inputs = links
+                .iter()
+                .filter(|(_, to)| to == &s.name)
+                .map(|(from, _)| from.clone())
+                .collect();
+            let peer = PeerStage {
+                kind: s.kind.name.to_string(),
+                table: s.table.clone(),
+                inputs,
+            };
+            (s.name.clone(), peer)
+        })
+        .collect()
 }
 
 fn parse_deployment(
