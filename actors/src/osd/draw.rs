@@ -38,6 +38,50 @@ impl<'a> Canvas<'a> {
         }
     }
 
+    /// Blurs the pixels inside `b` with three passes of a box blur of `radius` (close to a
+    /// Gaussian), reading only pixels inside the box so nothing from outside bleeds in and
+    /// the result depends on the box's content alone.
+    pub fn blur(&mut self, b: &BBox, radius: u32) {
+        let x0 = (b.left.floor().max(0.0) as i64).min(self.width());
+        let y0 = (b.top.floor().max(0.0) as i64).min(self.height());
+        let x1 = (b.right().ceil() as i64).clamp(x0, self.width());
+        let y1 = (b.bottom().ceil() as i64).clamp(y0, self.height());
+        let (w, h) = ((x1 - x0) as usize, (y1 - y0) as usize);
+        if w == 0 || h == 0 || radius == 0 {
+            return;
+        }
+        let stride = self.layout.stride as usize;
+        let mut plane = vec![0f32; w * h * 3];
+        for y in 0..h {
+            let row = (y0 as usize + y) * stride + x0 as usize * 3;
+            for (d, s) in plane[y * w * 3..(y + 1) * w * 3]
+                .iter_mut()
+                .zip(&self.pixels[row..row + w * 3])
+            {
+                *d = *s as f32;
+            }
+        }
+        let r = radius as usize;
+        let mut scratch = vec![0f32; w.max(h) * 3];
+        for _ in 0..3 {
+            for y in 0..h {
+                box_blur_line(&mut plane, y * w * 3, 3, w, r, &mut scratch);
+            }
+            for x in 0..w {
+                box_blur_line(&mut plane, x * 3, w * 3, h, r, &mut scratch);
+            }
+        }
+        for y in 0..h {
+            let row = (y0 as usize + y) * stride + x0 as usize * 3;
+            for (d, s) in self.pixels[row..row + w * 3]
+                .iter_mut()
+                .zip(&plane[y * w * 3..(y + 1) * w * 3])
+            {
+                *d = s.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+
     fn fill_rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, color: Rgba) {
         let (x0, x1) = (x0.max(0), x1.min(self.width()));
         let (y0, y1) = (y0.max(0), y1.min(self.height()));
@@ -194,6 +238,44 @@ impl<'a> Canvas<'a> {
     }
 }
 
+/// One box-blur pass along a line of `len` RGB pixels starting at `start`, `step` values
+/// apart: each pixel becomes the mean of the pixels within `radius` (the window shrinks at the
+/// ends rather than reading outside the line).
+fn box_blur_line(
+    plane: &mut [f32],
+    start: usize,
+    step: usize,
+    len: usize,
+    radius: usize,
+    scratch: &mut [f32],
+) {
+    let at = |i: usize| start + i * step;
+    for c in 0..3 {
+        let mut sum = 0f32;
+        let mut count = 0usize;
+        // Window [lo, hi) around pixel i, grown and shrunk incrementally.
+        let (mut lo, mut hi) = (0usize, 0usize);
+        for i in 0..len {
+            let want_lo = i.saturating_sub(radius);
+            let want_hi = (i + radius + 1).min(len);
+            while hi < want_hi {
+                sum += plane[at(hi) + c];
+                count += 1;
+                hi += 1;
+            }
+            while lo < want_lo {
+                sum -= plane[at(lo) + c];
+                count -= 1;
+                lo += 1;
+            }
+            scratch[i * 3 + c] = sum / count as f32;
+        }
+    }
+    for i in 0..len {
+        plane[at(i)..at(i) + 3].copy_from_slice(&scratch[i * 3..i * 3 + 3]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +391,35 @@ mod tests {
         let huge = BBox::from_corners(-1e30, f32::NAN, 1e30, 1e30);
         assert!(c.mask(&huge, &ok, red, 0.5).is_ok());
         assert!(px.iter().all(|&v| v == 100));
+    }
+
+    #[test]
+    fn blur_smooths_inside_the_box_and_leaves_the_rest() {
+        // A checkerboard of 0/255 pixels: after a blur the box's pixels are near the mean.
+        let layout = ImageLayout::packed(PixelFormat::Rgb24, 40, 30);
+        let mut px: Vec<u8> = (0..30 * 40)
+            .flat_map(|i| {
+                let v = if (i % 40 + i / 40) % 2 == 0 { 255 } else { 0 };
+                [v, v, v]
+            })
+            .collect();
+        let before = px.clone();
+        Canvas::new(&mut px, layout).blur(&BBox::from_corners(10.0, 5.0, 30.0, 25.0), 4);
+        for y in 0..30 {
+            for x in 0..40 {
+                let inside = (10..30).contains(&x) && (5..25).contains(&y);
+                let (a, b) = (pixel(&px, layout, x, y), pixel(&before, layout, x, y));
+                if inside {
+                    assert!((100..=155).contains(&a[0]), "({x},{y}) = {a:?}");
+                } else {
+                    assert_eq!(a, b, "({x},{y}) outside the box changed");
+                }
+            }
+        }
+        // Off-frame and empty boxes are clipped, not a panic.
+        Canvas::new(&mut px, layout).blur(&BBox::from_corners(-50.0, -50.0, 500.0, 500.0), 9);
+        Canvas::new(&mut px, layout).blur(&BBox::from_corners(100.0, 5.0, 90.0, 25.0), 3);
+        Canvas::new(&mut px, layout).blur(&BBox::from_corners(f32::NAN, 5.0, 90.0, 25.0), 3);
     }
 
     #[test]

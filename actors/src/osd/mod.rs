@@ -59,6 +59,7 @@ const PALETTE: [Rgba; 8] = [
 struct Stats {
     frames_drawn: u64,
     masks_drawn: u64,
+    objects_blurred: u64,
     /// Masks whose size did not match their data; each is skipped, the first is logged.
     masks_malformed: u64,
 }
@@ -101,6 +102,15 @@ impl Osd {
             .or_else(|| self.style.class_id_colors.get(&o.class_id))
             .copied()
             .unwrap_or(PALETTE[o.class_id.rem_euclid(PALETTE.len() as i32) as usize])
+    }
+
+    /// Whether the object's class is one `blur` names (by label or class id).
+    fn blurs(&self, o: &ObjectMeta) -> bool {
+        let blur = &self.style.settings.blur;
+        !blur.is_empty()
+            && blur
+                .iter()
+                .any(|c| *c == o.label || c.parse::<i32>() == Ok(o.class_id))
     }
 
     fn object_color(&self, o: &ObjectMeta) -> Rgba {
@@ -173,8 +183,20 @@ impl Osd {
         }
         let mut pixels = data.to_vec();
         let mut canvas = Canvas::new(&mut pixels, layout);
-        let colors: Vec<Rgba> = frame.objects.iter().map(|o| self.object_color(o)).collect();
         let s = &self.style.settings;
+        // Anonymisation first: nothing drawn later may be blurred away, and nothing of the
+        // original pixels may survive under a mask or label.
+        let blurred: Vec<bool> = frame.objects.iter().map(|o| self.blurs(o)).collect();
+        for (o, _) in frame.objects.iter().zip(&blurred).filter(|(_, b)| **b) {
+            let radius = match s.blur_radius {
+                0 => (o.bbox.width.min(o.bbox.height) / 4.0).max(4.0) as u32,
+                r => r,
+            };
+            canvas.blur(&o.bbox, radius);
+            self.stats.objects_blurred += 1;
+        }
+        let hidden = |i: usize| blurred[i] && !s.draw_blurred;
+        let colors: Vec<Rgba> = frame.objects.iter().map(|o| self.object_color(o)).collect();
         // Masks first, so outlines, trails and text stay crisp on top of them.
         if s.display_mask && s.mask_alpha > 0.0 {
             for (o, &color) in frame.objects.iter().zip(&colors) {
@@ -198,7 +220,9 @@ impl Osd {
             .objects
             .iter()
             .zip(&colors)
-            .map(|(o, &c)| self.object_overlay(o, c))
+            .enumerate()
+            .filter(|(i, _)| !hidden(*i))
+            .map(|(_, (o, &c))| self.object_overlay(o, c))
             .collect();
         for (rect, _) in &overlays {
             canvas.rect(rect);
@@ -268,6 +292,9 @@ impl Stage for Osd {
             report = report
                 .with("masks drawn", self.stats.masks_drawn)
                 .with("malformed masks skipped", self.stats.masks_malformed);
+        }
+        if !self.style.settings.blur.is_empty() {
+            report = report.with("objects blurred", self.stats.objects_blurred);
         }
         Ok(report)
     }

@@ -50,6 +50,16 @@ pub struct Settings {
     pub overlay_color: ColorSpec,
     /// Overlay background box colour. Default black at 60% opacity.
     pub overlay_background: ColorSpec,
+    /// Classes (labels, or class ids written as strings) whose boxes are blurred beyond
+    /// recognition before anything is drawn: anonymisation of faces or licence plates.
+    /// Default none.
+    pub blur: Vec<String>,
+    /// Blur radius in pixels; 0 picks a quarter of the box's smaller side (at least 4), enough
+    /// to hide a face at any size. Default 0.
+    pub blur_radius: u32,
+    /// Also outline and label the blurred objects. Default false: an anonymised face needs
+    /// no box drawn around it.
+    pub draw_blurred: bool,
 }
 
 impl Default for Settings {
@@ -71,6 +81,9 @@ impl Default for Settings {
             overlay_font_size: None,
             overlay_color: ColorSpec::Channels(vec![255, 255, 255]),
             overlay_background: ColorSpec::Channels(vec![0, 0, 0, 153]),
+            blur: Vec::new(),
+            blur_radius: 0,
+            draw_blurred: false,
         }
     }
 }
@@ -210,6 +223,12 @@ impl Style {
             return Err(StageError::Settings(
                 "trail_forget_after must be at least 1 frame".into(),
             ));
+        }
+        if s.blur_radius > 512 {
+            return Err(StageError::Settings(format!(
+                "blur_radius must be at most 512 pixels, got {}",
+                s.blur_radius
+            )));
         }
         let mut label_colors = HashMap::new();
         let mut class_id_colors = HashMap::new();
