@@ -428,8 +428,8 @@ impl Infer {
         false
     }
 
-    /// Places what the parser found for one row.
-    fn place(&mut self, frame: &mut FrameMeta, row: &TensorRow, parsed: Parsed) {
+    /// Places what the parser found for one row of a `net` (width, height) input.
+    fn place(&mut self, frame: &mut FrameMeta, row: &TensorRow, parsed: Parsed, net: (f32, f32)) {
         let (fw, fh) = (frame.width as f32, frame.height as f32);
         let component_id = self.settings.component_id;
         let mapped: Vec<Detection> = parsed
@@ -491,7 +491,7 @@ impl Infer {
         if let Some(seg) = parsed.segmentation {
             frame.user.push(UserMeta {
                 kind: SEGMENTATION_KIND.to_string(),
-                data: encode_segmentation(&seg, row),
+                data: encode_segmentation(&seg, row, net),
             });
         }
     }
@@ -654,12 +654,20 @@ fn check_upstream_preprocess(
     Ok(())
 }
 
-fn encode_segmentation(seg: &parser::Segmentation, row: &TensorRow) -> Bytes {
+fn encode_segmentation(seg: &parser::Segmentation, row: &TensorRow, net: (f32, f32)) -> Bytes {
     let t = &row.transform;
+    // The map is often smaller than the network input (1/4, 1/8): compose frame → network
+    // with network → map so that consumers get frame → map.
+    let (kx, ky) = (seg.width as f32 / net.0, seg.height as f32 / net.1);
     let mut out = Vec::with_capacity(24 + seg.class_map.len());
     out.extend_from_slice(&(seg.width as u32).to_le_bytes());
     out.extend_from_slice(&(seg.height as u32).to_le_bytes());
-    for v in [t.scale_x, t.scale_y, t.offset_x, t.offset_y] {
+    for v in [
+        t.scale_x * kx,
+        t.scale_y * ky,
+        t.offset_x * kx,
+        t.offset_y * ky,
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend(
@@ -729,7 +737,7 @@ impl Stage for Infer {
                 min_score,
             })?;
             let frame = &mut batch.frames[row.frame as usize];
-            self.place(frame, row, parsed);
+            self.place(frame, row, parsed, (net_w as f32, net_h as f32));
         }
         self.stats.rows += tensor.rows.len() as u64;
         self.stats.frames += batch.frames.len() as u64;

@@ -160,13 +160,21 @@ impl InferenceBackend for OrtBackend {
             .map_err(|e| StageError::runtime("inference failed", e))?;
         let mut outputs = Vec::with_capacity(results.len());
         for (name, value) in results.iter() {
-            let Ok((shape, values)) = value.try_extract_tensor::<f32>() else {
-                continue; // Non-float outputs are not read by any parser.
+            // Integer outputs (class ids from an ArgMax inside the model) become floats, which
+            // hold every id below 2^24 exactly; other element types are not read by any parser.
+            let (shape, data) = if let Ok((shape, values)) = value.try_extract_tensor::<f32>() {
+                (shape, values.to_vec())
+            } else if let Ok((shape, values)) = value.try_extract_tensor::<i64>() {
+                (shape, values.iter().map(|&v| v as f32).collect())
+            } else if let Ok((shape, values)) = value.try_extract_tensor::<i32>() {
+                (shape, values.iter().map(|&v| v as f32).collect())
+            } else {
+                continue;
             };
             outputs.push(OutputTensor {
                 name: name.to_string(),
                 shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-                data: values.to_vec(),
+                data,
             });
         }
         Ok(outputs)

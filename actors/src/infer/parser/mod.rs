@@ -6,6 +6,10 @@
 //! the parser's own options. Built-in parsers are listed in [`BUILT_IN`]; an application that
 //! embeds vidmesh adds its own with [`register_parser`] before loading a topology.
 
+mod centerface;
+mod classifier;
+mod instance_segmentation;
+mod semantic_segmentation;
 mod ssd;
 
 use std::sync::RwLock;
@@ -103,7 +107,13 @@ pub trait OutputParser: Send + Sync {
 pub type ParserFactory = fn(&toml::Table) -> Result<Box<dyn OutputParser>, String>;
 
 /// The parsers vidmesh ships, by `type` name.
-pub const BUILT_IN: &[(&str, ParserFactory)] = &[("ssd", ssd::build)];
+pub const BUILT_IN: &[(&str, ParserFactory)] = &[
+    ("ssd", ssd::build),
+    ("centerface", centerface::build),
+    ("classifier", classifier::build),
+    ("semantic-segmentation", semantic_segmentation::build),
+    ("instance-segmentation", instance_segmentation::build),
+];
 
 static CUSTOM: RwLock<Vec<(String, ParserFactory)>> = RwLock::new(Vec::new());
 
