@@ -432,11 +432,22 @@ impl Infer {
     fn place(&mut self, frame: &mut FrameMeta, row: &TensorRow, parsed: Parsed, net: (f32, f32)) {
         let (fw, fh) = (frame.width as f32, frame.height as f32);
         let component_id = self.settings.component_id;
+        // What the model saw: the whole frame, or the crop of the parent object. A box a
+        // model extends into the letterbox padding is cut back to it.
+        let seen = row
+            .object
+            .and_then(|i| frame.objects.get(i as usize))
+            .and_then(|o| Region::of_box(&o.bbox, frame.width, frame.height))
+            .map(|r| {
+                let (x, y) = (r.x as f32, r.y as f32);
+                vidmesh_protocol::BBox::from_corners(x, y, x + r.width as f32, y + r.height as f32)
+            })
+            .unwrap_or(vidmesh_protocol::BBox::from_corners(0.0, 0.0, fw, fh));
         let mapped: Vec<Detection> = parsed
             .detections
             .into_iter()
             .map(|d| Detection {
-                bbox: row.transform.to_frame(d.bbox).clipped(fw, fh),
+                bbox: clip_to(row.transform.to_frame(d.bbox), &seen),
                 landmarks: d
                     .landmarks
                     .iter()
@@ -558,6 +569,15 @@ impl Infer {
                 .is_none_or(|&n| n.saturating_sub(c.frame_num) <= keep)
         });
     }
+}
+
+/// `b` cut to the rectangle `to`.
+fn clip_to(b: vidmesh_protocol::BBox, to: &vidmesh_protocol::BBox) -> vidmesh_protocol::BBox {
+    let left = b.left.clamp(to.left, to.right());
+    let top = b.top.clamp(to.top, to.bottom());
+    let right = b.right().clamp(to.left, to.right());
+    let bottom = b.bottom().clamp(to.top, to.bottom());
+    vidmesh_protocol::BBox::from_corners(left, top, right, bottom)
 }
 
 /// Does a tensor of shape `got` fit a model input declared as `declared` (-1 = any)? The batch
