@@ -216,7 +216,7 @@ fn with_interval_2_the_tracker_carries_the_people_over_the_skipped_frames() {
                 frame.objects
             );
         }
-        if frame.frame_num % 3 != 0 {
+        if !frame.frame_num.is_multiple_of(3) {
             assert_eq!(
                 tracked,
                 frame.objects.len(),
@@ -232,10 +232,17 @@ fn with_interval_2_the_tracker_carries_the_people_over_the_skipped_frames() {
         carried_per_frame.iter().sum::<usize>() as u64,
         "the tracker's report counts the objects it added"
     );
-    // The carried boxes are good enough to score like detections: most people required on
-    // skipped frames are found there.
+    // The carried boxes are good enough to score like detections (IoU >= 0.5 with the truth),
+    // and ids hold through the gaps.
     let recall = sparse.score.true_positives as f64 / sparse.score.required as f64;
-    assert!(recall >= 0.8, "recall with interval 2: {recall:.3}");
+    assert!(recall >= 0.9, "recall with interval 2: {recall:.3}");
+    for (person, ids) in &sparse.score.ids {
+        let switches = id_switches(ids);
+        assert!(
+            switches <= 1,
+            "interval 2: person {person} switched track id {switches} times: {ids:?}"
+        );
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use vidmesh_protocol::{BBox, FrameMeta, ObjectMeta};
 
-use super::carry::LastSeen;
+use super::carry::{self, LastSeen};
 use super::lifecycle::{attach_past_frames, PastBox, PastFrames};
 use super::{IdAllocator, Settings, Skipped, Tracker};
 
@@ -17,9 +17,10 @@ struct TrackState {
     /// Boxes of the frames before confirmation, for past-frame output.
     #[serde(default)]
     probation: Vec<PastBox>,
-    /// The latest matched object, repeated on frames its detector skipped.
-    #[serde(default)]
-    last: LastSeen,
+    /// The latest matched object, repeated on frames its detector skipped. `None` only in
+    /// tracks restored from snapshots taken before interval support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<LastSeen>,
 }
 
 /// Tracks of one source.
@@ -98,7 +99,7 @@ impl IouTracker {
                     track.hits += 1;
                     track.misses = 0;
                     // The IoU tracker's tracker_confidence is always 1.
-                    track.last.update(object, 1.0);
+                    carry::remember(&mut track.last, object, 1.0);
                     if track.hits == self.settings.min_hits {
                         newly_confirmed += 1;
                         past.push(PastFrames {
@@ -117,7 +118,7 @@ impl IouTracker {
                         hits: 1,
                         misses: 0,
                         probation: Vec::new(),
-                        last: LastSeen::of(object, 1.0),
+                        last: Some(LastSeen::of(object, 1.0)),
                     });
                     if self.settings.min_hits == 1 {
                         newly_confirmed += 1;
@@ -148,7 +149,7 @@ impl Tracker for IouTracker {
         let carried: Vec<bool> = self
             .tracks
             .iter()
-            .map(|t| skipped.covers(t.last.component_id))
+            .map(|t| carry::carried_by(t.last.as_ref(), skipped))
             .collect();
         // Without a motion model a carried track stays at its last box (carry.rs). Only
         // tracks confirmed and matched at their detector's last run are shown.
@@ -159,8 +160,8 @@ impl Tracker for IouTracker {
             .zip(&carried)
             .filter(|(t, c)| **c && t.hits >= min_hits && t.misses == 0)
             .filter_map(|(t, _)| {
-                t.last
-                    .object(t.id, t.class_id, t.bbox, (frame.width, frame.height))
+                let last = t.last.as_ref()?;
+                last.object(t.id, t.class_id, t.bbox, (frame.width, frame.height))
             })
             .collect();
         let (confirmed, past) = self.associate(&mut frame.objects, frame.frame_num, ids, &carried);

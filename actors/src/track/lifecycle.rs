@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use vidmesh_protocol::{BBox, FrameMeta, ObjectMeta, UserMeta};
 
 use super::assignment::{assign, Candidate};
-use super::carry::{LastSeen, Skipped};
+use super::carry::{self, LastSeen, Skipped};
 use super::kalman::KalmanBox;
 use super::IdAllocator;
 
@@ -54,9 +54,10 @@ pub struct KalmanTrack {
     /// Boxes of the frames spent tentative, reported as past-frame output on confirmation.
     #[serde(default)]
     pub probation: Vec<PastBox>,
-    /// The latest matched object, repeated on frames its detector skipped.
-    #[serde(default)]
-    pub last: LastSeen,
+    /// The latest matched object, repeated on frames its detector skipped. `None` only in
+    /// tracks restored from snapshots taken before interval support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<LastSeen>,
 }
 
 /// Where a track's object was in an earlier frame (DeepStream's past-frame object).
@@ -92,7 +93,7 @@ impl KalmanTrack {
             age: 0,
             seen_span: 0,
             probation: Vec::new(),
-            last: LastSeen::of(object, object.confidence),
+            last: Some(LastSeen::of(object, object.confidence)),
         };
         let confirmed = track.confirm_if_due(min_hits, ids);
         (track, confirmed)
@@ -163,15 +164,15 @@ impl KalmanTrack {
     /// Whether the frame's skipping detector made this track's objects: then it is carried
     /// (predicted, shown if confirmed) instead of associated, and not missed.
     pub fn carried_by(&self, skipped: &Skipped) -> bool {
-        skipped.covers(self.last.component_id)
+        carry::carried_by(self.last.as_ref(), skipped)
     }
 
     /// The object a carried track shows on a skipped frame: confirmed tracks only (a lost
     /// track's object was not found at the last chance, a tentative one is not reported yet).
     pub fn carried_object(&self, frame_size: (u32, u32)) -> Option<ObjectMeta> {
-        match (self.state, self.id) {
-            (TrackState::Confirmed, Some(id)) => {
-                self.last.object(id, self.class_id, self.bbox(), frame_size)
+        match (self.state, self.id, &self.last) {
+            (TrackState::Confirmed, Some(id), Some(last)) => {
+                last.object(id, self.class_id, self.bbox(), frame_size)
             }
             _ => None,
         }
@@ -271,7 +272,7 @@ impl FrameMatches {
         self.newly_confirmed += u64::from(confirmed_now);
         self.note_probation(track, confirmed_now, object);
         track.report(object, confidence);
-        track.last.update(object, confidence);
+        carry::remember(&mut track.last, object, confidence);
     }
 
     /// Starts a track from unmatched object `o` and reports it if it is confirmed at once.
