@@ -117,6 +117,134 @@ fn detects_and_tracks_the_people_of_the_ground_truth_clip() {
     assert!(Path::new(&scratch.path().join("gt/annotated.mp4")).is_file());
 }
 
+/// One run of the ground-truth topology with a SORT tracker and the detector's `interval`.
+struct IntervalRun {
+    frames: Vec<NativeFrame>,
+    score: Score,
+    /// The infer stage's report: frames seen, frames skipped.
+    seen: u64,
+    skipped: u64,
+    carried: u64,
+}
+
+fn run_with_interval(interval: u32) -> IntervalRun {
+    let scratch = tempfile::tempdir().unwrap();
+    let interval_line = format!("nms_iou = 0.45\ninterval = {interval}");
+    let topology_path = topology_in(
+        "ground-truth.toml",
+        scratch.path(),
+        &[
+            ("nms_iou = 0.45", &interval_line),
+            ("algorithm = \"iou\"", "algorithm = \"sort\""),
+        ],
+    );
+    let summary = common::run_ok(&topology_path);
+    let frames = read_native(&scratch.path().join("gt/detections.jsonl"));
+    assert_eq!(frames.len() as u64, summary.frames);
+    let fact = |stage: &str, key: &str| -> u64 {
+        summary
+            .fact(stage, key)
+            .unwrap_or_else(|| panic!("stage {stage} reports no `{key}`: {:?}", summary.stages))
+            .parse()
+            .unwrap()
+    };
+    let score = score(&ground_truth(), &frames);
+    IntervalRun {
+        seen: fact("detect", "frames"),
+        skipped: fact("detect", "skipped_frames"),
+        carried: fact("track", "carried_objects"),
+        frames,
+        score,
+    }
+}
+
+#[test]
+fn with_interval_2_the_tracker_carries_the_people_over_the_skipped_frames() {
+    ensure_onnxruntime();
+    model();
+    let truth = ground_truth();
+    let people = truth.objects.len();
+    let every = run_with_interval(0);
+    let sparse = run_with_interval(2);
+    for (name, run) in [("interval 0", &every), ("interval 2", &sparse)] {
+        let s = &run.score;
+        let ids: std::collections::BTreeSet<u64> = run
+            .frames
+            .iter()
+            .flat_map(|f| f.objects.iter().filter_map(|o| o.track_id))
+            .collect();
+        let switches: usize = s.ids.values().map(|ids| id_switches(ids)).sum();
+        println!(
+            "{name}: detector ran on {} of {} frames; {} objects carried; recall {:.3}, \
+             precision {:.3} ({} required, {} TP, {} FP); {} distinct track ids for {people} \
+             people, {switches} id switches",
+            run.seen - run.skipped,
+            run.seen,
+            run.carried,
+            s.true_positives as f64 / s.required as f64,
+            s.true_positives as f64 / (s.true_positives + s.false_positives).max(1) as f64,
+            s.required,
+            s.true_positives,
+            s.false_positives,
+            ids.len(),
+        );
+        assert!(
+            ids.len() >= people && ids.len() <= people + 2,
+            "{name}: {} distinct track ids for {people} people: {ids:?}",
+            ids.len()
+        );
+    }
+    assert_eq!((every.skipped, every.carried), (0, 0));
+    assert_eq!(sparse.seen, 300);
+    assert_eq!(sparse.skipped, 200, "2 of every 3 frames are skipped");
+
+    // Frame n is inferred when n % 3 == 0. From frame 3 on (a track needs min_hits = 2
+    // detections, the second on frame 3), every frame shows tracked people; on the skipped
+    // ones every object is a carried track, so it has an id.
+    let mut carried_per_frame = Vec::new();
+    for frame in &sparse.frames {
+        let tracked = frame
+            .objects
+            .iter()
+            .filter(|o| o.track_id.is_some())
+            .count();
+        if frame.frame_num >= 3 {
+            assert!(
+                tracked > 0,
+                "frame {}: {:?}",
+                frame.frame_num,
+                frame.objects
+            );
+        }
+        if !frame.frame_num.is_multiple_of(3) {
+            assert_eq!(
+                tracked,
+                frame.objects.len(),
+                "frame {}: {:?}",
+                frame.frame_num,
+                frame.objects
+            );
+            carried_per_frame.push(tracked);
+        }
+    }
+    assert_eq!(
+        sparse.carried,
+        carried_per_frame.iter().sum::<usize>() as u64,
+        "the tracker's report counts the objects it added"
+    );
+    // The carried boxes are good enough to score like detections (IoU >= 0.5 with the truth),
+    // and ids hold through the gaps.
+    let recall = sparse.score.true_positives as f64 / sparse.score.required as f64;
+    assert!(recall >= 0.9, "recall with interval 2: {recall:.3}");
+    for (person, ids) in &sparse.score.ids {
+        let switches = id_switches(ids);
+        assert!(
+            switches <= 1,
+            "interval 2: person {person} switched track id {switches} times: {ids:?}"
+        );
+    }
+}
+
 #[test]
 fn id_switches_count_changes_between_tracked_ids() {
     assert_eq!(id_switches(&[None, Some(1), Some(1), None, Some(1)]), 0);

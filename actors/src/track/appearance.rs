@@ -35,7 +35,7 @@ use super::assignment::{assign, Candidate};
 use super::descriptor::{describe_objects, Descriptor, Gallery};
 use super::kalman::GATE_CHI2_95;
 use super::lifecycle::{associate_by_iou, FrameMatches, KalmanTrack, TrackState};
-use super::{IdAllocator, Settings, Tracker};
+use super::{IdAllocator, Settings, Skipped, Tracker};
 
 /// Fraction of a box's area that other detections may cover before its descriptor is
 /// considered contaminated.
@@ -76,11 +76,12 @@ impl AppearanceTracker {
         })
     }
 
-    /// Step 1: matches by appearance within the motion gate.
+    /// Step 1: matches by appearance within the motion gate (tracks not `carried` only).
     fn appearance_step(
         &mut self,
         objects: &mut [ObjectMeta],
         descriptors: &[Option<Descriptor>],
+        carried: &[bool],
         matches: &mut FrameMatches,
         ids: &mut IdAllocator,
     ) -> Vec<(usize, usize)> {
@@ -89,7 +90,9 @@ impl AppearanceTracker {
         let track_set: Vec<usize> = (0..tracks.len())
             .filter(|&t| {
                 let track = &tracks[t];
-                track.motion.state != TrackState::Tentative && !track.gallery.is_empty()
+                !carried[t]
+                    && track.motion.state != TrackState::Tentative
+                    && !track.gallery.is_empty()
             })
             .collect();
         let object_set: Vec<usize> = (0..objects.len())
@@ -182,7 +185,7 @@ fn occluded(objects: &[ObjectMeta]) -> Vec<bool> {
 }
 
 impl Tracker for AppearanceTracker {
-    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
+    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator, skipped: &Skipped) -> u64 {
         let frame_num = frame.frame_num;
         let descriptors = describe_objects(
             frame,
@@ -193,17 +196,27 @@ impl Tracker for AppearanceTracker {
         for track in &mut self.state.tracks {
             track.motion.predict();
         }
+        // Tracks whose detector skipped this frame have nothing to match (carry.rs).
+        let carried: Vec<bool> = (self.state.tracks.iter())
+            .map(|t| t.motion.carried_by(skipped))
+            .collect();
         let mut matches =
             FrameMatches::new(self.state.tracks.len(), frame.objects.len(), frame_num);
 
         // 1. Appearance within the motion gate.
-        let mut matched = self.appearance_step(&mut frame.objects, &descriptors, &mut matches, ids);
+        let mut matched = self.appearance_step(
+            &mut frame.objects,
+            &descriptors,
+            &carried,
+            &mut matches,
+            ids,
+        );
 
         // 2. IoU with the prediction for whatever is left.
         let s = &self.settings;
         let tracks = &mut self.state.tracks;
         let predicted: Vec<_> = tracks.iter().map(|t| t.motion.prediction()).collect();
-        let track_set = matches.unmatched_tracks(0..tracks.len());
+        let track_set = matches.unmatched_tracks((0..tracks.len()).filter(|&t| !carried[t]));
         let object_set = matches.unmatched_objects(0..frame.objects.len());
         let contradicts = |t: usize, o: usize| {
             let track: &AppearanceTrack = &tracks[t];
@@ -243,12 +256,18 @@ impl Tracker for AppearanceTracker {
             }
         }
 
-        // 3. Misses, new tracks, expiry.
-        for (track, matched) in tracks.iter_mut().zip(&matches.track_matched) {
-            if !matched {
+        // 3. Misses (carried tracks had no chance to match), new tracks, expiry.
+        for ((track, matched), carried) in
+            tracks.iter_mut().zip(&matches.track_matched).zip(&carried)
+        {
+            if !matched && !carried {
                 track.motion.miss();
             }
         }
+        let shown: Vec<ObjectMeta> = (tracks.iter().zip(&carried))
+            .filter(|(_, c)| **c)
+            .filter_map(|(t, _)| t.motion.carried_object((frame.width, frame.height)))
+            .collect();
         for o in matches.unmatched_objects(0..frame.objects.len()) {
             let motion = matches.start(&mut frame.objects[o], s.min_hits, ids);
             let mut gallery = Gallery::default();
@@ -262,6 +281,7 @@ impl Tracker for AppearanceTracker {
         if self.settings.past_frame_output {
             matches.attach_past_frames(frame);
         }
+        frame.objects.extend(shown);
         matches.newly_confirmed
     }
 
@@ -349,7 +369,7 @@ mod tests {
                 );
                 let blue_visible = overlap.area() < blue.area() / 3.0;
                 let mut f = frame(&[(blue, BLUE), (red, RED)], &[blue_visible, true]);
-                tracker.update(&mut f, &mut ids);
+                tracker.update(&mut f, &mut ids, &Skipped::default());
                 // Objects are listed back to front: blue (if visible), then red.
                 let red_id = f.objects.last().unwrap().track_id;
                 let blue_id = if blue_visible {
@@ -447,7 +467,7 @@ mod tests {
                 ],
                 ..Default::default()
             };
-            tracker.update(&mut f, &mut ids);
+            tracker.update(&mut f, &mut ids, &Skipped::default());
             seen.push((f.objects[0].track_id, f.objects[1].track_id));
         }
         assert!(seen[5].0.is_some() && seen[5].1.is_some());
@@ -461,20 +481,28 @@ mod tests {
         let (mut ids, mut sort_ids) = (IdAllocator::default(), IdAllocator::default());
         for n in 0..10 {
             let red = person(10.0 + 3.0 * n as f32);
-            tracker.update(&mut frame(&[(red, RED)], &[true]), &mut ids);
-            sort.update(&mut frame(&[(red, RED)], &[true]), &mut sort_ids);
+            tracker.update(
+                &mut frame(&[(red, RED)], &[true]),
+                &mut ids,
+                &Skipped::default(),
+            );
+            sort.update(
+                &mut frame(&[(red, RED)], &[true]),
+                &mut sort_ids,
+                &Skipped::default(),
+            );
         }
         // Red leaves the picture; two frames later a blue person stands where red would be.
         for _ in 10..12 {
-            tracker.update(&mut frame(&[], &[]), &mut ids);
-            sort.update(&mut frame(&[], &[]), &mut sort_ids);
+            tracker.update(&mut frame(&[], &[]), &mut ids, &Skipped::default());
+            sort.update(&mut frame(&[], &[]), &mut sort_ids, &Skipped::default());
         }
         let blue = person(10.0 + 3.0 * 12.0);
         let mut f = frame(&[(blue, BLUE)], &[true]);
-        tracker.update(&mut f, &mut ids);
+        tracker.update(&mut f, &mut ids, &Skipped::default());
         assert_eq!(f.objects[0].track_id, None, "a new, tentative track");
         let mut f = frame(&[(blue, BLUE)], &[true]);
-        sort.update(&mut f, &mut sort_ids);
+        sort.update(&mut f, &mut sort_ids, &Skipped::default());
         assert_eq!(
             f.objects[0].track_id,
             Some(1),

@@ -22,8 +22,10 @@
 use serde::{Deserialize, Serialize};
 use vidmesh_protocol::{FrameMeta, ObjectMeta};
 
-use super::lifecycle::{associate_by_iou, FrameMatches, KalmanTrack, TrackState};
-use super::{IdAllocator, Settings, Tracker};
+use super::lifecycle::{
+    associate_by_iou, carried_mask, carried_objects, FrameMatches, KalmanTrack, TrackState,
+};
+use super::{IdAllocator, Settings, Skipped, Tracker};
 
 /// Largest `1 − IoU` cost at which a tentative track takes a high detection (the paper's 0.7).
 pub const TENTATIVE_MATCH_THRESHOLD: f32 = 0.7;
@@ -34,8 +36,9 @@ const DUPLICATE_DISTANCE: f32 = 0.05;
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     tracks: Vec<KalmanTrack>,
-    /// Frames seen on this stream. Tracks born on the first frame are confirmed at once, as
-    /// in the ByteTrack paper: there is no earlier frame that could have confirmed them.
+    /// Frames seen on this stream that no detector skipped. Tracks born on the first one are
+    /// confirmed at once, as in the ByteTrack paper: there is no earlier detection that could
+    /// have confirmed them.
     #[serde(default)]
     frames: u64,
 }
@@ -66,10 +69,13 @@ impl ByteTracker {
 }
 
 impl Tracker for ByteTracker {
-    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
+    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator, skipped: &Skipped) -> u64 {
         let frame_num = frame.frame_num;
+        let frame_size = (frame.width, frame.height);
         let s = &self.settings;
-        self.state.frames += 1;
+        if !skipped.any() {
+            self.state.frames += 1;
+        }
         let (min_hits, max_age) = (s.min_hits, s.max_age);
         let birth_hits = if self.state.frames == 1 { 1 } else { min_hits };
         let new_track_threshold = s.effective_new_track_threshold();
@@ -79,6 +85,8 @@ impl Tracker for ByteTracker {
             track.predict();
         }
         let predicted: Vec<_> = tracks.iter().map(KalmanTrack::prediction).collect();
+        // Tracks whose detector skipped this frame have nothing to match (carry.rs).
+        let carried = carried_mask(tracks.iter(), skipped);
         let high: Vec<usize> = (0..objects.len())
             .filter(|&o| objects[o].confidence >= s.high_threshold)
             .collect();
@@ -90,7 +98,7 @@ impl Tracker for ByteTracker {
             .collect();
         let in_state = |state: &[TrackState]| -> Vec<usize> {
             (0..tracks.len())
-                .filter(|&t| state.contains(&tracks[t].state))
+                .filter(|&t| !carried[t] && state.contains(&tracks[t].state))
                 .collect()
         };
         let pool = in_state(&[TrackState::Confirmed, TrackState::Lost]);
@@ -159,12 +167,15 @@ impl Tracker for ByteTracker {
         );
         record(&mut matches, third, tracks, objects);
 
-        // 4. Unmatched tracks miss a frame.
-        for (track, matched) in tracks.iter_mut().zip(&matches.track_matched) {
-            if !matched {
+        // 4. Unmatched tracks miss a frame (carried ones had no chance to match).
+        for ((track, matched), carried) in
+            tracks.iter_mut().zip(&matches.track_matched).zip(&carried)
+        {
+            if !matched && !carried {
                 track.miss();
             }
         }
+        let shown = carried_objects(tracks.iter(), &carried, frame_size);
         // 5. Confident unmatched detections start tracks.
         for o in matches.unmatched_objects(high.iter().copied()) {
             if objects[o].confidence >= new_track_threshold {
@@ -204,6 +215,7 @@ impl Tracker for ByteTracker {
         if self.settings.past_frame_output {
             matches.attach_past_frames(frame);
         }
+        frame.objects.extend(shown);
         matches.newly_confirmed
     }
 
@@ -251,14 +263,14 @@ mod tests {
         let (mut byte_seen, mut sort_seen) = (Vec::new(), Vec::new());
         for n in 0..16 {
             let mut f = frame(vec![walk(n)]);
-            byte.update(&mut f, &mut byte_ids);
+            byte.update(&mut f, &mut byte_ids, &Skipped::default());
             byte_seen.push(f.objects[0].track_id);
             // Without ByteTrack a pipeline must cut low scores at the detector (the same 0.5),
             // or clutter would become tracks; SORT then sees nothing during the occlusion.
             let mut f = frame(vec![walk(n)]);
             f.objects
                 .retain(|o| o.confidence >= settings.high_threshold);
-            sort.update(&mut f, &mut sort_ids);
+            sort.update(&mut f, &mut sort_ids, &Skipped::default());
             sort_seen.push(f.objects.first().and_then(|o| o.track_id));
         }
         // Born on the stream's first frame, the track is confirmed at once.
@@ -280,16 +292,20 @@ mod tests {
             let mut byte = ByteTracker::new(settings);
             let mut ids = IdAllocator::default();
             for n in 0..6 {
-                byte.update(&mut frame(vec![object(2.0 * n as f32, 0.9)]), &mut ids);
+                byte.update(
+                    &mut frame(vec![object(2.0 * n as f32, 0.9)]),
+                    &mut ids,
+                    &Skipped::default(),
+                );
             }
             // Hidden for three frames, then back with a weak score, then a strong one.
             for _ in 0..3 {
-                byte.update(&mut frame(vec![]), &mut ids);
+                byte.update(&mut frame(vec![]), &mut ids, &Skipped::default());
             }
             let mut weak = frame(vec![object(18.0, 0.3)]);
-            byte.update(&mut weak, &mut ids);
+            byte.update(&mut weak, &mut ids, &Skipped::default());
             let mut strong = frame(vec![object(20.0, 0.9)]);
-            byte.update(&mut strong, &mut ids);
+            byte.update(&mut strong, &mut ids, &Skipped::default());
             (weak.objects[0].track_id, strong.objects[0].track_id)
         };
         assert_eq!(run(true), (Some(1), Some(1)));
@@ -305,10 +321,10 @@ mod tests {
         let mut byte = ByteTracker::new(Settings::default());
         let mut ids = IdAllocator::default();
         let mut f = frame(vec![object(0.0, 0.9)]);
-        byte.update(&mut f, &mut ids);
+        byte.update(&mut f, &mut ids, &Skipped::default());
         assert_eq!(f.objects[0].track_id, Some(1));
         let mut f = frame(vec![object(1.0, 0.9), object(200.0, 0.9)]);
-        byte.update(&mut f, &mut ids);
+        byte.update(&mut f, &mut ids, &Skipped::default());
         assert_eq!(f.objects[0].track_id, Some(1));
         assert_eq!(
             f.objects[1].track_id, None,
@@ -321,9 +337,13 @@ mod tests {
         // Two detections overlap a track's prediction equally; fusion picks the confident one.
         let mut byte = ByteTracker::new(Settings::default());
         let mut ids = IdAllocator::default();
-        byte.update(&mut frame(vec![object(0.0, 0.9)]), &mut ids);
+        byte.update(
+            &mut frame(vec![object(0.0, 0.9)]),
+            &mut ids,
+            &Skipped::default(),
+        );
         let mut f = frame(vec![object(2.0, 0.62), object(-2.0, 0.95)]);
-        byte.update(&mut f, &mut ids);
+        byte.update(&mut f, &mut ids, &Skipped::default());
         assert_eq!(f.objects[1].track_id, Some(1), "{:?}", f.objects);
     }
 
@@ -341,7 +361,7 @@ mod tests {
                 object(200.0, 0.4),
                 object(400.0, 0.05),
             ]);
-            byte.update(&mut f, &mut ids);
+            byte.update(&mut f, &mut ids, &Skipped::default());
             assert_eq!(f.objects.len(), 3, "a tracker never removes detections");
             assert_eq!(f.objects[0].track_id, Some(1));
             assert_eq!(f.objects[0].tracker_confidence, Some(0.9));
@@ -359,13 +379,13 @@ mod tests {
         let mut byte = ByteTracker::new(settings);
         let mut ids = IdAllocator::default();
         let mut f = frame(vec![object(0.0, 0.55)]);
-        byte.update(&mut f, &mut ids);
+        byte.update(&mut f, &mut ids, &Skipped::default());
         assert_eq!(f.objects[0].track_id, None);
         // Once a track exists, a 0.55 detection is a high one and continues it.
         let mut f = frame(vec![object(100.0, 0.7)]);
-        byte.update(&mut f, &mut ids);
+        byte.update(&mut f, &mut ids, &Skipped::default());
         let mut f = frame(vec![object(102.0, 0.55)]);
-        byte.update(&mut f, &mut ids);
+        byte.update(&mut f, &mut ids, &Skipped::default());
         assert_eq!(f.objects[0].track_id, Some(1));
     }
 
@@ -379,13 +399,17 @@ mod tests {
         let mut byte = ByteTracker::new(settings);
         let mut ids = IdAllocator::default();
         for n in 0..8 {
-            byte.update(&mut frame(vec![object(2.0 * n as f32, 0.9)]), &mut ids);
+            byte.update(
+                &mut frame(vec![object(2.0 * n as f32, 0.9)]),
+                &mut ids,
+                &Skipped::default(),
+            );
         }
         for _ in 8..12 {
-            byte.update(&mut frame(vec![]), &mut ids);
+            byte.update(&mut frame(vec![]), &mut ids, &Skipped::default());
         }
         let mut f = frame(vec![object(24.0, 0.9)]);
-        byte.update(&mut f, &mut ids);
+        byte.update(&mut f, &mut ids, &Skipped::default());
         assert_eq!(f.objects[0].track_id, Some(1));
     }
 }

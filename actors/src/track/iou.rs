@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use vidmesh_protocol::{BBox, FrameMeta, ObjectMeta};
 
+use super::carry::{self, LastSeen};
 use super::lifecycle::{attach_past_frames, PastBox, PastFrames};
-use super::{IdAllocator, Settings, Tracker};
+use super::{IdAllocator, Settings, Skipped, Tracker};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct TrackState {
@@ -16,6 +17,10 @@ struct TrackState {
     /// Boxes of the frames before confirmation, for past-frame output.
     #[serde(default)]
     probation: Vec<PastBox>,
+    /// The latest matched object, repeated on frames its detector skipped. `None` only in
+    /// tracks restored from snapshots taken before interval support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last: Option<LastSeen>,
 }
 
 /// Tracks of one source.
@@ -44,17 +49,22 @@ impl IouTracker {
     }
 
     /// Associates `objects` with tracks, sets their `track_id`s, and returns how many tracks
-    /// became confirmed, with the probation boxes of each.
+    /// became confirmed, with the probation boxes of each. Tracks in `carried` (their detector
+    /// skipped the frame) are neither associated nor missed.
     fn associate(
         &mut self,
         objects: &mut [ObjectMeta],
         frame_num: u64,
         ids: &mut IdAllocator,
+        carried: &[bool],
     ) -> (u64, Vec<PastFrames>) {
         // All candidate pairs above the threshold, best overlap first: greedy matching by IoU
         // is what DeepStream's IOU tracker does and is stable under equal scores.
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for (t, track) in self.tracks.iter().enumerate() {
+            if carried.get(t).copied().unwrap_or(false) {
+                continue;
+            }
             for (o, object) in objects.iter().enumerate() {
                 if object.class_id != track.class_id {
                     continue;
@@ -77,7 +87,7 @@ impl IouTracker {
         let mut newly_confirmed = 0;
         let mut past = Vec::new();
         for (t, track) in self.tracks.iter_mut().enumerate() {
-            if !track_taken[t] {
+            if !track_taken[t] && !carried.get(t).copied().unwrap_or(false) {
                 track.misses += 1;
             }
         }
@@ -88,6 +98,8 @@ impl IouTracker {
                     track.bbox = object.bbox;
                     track.hits += 1;
                     track.misses = 0;
+                    // The IoU tracker's tracker_confidence is always 1.
+                    carry::remember(&mut track.last, object, 1.0);
                     if track.hits == self.settings.min_hits {
                         newly_confirmed += 1;
                         past.push(PastFrames {
@@ -106,6 +118,7 @@ impl IouTracker {
                         hits: 1,
                         misses: 0,
                         probation: Vec::new(),
+                        last: Some(LastSeen::of(object, 1.0)),
                     });
                     if self.settings.min_hits == 1 {
                         newly_confirmed += 1;
@@ -132,11 +145,30 @@ impl IouTracker {
 }
 
 impl Tracker for IouTracker {
-    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
-        let (confirmed, past) = self.associate(&mut frame.objects, frame.frame_num, ids);
+    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator, skipped: &Skipped) -> u64 {
+        let carried: Vec<bool> = self
+            .tracks
+            .iter()
+            .map(|t| carry::carried_by(t.last.as_ref(), skipped))
+            .collect();
+        // Without a motion model a carried track stays at its last box (carry.rs). Only
+        // tracks confirmed and matched at their detector's last run are shown.
+        let min_hits = self.settings.min_hits;
+        let shown: Vec<ObjectMeta> = self
+            .tracks
+            .iter()
+            .zip(&carried)
+            .filter(|(t, c)| **c && t.hits >= min_hits && t.misses == 0)
+            .filter_map(|(t, _)| {
+                let last = t.last.as_ref()?;
+                last.object(t.id, t.class_id, t.bbox, (frame.width, frame.height))
+            })
+            .collect();
+        let (confirmed, past) = self.associate(&mut frame.objects, frame.frame_num, ids, &carried);
         if self.settings.past_frame_output {
             attach_past_frames(frame, past);
         }
+        frame.objects.extend(shown);
         confirmed
     }
 
@@ -170,12 +202,12 @@ mod tests {
         let mut t = IouTracker::new(settings(2, 5));
         let mut next = IdAllocator::default();
         let mut f0 = vec![obj(0.0)];
-        assert_eq!(t.associate(&mut f0, 0, &mut next).0, 0);
+        assert_eq!(t.associate(&mut f0, 0, &mut next, &[]).0, 0);
         assert_eq!(f0[0].track_id, None, "tentative on the first hit");
         let mut ids = Vec::new();
         for step in 1..10 {
             let mut f = vec![obj(step as f32 * 2.0)];
-            t.associate(&mut f, 0, &mut next);
+            t.associate(&mut f, 0, &mut next, &[]);
             ids.push(f[0].track_id);
         }
         assert!(ids.iter().all(|id| *id == Some(1)), "{ids:?}");
@@ -186,16 +218,16 @@ mod tests {
         let mut t = IouTracker::new(settings(1, 1));
         let mut next = IdAllocator::default();
         let mut f = vec![obj(0.0), obj(100.0)];
-        t.associate(&mut f, 0, &mut next);
+        t.associate(&mut f, 0, &mut next, &[]);
         assert_eq!((f[0].track_id, f[1].track_id), (Some(1), Some(2)));
         // The second object disappears for two frames: beyond max_age, so it comes back new.
         for _ in 0..2 {
             let mut f = vec![obj(0.0)];
-            t.associate(&mut f, 0, &mut next);
+            t.associate(&mut f, 0, &mut next, &[]);
             assert_eq!(f[0].track_id, Some(1));
         }
         let mut f = vec![obj(0.0), obj(100.0)];
-        t.associate(&mut f, 0, &mut next);
+        t.associate(&mut f, 0, &mut next, &[]);
         assert_eq!(f[1].track_id, Some(3));
     }
 }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use vidmesh_protocol::{BBox, FrameMeta, ObjectMeta, UserMeta};
 
 use super::assignment::{assign, Candidate};
+use super::carry::{self, LastSeen, Skipped};
 use super::kalman::KalmanBox;
 use super::IdAllocator;
 
@@ -53,6 +54,10 @@ pub struct KalmanTrack {
     /// Boxes of the frames spent tentative, reported as past-frame output on confirmation.
     #[serde(default)]
     pub probation: Vec<PastBox>,
+    /// The latest matched object, repeated on frames its detector skipped. `None` only in
+    /// tracks restored from snapshots taken before interval support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<LastSeen>,
 }
 
 /// Where a track's object was in an earlier frame (DeepStream's past-frame object).
@@ -88,6 +93,7 @@ impl KalmanTrack {
             age: 0,
             seen_span: 0,
             probation: Vec::new(),
+            last: Some(LastSeen::of(object, object.confidence)),
         };
         let confirmed = track.confirm_if_due(min_hits, ids);
         (track, confirmed)
@@ -152,6 +158,23 @@ impl KalmanTrack {
                 object.track_id = Some(id);
                 object.tracker_confidence = Some(confidence.clamp(0.0, 1.0));
             }
+        }
+    }
+
+    /// Whether the frame's skipping detector made this track's objects: then it is carried
+    /// (predicted, shown if confirmed) instead of associated, and not missed.
+    pub fn carried_by(&self, skipped: &Skipped) -> bool {
+        carry::carried_by(self.last.as_ref(), skipped)
+    }
+
+    /// The object a carried track shows on a skipped frame: confirmed tracks only (a lost
+    /// track's object was not found at the last chance, a tentative one is not reported yet).
+    pub fn carried_object(&self, frame_size: (u32, u32)) -> Option<ObjectMeta> {
+        match (self.state, self.id, &self.last) {
+            (TrackState::Confirmed, Some(id), Some(last)) => {
+                last.object(id, self.class_id, self.bbox(), frame_size)
+            }
+            _ => None,
         }
     }
 
@@ -249,6 +272,7 @@ impl FrameMatches {
         self.newly_confirmed += u64::from(confirmed_now);
         self.note_probation(track, confirmed_now, object);
         track.report(object, confidence);
+        carry::remember(&mut track.last, object, confidence);
     }
 
     /// Starts a track from unmatched object `o` and reports it if it is confirmed at once.
@@ -278,6 +302,28 @@ impl FrameMatches {
             .filter(|&o| !self.object_matched[o])
             .collect()
     }
+}
+
+/// Which of `tracks` the frame's skipping detectors made (see [`KalmanTrack::carried_by`]).
+pub fn carried_mask<'a>(
+    tracks: impl IntoIterator<Item = &'a KalmanTrack>,
+    skipped: &Skipped,
+) -> Vec<bool> {
+    tracks.into_iter().map(|t| t.carried_by(skipped)).collect()
+}
+
+/// The objects the carried confirmed `tracks` show on a frame of `frame_size` (width, height).
+pub fn carried_objects<'a>(
+    tracks: impl IntoIterator<Item = &'a KalmanTrack>,
+    carried: &[bool],
+    frame_size: (u32, u32),
+) -> Vec<ObjectMeta> {
+    tracks
+        .into_iter()
+        .zip(carried)
+        .filter(|(_, c)| **c)
+        .filter_map(|(t, _)| t.carried_object(frame_size))
+        .collect()
 }
 
 /// A track's class and predicted box for this frame.

@@ -18,19 +18,23 @@
 //! in `min_hits` consecutive frames, then *confirmed* (objects carry its `track_id` and a
 //! `tracker_confidence`), *lost* when unmatched. Lost tracks are shadow-tracked (predicted every
 //! frame) and re-identified under the same id within `max_age` frames, then dropped. Only
-//! objects of the same `class_id` associate. A tracker never adds or removes objects; it only
-//! writes ids on them. Every tracker's state goes into the stage's snapshot, so a replacement
+//! objects of the same `class_id` associate. A tracker never removes objects and only writes
+//! ids on them — except on frames a detector skipped (infer `interval`, `carry.rs`),
+//! where it adds an object for each confirmed track of that detector at its predicted
+//! position. Every tracker's state goes into the stage's snapshot, so a replacement
 //! replica carries on with the same ids.
 
 mod appearance;
 mod assignment;
 mod bytetrack;
+mod carry;
 mod descriptor;
 mod iou;
 mod kalman;
 mod lifecycle;
 mod sort;
 
+pub use carry::Skipped;
 pub use lifecycle::{PastBox, PastFrames, PAST_FRAMES_KIND};
 
 use std::collections::HashMap;
@@ -103,7 +107,8 @@ pub struct Settings {
     /// the Kalman trackers). At least 1. Default 2.
     pub min_hits: u32,
     /// Frames a track survives without a match (the lost tracks' shadow-tracking window;
-    /// ByteTrack's `track_buffer`). 0 drops a track at its first miss. Default 15.
+    /// ByteTrack's `track_buffer`). 0 drops a track at its first miss. Frames its detector
+    /// skipped (infer `interval`) are not misses. Default 15.
     pub max_age: u32,
     /// bytetrack: detections with `confidence >= high_threshold` are high-score ones.
     /// Default 0.5.
@@ -242,8 +247,10 @@ impl Settings {
 /// One stream's tracker. Every algorithm implements this; the stage keeps one per source.
 pub trait Tracker: Send {
     /// Associates this frame's objects with tracks: sets `track_id` and `tracker_confidence`
-    /// on the objects of confirmed tracks. Returns how many tracks became confirmed.
-    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64;
+    /// on the objects of confirmed tracks. Tracks of the components that `skipped` the frame
+    /// are not associated and not counted as missed; each confirmed one adds its object at
+    /// its predicted (iou: last) box. Returns how many tracks became confirmed.
+    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator, skipped: &Skipped) -> u64;
     /// The tracker's whole state, for snapshots.
     fn save(&self) -> serde_json::Value;
 }
@@ -328,6 +335,8 @@ pub struct Track {
     /// share this instance (or which replica runs it).
     ids: HashMap<u32, IdAllocator>,
     confirmed: u64,
+    /// Objects added on frames a detector skipped, for the report.
+    carried: u64,
 }
 
 impl Track {
@@ -337,6 +346,7 @@ impl Track {
             per_source: HashMap::new(),
             ids: HashMap::new(),
             confirmed: 0,
+            carried: 0,
         }
     }
 
@@ -359,6 +369,7 @@ impl Track {
             per_source,
             ids: s.ids.into_iter().collect(),
             confirmed: s.confirmed,
+            carried: 0,
         })
     }
 
@@ -377,8 +388,11 @@ impl Track {
         Ok(())
     }
 
-    /// Tracks one frame (what `on_batch` does for each frame of a batch).
-    pub fn track_frame(&mut self, frame: &mut FrameMeta) {
+    /// Tracks one frame (what `on_batch` does for each frame of a batch). Fails only on a
+    /// malformed skip marker (see [`Skipped::of`]).
+    pub fn track_frame(&mut self, frame: &mut FrameMeta) -> Result<(), StageError> {
+        let skipped = Skipped::of(frame)?;
+        let before = frame.objects.len();
         let tracker = self
             .per_source
             .entry(frame.source_id)
@@ -387,7 +401,9 @@ impl Track {
             .ids
             .entry(frame.source_id)
             .or_insert_with(|| IdAllocator::for_source(frame.source_id));
-        self.confirmed += tracker.update(frame, ids);
+        self.confirmed += tracker.update(frame, ids, &skipped);
+        self.carried += frame.objects.len().saturating_sub(before) as u64;
+        Ok(())
     }
 
     /// Tracks confirmed so far.
@@ -399,7 +415,7 @@ impl Track {
 impl Stage for Track {
     fn on_batch(&mut self, mut batch: Batch, out: &mut Outputs) -> Result<(), StageError> {
         for frame in &mut batch.frames {
-            self.track_frame(frame);
+            self.track_frame(frame)?;
         }
         out.emit(batch)
     }
@@ -410,7 +426,9 @@ impl Stage for Track {
     }
 
     fn on_finish(&mut self, _out: &mut Outputs) -> Result<StageReport, StageError> {
-        Ok(StageReport::default().with("tracks", self.confirmed))
+        Ok(StageReport::default()
+            .with("tracks", self.confirmed)
+            .with("carried_objects", self.carried))
     }
 
     fn adopt(&mut self, snapshot: &[u8], sources: &[u32]) -> Result<(), StageError> {
@@ -518,10 +536,10 @@ mod tests {
             for n in 0..18 {
                 for source in 0..2 {
                     let mut a = frame(source, n);
-                    uninterrupted.track_frame(&mut a);
+                    uninterrupted.track_frame(&mut a).unwrap();
                     expected.push(ids(&a));
                     let mut b = frame(source, n);
-                    first.track_frame(&mut b);
+                    first.track_frame(&mut b).unwrap();
                     got.push(ids(&b));
                 }
             }
@@ -531,10 +549,10 @@ mod tests {
             for n in 18..50 {
                 for source in 0..2 {
                     let mut a = frame(source, n);
-                    uninterrupted.track_frame(&mut a);
+                    uninterrupted.track_frame(&mut a).unwrap();
                     expected.push(ids(&a));
                     let mut b = frame(source, n);
-                    second.track_frame(&mut b);
+                    second.track_frame(&mut b).unwrap();
                     got.push(ids(&b));
                 }
             }
@@ -559,7 +577,7 @@ mod tests {
             ..Settings::default()
         });
         for n in 0..3 {
-            sort.track_frame(&mut frame(0, n));
+            sort.track_frame(&mut frame(0, n)).unwrap();
         }
         let snapshot = sort.snapshot().unwrap();
         let as_iou = Settings {
@@ -607,7 +625,7 @@ mod tests {
                     objects,
                     ..Default::default()
                 };
-                track.track_frame(&mut f);
+                track.track_frame(&mut f).unwrap();
                 last = f;
             }
             eprintln!(
@@ -688,10 +706,12 @@ mod tests {
             };
             let mut track = Track::new(settings);
             // An empty first frame, so no tracker confirms a track at birth.
-            track.track_frame(&mut FrameMeta {
-                frame_num: 0,
-                ..Default::default()
-            });
+            track
+                .track_frame(&mut FrameMeta {
+                    frame_num: 0,
+                    ..Default::default()
+                })
+                .unwrap();
             let mut confirming = None;
             for n in 1..=4 {
                 let mut f = FrameMeta {
@@ -703,7 +723,7 @@ mod tests {
                     }],
                     ..Default::default()
                 };
-                track.track_frame(&mut f);
+                track.track_frame(&mut f).unwrap();
                 if let Some(meta) = f.user.iter().find(|u| u.kind == PAST_FRAMES_KIND) {
                     assert!(confirming.is_none(), "{algorithm:?}: reported twice");
                     confirming = Some((n, f.objects[0].track_id, meta.data.clone()));
@@ -729,7 +749,7 @@ mod tests {
         });
         for n in 0..4 {
             let mut f = frame(0, n);
-            track.track_frame(&mut f);
+            track.track_frame(&mut f).unwrap();
             assert!(f.user.is_empty());
         }
     }
@@ -756,7 +776,7 @@ mod tests {
         let mut first = Track::new(settings::parse::<Settings>(&table).unwrap());
         for n in 0..18 {
             for source in 0..2 {
-                first.track_frame(&mut frame(source, n));
+                first.track_frame(&mut frame(source, n)).unwrap();
             }
         }
         let snapshot = first.snapshot().unwrap();
@@ -778,7 +798,7 @@ mod tests {
             algorithm: Algorithm::Sort,
             ..Settings::default()
         });
-        sort.track_frame(&mut frame(0, 0));
+        sort.track_frame(&mut frame(0, 0)).unwrap();
         let snapshot = sort.snapshot().unwrap();
         let bytetrack: toml::Table = "algorithm = \"bytetrack\"".parse().unwrap();
         let e = (KIND.build)(&bytetrack, &resuming(Some(snapshot)))

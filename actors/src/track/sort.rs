@@ -10,8 +10,10 @@
 use serde::{Deserialize, Serialize};
 use vidmesh_protocol::FrameMeta;
 
-use super::lifecycle::{associate_by_iou, FrameMatches, KalmanTrack};
-use super::{IdAllocator, Settings, Tracker};
+use super::lifecycle::{
+    associate_by_iou, carried_mask, carried_objects, FrameMatches, KalmanTrack,
+};
+use super::{IdAllocator, Settings, Skipped, Tracker};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
@@ -44,7 +46,7 @@ impl SortTracker {
 }
 
 impl Tracker for SortTracker {
-    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator) -> u64 {
+    fn update(&mut self, frame: &mut FrameMeta, ids: &mut IdAllocator, skipped: &Skipped) -> u64 {
         let frame_num = frame.frame_num;
         let Settings {
             iou_threshold,
@@ -57,11 +59,13 @@ impl Tracker for SortTracker {
             track.predict();
         }
         let predicted: Vec<_> = tracks.iter().map(KalmanTrack::prediction).collect();
-        let all_tracks: Vec<usize> = (0..tracks.len()).collect();
+        // Tracks whose detector skipped this frame have nothing to match (carry.rs).
+        let carried = carried_mask(tracks.iter(), skipped);
+        let active_tracks: Vec<usize> = (0..tracks.len()).filter(|&t| !carried[t]).collect();
         let all_objects: Vec<usize> = (0..frame.objects.len()).collect();
         let matches = associate_by_iou(
             &predicted,
-            &all_tracks,
+            &active_tracks,
             &frame.objects,
             &all_objects,
             iou_threshold,
@@ -74,11 +78,16 @@ impl Tracker for SortTracker {
             let object = &mut frame.objects[o];
             frame_matches.record(t, &mut tracks[t], o, object, iou, min_hits, ids);
         }
-        for (track, matched) in tracks.iter_mut().zip(&frame_matches.track_matched) {
-            if !matched {
+        for ((track, matched), carried) in tracks
+            .iter_mut()
+            .zip(&frame_matches.track_matched)
+            .zip(&carried)
+        {
+            if !matched && !carried {
                 track.miss();
             }
         }
+        let shown = carried_objects(tracks.iter(), &carried, (frame.width, frame.height));
         for o in frame_matches.unmatched_objects(0..frame.objects.len()) {
             let track = frame_matches.start(&mut frame.objects[o], min_hits, ids);
             tracks.push(track);
@@ -87,6 +96,7 @@ impl Tracker for SortTracker {
         if self.settings.past_frame_output {
             frame_matches.attach_past_frames(frame);
         }
+        frame.objects.extend(shown);
         frame_matches.newly_confirmed
     }
 
@@ -132,7 +142,7 @@ mod tests {
                 100.0 + 16.0 * (n - 10) as f32
             };
             let mut f = frame(&[left]);
-            sort.update(&mut f, &mut ids);
+            sort.update(&mut f, &mut ids, &Skipped::default());
             got.push(f.objects[0].track_id);
         }
         assert!(got.iter().all(|id| *id == Some(1)), "{got:?}");
@@ -149,14 +159,14 @@ mod tests {
         let mut ids = IdAllocator::default();
         for n in 0..10 {
             let mut f = frame(&[4.0 * n as f32]);
-            sort.update(&mut f, &mut ids);
+            sort.update(&mut f, &mut ids, &Skipped::default());
             assert_eq!(f.objects[0].track_id, Some(1));
         }
         for _ in 10..14 {
-            sort.update(&mut frame(&[]), &mut ids);
+            sort.update(&mut frame(&[]), &mut ids, &Skipped::default());
         }
         let mut f = frame(&[56.0]);
-        assert_eq!(sort.update(&mut f, &mut ids), 0);
+        assert_eq!(sort.update(&mut f, &mut ids, &Skipped::default()), 0);
         assert_eq!(f.objects[0].track_id, Some(1), "predicted through the gap");
     }
 
@@ -169,10 +179,10 @@ mod tests {
         let mut sort = SortTracker::new(settings);
         let mut ids = IdAllocator::default();
         let mut f = frame(&[0.0]);
-        sort.update(&mut f, &mut ids);
+        sort.update(&mut f, &mut ids, &Skipped::default());
         let mut f = frame(&[1.0]);
         f.objects[0].class_id = 1;
-        sort.update(&mut f, &mut ids);
+        sort.update(&mut f, &mut ids, &Skipped::default());
         assert_eq!(f.objects[0].track_id, Some(2));
     }
 }
