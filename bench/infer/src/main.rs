@@ -20,6 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use bytes::Bytes;
 use clap::Parser;
 use vidmesh_actors::preprocess::{ImagePreprocessor, RowRequest};
 use vidmesh_actors::stage::{BuildContext, Outputs, Stage};
-use vidmesh_protocol::{Batch, FrameMeta, ImageLayout, PayloadRef, PixelFormat, TensorMeta};
+use vidmesh_protocol::{Batch, FrameMeta, ImageLayout, PayloadRef, PixelFormat};
 
 #[derive(Parser)]
 struct Args {
@@ -67,7 +68,13 @@ fn demo_stage(root: &Path, name: &str) -> Result<toml::Table> {
 }
 
 /// Decoded RGB frames of the clip, as the source stage would hand them on.
-fn decode(python: &Path, peer: &Path, video: &Path, count: usize, dir: &Path) -> Result<Vec<FrameMeta>> {
+fn decode(
+    python: &Path,
+    peer: &Path,
+    video: &Path,
+    count: usize,
+    dir: &Path,
+) -> Result<Vec<FrameMeta>> {
     let file = dir.join("frames.rgb");
     let out = Command::new(python)
         .arg(peer)
@@ -78,7 +85,10 @@ fn decode(python: &Path, peer: &Path, video: &Path, count: usize, dir: &Path) ->
         .output()
         .context("running peer.py frames")?;
     if !out.status.success() {
-        bail!("peer.py frames failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "peer.py frames failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let (width, height) = (
@@ -88,7 +98,12 @@ fn decode(python: &Path, peer: &Path, video: &Path, count: usize, dir: &Path) ->
     let pixels = Bytes::from(std::fs::read(&file)?);
     let per_frame = width as usize * height as usize * 3;
     if pixels.len() != per_frame * count {
-        bail!("{} holds {} bytes, {count} frames need {}", file.display(), pixels.len(), per_frame * count);
+        bail!(
+            "{} holds {} bytes, {count} frames need {}",
+            file.display(),
+            pixels.len(),
+            per_frame * count
+        );
     }
     Ok((0..count)
         .map(|i| FrameMeta {
@@ -128,7 +143,11 @@ struct Preprocessed {
     serial: Duration,
 }
 
-fn preprocess(images: &mut ImagePreprocessor, frames: &[FrameMeta], batch: usize) -> Result<Preprocessed> {
+fn preprocess(
+    images: &mut ImagePreprocessor,
+    frames: &[FrameMeta],
+    batch: usize,
+) -> Result<Preprocessed> {
     let mut batches = Vec::new();
     let (mut parallel, mut serial) = (Duration::ZERO, Duration::ZERO);
     for (id, chunk) in frames.chunks(batch).enumerate() {
@@ -164,12 +183,23 @@ fn write_tensors(batches: &[Batch], path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One run of the infer stage over all batches: (stage seconds, backend seconds, objects).
-fn run_stage(table: &toml::Table, ctx: &BuildContext, batches: &[Batch]) -> Result<(f64, f64, String)> {
+/// One run of the infer stage over all batches: (stage seconds, backend seconds, objects
+/// found in the measured batches).
+fn run_stage(
+    table: &toml::Table,
+    ctx: &BuildContext,
+    batches: &[Batch],
+) -> Result<(f64, f64, u64)> {
     let mut stage = (vidmesh_actors::infer::KIND.build)(table, ctx)?;
-    let mut out = Outputs::new(Vec::new());
+    let objects = Arc::new(AtomicU64::new(0));
+    let counter = objects.clone();
+    let mut out = Outputs::new(Vec::new()).with_tap(Arc::new(move |b: &Batch| {
+        let n: usize = b.frames.iter().map(|f| f.objects.len()).sum();
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }));
     // Warm-up, as the Python side does: ONNX Runtime allocates on the first run of a shape.
     stage.on_batch(batches[0].clone(), &mut out)?;
+    objects.store(0, Ordering::Relaxed);
     let backend_before = backend_seconds(stage.as_ref());
     let mut elapsed = Duration::ZERO;
     for batch in batches {
@@ -179,14 +209,12 @@ fn run_stage(table: &toml::Table, ctx: &BuildContext, batches: &[Batch]) -> Resu
         elapsed += started.elapsed();
     }
     let backend = backend_seconds(stage.as_ref()) - backend_before;
-    let report = stage.on_finish(&mut out)?;
-    let objects = report
-        .facts
-        .iter()
-        .find(|(k, _)| k == "objects")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    Ok((elapsed.as_secs_f64(), backend, objects))
+    stage.on_finish(&mut out)?;
+    Ok((
+        elapsed.as_secs_f64(),
+        backend,
+        objects.load(Ordering::Relaxed),
+    ))
 }
 
 fn backend_seconds(stage: &dyn Stage) -> f64 {
@@ -197,7 +225,14 @@ fn backend_seconds(stage: &dyn Stage) -> f64 {
         .map_or(0.0, |v| v.value)
 }
 
-fn run_peer(python: &Path, peer: &Path, model: &Path, tensors: &Path, args: &Args, batch: usize) -> Result<f64> {
+fn run_peer(
+    python: &Path,
+    peer: &Path,
+    model: &Path,
+    tensors: &Path,
+    args: &Args,
+    batch: usize,
+) -> Result<f64> {
     let mut cmd = Command::new(python);
     cmd.arg(peer)
         .args(["run", "--model"])
@@ -212,7 +247,10 @@ fn run_peer(python: &Path, peer: &Path, model: &Path, tensors: &Path, args: &Arg
     }
     let out = cmd.output().context("running peer.py run")?;
     if !out.status.success() {
-        bail!("peer.py run failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "peer.py run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     v["seconds"].as_f64().context("peer.py printed no seconds")
@@ -270,14 +308,22 @@ fn main() -> Result<()> {
     let pre_settings = vidmesh_actors::settings::parse(&demo_stage(&root, "preprocess")?)?;
     let mut images = ImagePreprocessor::new(pre_settings)?;
 
-    println!("machine: {}; load average before: {}", machine(), load_average());
+    println!(
+        "machine: {}; load average before: {}",
+        machine(),
+        load_average()
+    );
     println!(
         "model {}, {} frames of {}, threads {} ({}), spinning {}, median of {}",
         model.display(),
         args.frames,
         video.display(),
         args.threads,
-        if args.threads == 0 { "ONNX Runtime's default" } else { "both sides" },
+        if args.threads == 0 {
+            "ONNX Runtime's default"
+        } else {
+            "both sides"
+        },
         args.spinning,
         args.repeat
     );
@@ -290,9 +336,12 @@ fn main() -> Result<()> {
             write_tensors(&pre.batches, &tensors)?;
         }
         let (mut stage_s, mut backend_s, mut peer_s) = (Vec::new(), Vec::new(), Vec::new());
-        let mut objects = String::new();
+        let mut objects = 0;
         for r in 0..args.repeat {
-            let ours = |stage_s: &mut Vec<f64>, backend_s: &mut Vec<f64>, objects: &mut String| -> Result<()> {
+            let ours = |stage_s: &mut Vec<f64>,
+                        backend_s: &mut Vec<f64>,
+                        objects: &mut u64|
+             -> Result<()> {
                 let (s, b, o) = run_stage(&detect, &ctx, &pre.batches)?;
                 stage_s.push(s);
                 backend_s.push(b);
@@ -327,7 +376,14 @@ fn main() -> Result<()> {
 
     println!(
         "\n{:>5} {:>10} {:>14} {:>9} {:>10} {:>13} {:>16} {:>8}",
-        "batch", "stage fps", "in-stage ORT", "overhead", "Python fps", "stage/Python", "preprocess ms/f", "objects"
+        "batch",
+        "stage fps",
+        "in-stage ORT",
+        "overhead",
+        "Python fps",
+        "stage/Python",
+        "preprocess ms/f",
+        "objects"
     );
     for r in &rows {
         println!(
@@ -338,9 +394,13 @@ fn main() -> Result<()> {
             r["stage_overhead_pct"].as_f64().unwrap_or_default(),
             r["python_fps"].as_f64().unwrap_or_default(),
             r["stage_vs_python"].as_f64().unwrap_or_default(),
-            r["preprocess_ms_per_frame_parallel"].as_f64().unwrap_or_default(),
-            r["preprocess_ms_per_frame_serial"].as_f64().unwrap_or_default(),
-            r["objects"].as_str().unwrap_or_default(),
+            r["preprocess_ms_per_frame_parallel"]
+                .as_f64()
+                .unwrap_or_default(),
+            r["preprocess_ms_per_frame_serial"]
+                .as_f64()
+                .unwrap_or_default(),
+            r["objects"],
         );
     }
     println!(

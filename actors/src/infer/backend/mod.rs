@@ -265,9 +265,7 @@ impl BackendSettings {
             ));
         }
         if self.tensorrt && self.device == Device::Cpu {
-            return err(
-                "tensorrt = true needs a GPU: set device = \"cuda:N\" as well".to_string(),
-            );
+            return err("tensorrt = true needs a GPU: set device = \"cuda:N\" as well".to_string());
         }
         if self.precision == Precision::Fp16 && !self.tensorrt {
             return err(
@@ -413,12 +411,18 @@ mod tests {
             precision: Precision::Fp16,
             ..cpu_settings()
         });
-        assert!(e.contains("precision = \"fp16\" needs tensorrt = true"), "{e}");
+        assert!(
+            e.contains("precision = \"fp16\" needs tensorrt = true"),
+            "{e}"
+        );
         let e = err(BackendSettings {
             engine_cache: Some("cache".into()),
             ..cpu_settings()
         });
-        assert!(e.contains("engine_cache") && e.contains("tensorrt = true"), "{e}");
+        assert!(
+            e.contains("engine_cache") && e.contains("tensorrt = true"),
+            "{e}"
+        );
         let gpu = BackendSettings {
             device: Device::Cuda(0),
             tensorrt: true,

@@ -188,7 +188,10 @@ mod gpu {
     ) -> Result<(), StageError> {
         let available = E::is_available().map_err(|e| {
             StageError::runtime(
-                format!("cannot list ONNX Runtime's execution providers in {}", library.display()),
+                format!(
+                    "cannot list ONNX Runtime's execution providers in {}",
+                    library.display()
+                ),
                 e,
             )
         })?;
@@ -211,7 +214,10 @@ mod gpu {
             return Ok(builder);
         };
         let gpu_id = i32::try_from(gpu).map_err(|_| {
-            StageError::Settings(format!("device = \"{}\": no such GPU index", settings.device))
+            StageError::Settings(format!(
+                "device = \"{}\": no such GPU index",
+                settings.device
+            ))
         })?;
         let device_key = format!("device = \"{}\"", settings.device);
         require::<ep::CUDA>("CUDA", &device_key, library)?;
@@ -238,7 +244,12 @@ mod gpu {
         }
         // After TensorRT, CUDA takes the nodes TensorRT does not support; ONNX Runtime's CPU
         // provider still takes the few the CUDA one lacks (shape arithmetic, mostly).
-        providers.push(ep::CUDA::default().with_device_id(gpu_id).build().error_on_failure());
+        providers.push(
+            ep::CUDA::default()
+                .with_device_id(gpu_id)
+                .build()
+                .error_on_failure(),
+        );
         builder.with_execution_providers(providers).map_err(|e| {
             StageError::Runtime(format!(
                 "cannot start ONNX Runtime's {} execution provider on {}: {e} (are the CUDA/cuDNN{} libraries onnxruntime-gpu needs installed and on the library path?)",
@@ -283,6 +294,13 @@ impl InferenceBackend for OrtBackend {
         data: &[f32],
         shape: &[usize],
     ) -> Result<Vec<OutputTensor>, StageError> {
+        // No IO binding or pre-allocated outputs: on the CPU provider the input is already
+        // borrowed without a copy, and binding pre-allocated output buffers measured no faster
+        // (demo model, onnxruntime 1.31, 2 CPUs: batch 1 22.9 vs 22.3 ms, batch 8 1003 vs
+        // 1019 ms, medians of 20, noise larger than the difference). The one copy left, the
+        // outputs into `OutputTensor`s, is 368 KB at batch 8, well under 0.1% of the run
+        // (docs/BENCHMARKS.md, "infer stage"). With CUDA, parsers need the outputs on the host
+        // anyway, so binding them to device memory would only move the same copy.
         let value = TensorRef::from_array_view((shape.to_vec(), data))
             .map_err(|e| StageError::runtime("cannot wrap the input tensor", e))?;
         let results = self
@@ -318,11 +336,17 @@ mod tests {
     /// the test with the command that provides them.
     fn demo_settings() -> BackendSettings {
         let model = root().join("models/ssdlite_person.onnx");
-        assert!(model.is_file(), "{} is missing: run scripts/setup first", model.display());
+        assert!(
+            model.is_file(),
+            "{} is missing: run scripts/setup first",
+            model.display()
+        );
         let library = std::env::var_os("ORT_DYLIB_PATH")
             .map(PathBuf::from)
             .or_else(|| venv_library(&root()))
-            .expect("libonnxruntime.so not found (ORT_DYLIB_PATH or .venv): run scripts/setup first");
+            .expect(
+                "libonnxruntime.so not found (ORT_DYLIB_PATH or .venv): run scripts/setup first",
+            );
         BackendSettings {
             kind: BackendKind::Ort,
             model,
@@ -353,7 +377,10 @@ mod tests {
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -373,7 +400,11 @@ mod tests {
                 assert_eq!(b.shape[0], 8);
                 let per = a.per_image();
                 let d = max_diff(b.image(i, per).unwrap(), &a.data);
-                assert!(d <= 1e-4, "output {} of image {i}: batch 8 vs 1 differ by {d}", a.name);
+                assert!(
+                    d <= 1e-4,
+                    "output {} of image {i}: batch 8 vs 1 differ by {d}",
+                    a.name
+                );
             }
         }
     }
@@ -403,7 +434,11 @@ mod tests {
             for (g, r) in got.iter().zip(&reference) {
                 assert_eq!((&g.name, &g.shape), (&r.name, &r.shape));
                 let d = max_diff(&g.data, &r.data);
-                assert!(d <= 1e-4, "{optimization:?}, inter_threads {inter_threads}: output {} differs by {d}", g.name);
+                assert!(
+                    d <= 1e-4,
+                    "{optimization:?}, inter_threads {inter_threads}: output {} differs by {d}",
+                    g.name
+                );
             }
         }
     }
@@ -437,7 +472,10 @@ mod tests {
         .err()
         .expect("the CPU library has no GPU providers")
         .to_string();
-        assert!(err.contains("device = \"cuda:1\"") && err.contains("onnxruntime-gpu"), "{err}");
+        assert!(
+            err.contains("device = \"cuda:1\"") && err.contains("onnxruntime-gpu"),
+            "{err}"
+        );
     }
 
     #[cfg(not(feature = "gpu-ort"))]
