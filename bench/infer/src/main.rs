@@ -155,8 +155,8 @@ fn preprocess(
         let tensor = images.tensor(chunk, &whole_frames(chunk.len()))?;
         parallel += started.elapsed();
         let started = Instant::now();
-        for i in 0..chunk.len() {
-            images.tensor(&chunk[i..=i], &whole_frames(1))?;
+        for one in chunk.chunks(1) {
+            images.tensor(one, &whole_frames(1))?;
         }
         serial += started.elapsed();
         batches.push(Batch {
@@ -283,7 +283,11 @@ fn main() -> Result<()> {
         .split(',')
         .map(|b| b.trim().parse::<usize>().context("--batches takes numbers"))
         .collect::<Result<_>>()?;
-    if batches.iter().any(|&b| b == 0 || args.frames % b != 0) || args.repeat == 0 {
+    if batches
+        .iter()
+        .any(|&b| b == 0 || !args.frames.is_multiple_of(b))
+        || args.repeat == 0
+    {
         bail!("--frames must be a multiple of every batch size, --repeat at least 1");
     }
     vidmesh_tests::ensure_onnxruntime();
@@ -348,7 +352,7 @@ fn main() -> Result<()> {
                 *objects = o;
                 Ok(())
             };
-            if r % 2 == 0 {
+            if r.is_multiple_of(2) {
                 ours(&mut stage_s, &mut backend_s, &mut objects)?;
                 peer_s.push(run_peer(&python, &peer, &model, &tensors, &args, batch)?);
             } else {
