@@ -8,7 +8,9 @@ ONNX model was cut at.  Then:
   (a) ssdlite_preprocess.preprocess() must reproduce TF's preprocessed tensor;
   (b) onnxruntime, fed the *numpy*-preprocessed images, must reproduce TF's
       boxes/scores, both one image at a time and in mixed batches (which also
-      proves that the batch dimension is really dynamic).
+      proves that the batch dimension is really dynamic);
+  (c) a batch of 8 must give each image the outputs it gets alone (batch 1),
+      within 1e-4: a Reshape with a baked-in batch size would mix images up.
 
 It also counts person detections (score > 0.5) the way the original graph does
 (its own NMS) and the way a downstream runtime would from the ONNX outputs
@@ -39,6 +41,8 @@ STILLS = ("messi5.jpg", "fruits.jpg")
 TOL_PREPROCESS = 1e-4
 TOL_BOXES = 1e-4
 TOL_SCORES = 1e-4
+TOL_BATCH = 1e-4  # batch 8 vs batch 1, same model, same inputs
+BATCH = 8
 
 DETECTION_THRESHOLD = 0.5
 NMS_IOU = 0.6  # the graph's non_max_suppression/iou_threshold constant
@@ -168,6 +172,7 @@ def main():
 
     rows = []
     references = []
+    singles = []  # ONNX outputs of each image run alone (batch 1)
     batch = []
     worst = {"pre": 0.0, "boxes": 0.0, "scores": 0.0, "boxes_tfin": 0.0, "scores_tfin": 0.0}
     for label, rgb in load_images(args.data_dir):
@@ -213,6 +218,7 @@ def main():
             )
         )
         references.append((tf_boxes, tf_scores))
+        singles.append((ort_boxes[0], ort_scores[0]))
         batch.append(np_pre)
 
     print(
@@ -236,6 +242,19 @@ def main():
             f"batch N={size}: boxes {check(f'batch {size}: boxes', d_boxes, TOL_BOXES)}, "
             f"scores {check(f'batch {size}: scores', d_scores, TOL_SCORES)}"
         )
+
+    # Batch 8 vs batch 1: the images repeat to fill the batch, so the same image also sits
+    # at two positions.
+    order = [i % len(batch) for i in range(BATCH)]
+    ort_boxes, ort_scores = session.run(["boxes", "scores"], {"image": np.stack([batch[i] for i in order])})
+    if ort_boxes.shape != (BATCH, 1917, 4) or ort_scores.shape != (BATCH, 1917, 2):
+        sys.exit(f"batch {BATCH}: ONNX output shapes {ort_boxes.shape}, {ort_scores.shape}")
+    d_boxes = max(float(np.max(np.abs(ort_boxes[k] - singles[i][0]))) for k, i in enumerate(order))
+    d_scores = max(float(np.max(np.abs(ort_scores[k] - singles[i][1]))) for k, i in enumerate(order))
+    print(
+        f"batch N={BATCH} vs N=1: boxes {check(f'batch {BATCH} vs 1: boxes', d_boxes, TOL_BATCH)}, "
+        f"scores {check(f'batch {BATCH} vs 1: scores', d_scores, TOL_BATCH)}"
+    )
 
     print(
         f"max |diff|: preprocess {worst['pre']:.2e}, boxes {worst['boxes']:.2e}, "

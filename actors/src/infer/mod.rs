@@ -132,6 +132,24 @@ pub struct Settings {
     /// Path to libonnxruntime.so; defaults to $ORT_DYLIB_PATH, then the .venv the setup makes.
     #[serde(default)]
     pub ort_library: Option<String>,
+    /// ONNX Runtime inter-op threads (graph branches run at once); 0 = sequential execution.
+    #[serde(default)]
+    pub inter_threads: usize,
+    /// Graph optimisation level: "all" (default), "extended", "basic", "disable".
+    #[serde(default)]
+    pub optimization: backend::Optimization,
+    /// "cpu" (default) or "cuda:N" (needs the `gpu-ort` feature and onnxruntime-gpu).
+    #[serde(default)]
+    pub device: backend::Device,
+    /// Put ONNX Runtime's TensorRT execution provider in front of CUDA's. Default false.
+    #[serde(default)]
+    pub tensorrt: bool,
+    /// "fp32" (default) or "fp16" (TensorRT may build fp16 engines).
+    #[serde(default)]
+    pub precision: backend::Precision,
+    /// Directory where TensorRT keeps built engines between runs.
+    #[serde(default)]
+    pub engine_cache: Option<String>,
 }
 
 fn one() -> u32 {
@@ -151,6 +169,7 @@ fn top_k_default() -> usize {
 struct Loaded {
     settings: Settings,
     model: PathBuf,
+    backend: BackendSettings,
     parser: Box<dyn OutputParser>,
     post: PostProcess,
     /// The component id of the stage `operate_on` names.
@@ -162,6 +181,20 @@ impl Settings {
     fn load(table: &toml::Table, ctx: &BuildContext) -> Result<Loaded, StageError> {
         let mut s: Settings = settings::parse(table)?;
         let model = backend::model_file(&s.model, ctx)?;
+        let backend = BackendSettings {
+            kind: s.backend,
+            model: model.clone(),
+            threads: s.threads,
+            inter_threads: s.inter_threads,
+            spinning: s.spinning,
+            ort_library: s.ort_library.as_deref().map(|p| ctx.resolve(p)),
+            optimization: s.optimization,
+            device: s.device,
+            tensorrt: s.tensorrt,
+            precision: s.precision,
+            engine_cache: s.engine_cache.as_deref().map(|p| ctx.resolve(p)),
+        };
+        backend.check()?;
         if let Some(file) = &s.labels_file {
             let path = ctx.resolve(file);
             let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -209,6 +242,7 @@ impl Settings {
         Ok(Loaded {
             settings: s,
             model,
+            backend,
             parser,
             post,
             parent_component,
@@ -274,6 +308,9 @@ struct Stats {
     rows: u64,
     objects: u64,
     cached: u64,
+    /// Time inside the backend (ONNX Runtime's session runs), to tell the stage's own
+    /// overhead (tensor checks, parsing, post-processing, placement) from the model's.
+    backend_time: std::time::Duration,
 }
 
 impl Infer {
@@ -281,17 +318,12 @@ impl Infer {
         let Loaded {
             settings,
             model,
+            backend,
             parser,
             post,
             parent_component,
         } = loaded;
-        let backend = backend::open(&BackendSettings {
-            kind: settings.backend,
-            model: model.clone(),
-            threads: settings.threads,
-            spinning: settings.spinning,
-            ort_library: settings.ort_library.as_deref().map(|p| ctx.resolve(p)),
-        })?;
+        let backend = backend::open(&backend)?;
         let io = backend.io().clone();
         parser
             .check(&io)
@@ -745,7 +777,10 @@ impl Stage for Infer {
             Vec::new()
         } else {
             let input = tensor_values(&tensor)?;
-            backend::run_batch(self.backend.as_mut(), &input, &tensor.shape)?
+            let started = std::time::Instant::now();
+            let outputs = backend::run_batch(self.backend.as_mut(), &input, &tensor.shape)?;
+            self.stats.backend_time += started.elapsed();
+            outputs
         };
         let min_score = self.post.min_score();
         for (index, row) in tensor.rows.iter().enumerate() {
@@ -771,7 +806,20 @@ impl Stage for Infer {
             .with("skipped_frames", self.stats.skipped_frames)
             .with("inferred_images", self.stats.rows)
             .with("cached_results", self.stats.cached)
-            .with("objects", self.stats.objects))
+            .with("objects", self.stats.objects)
+            .with(
+                "backend_ms",
+                format!("{:.1}", self.stats.backend_time.as_secs_f64() * 1e3),
+            ))
+    }
+
+    fn values(&self) -> Vec<crate::stage::StageValue> {
+        vec![crate::stage::StageValue::new(
+            "infer_backend_seconds_total",
+            "Time spent inside the inference backend (the model's runs)",
+            crate::stage::ValueKind::Counter,
+            self.stats.backend_time.as_secs_f64(),
+        )]
     }
 }
 

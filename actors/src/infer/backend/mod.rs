@@ -175,6 +175,62 @@ pub enum BackendKind {
     Ort,
 }
 
+/// Where the model runs (`device`): "cpu", or "cuda:N" (ONNX Runtime's CUDA execution
+/// provider on GPU N; "cuda" alone means GPU 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(u32),
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad = || format!("device = \"{text}\" is not \"cpu\" or \"cuda:N\" (N = GPU index)");
+        match text.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .map(Device::Cuda)
+                .ok_or_else(bad),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Arithmetic precision TensorRT may build its engines with (`precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+}
+
+/// ONNX Runtime's graph optimisation level (`optimization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimization {
+    Disable,
+    Basic,
+    Extended,
+    #[default]
+    All,
+}
+
 /// Backend-related keys of the infer stage's settings.
 #[derive(Debug, Clone)]
 pub struct BackendSettings {
@@ -182,19 +238,52 @@ pub struct BackendSettings {
     /// `model` from the topology, resolved against the topology's directory.
     pub model: std::path::PathBuf,
     pub threads: usize,
+    /// ONNX Runtime inter-op threads (parallel branches of the graph); 0 = its default.
+    pub inter_threads: usize,
     pub spinning: bool,
     pub ort_library: Option<std::path::PathBuf>,
+    pub optimization: Optimization,
+    pub device: Device,
+    /// TensorRT execution provider in front of CUDA's (needs a CUDA device).
+    pub tensorrt: bool,
+    pub precision: Precision,
+    /// Where TensorRT keeps built engines between runs (resolved path).
+    pub engine_cache: Option<std::path::PathBuf>,
+}
+
+/// The cargo feature that compiles the GPU execution providers in.
+pub const GPU_FEATURE: &str = "gpu-ort";
+
+impl BackendSettings {
+    /// Checks the combination of keys before any model is loaded.
+    pub fn check(&self) -> Result<(), StageError> {
+        let err = |m: String| Err(StageError::Settings(m));
+        if self.device != Device::Cpu && !cfg!(feature = "gpu-ort") {
+            return err(format!(
+                "device = \"{}\" needs ONNX Runtime's GPU execution providers, which this vidmesh was built without: build it with `--features {GPU_FEATURE}` (cargo build --release -p vidmesh --features {GPU_FEATURE}) and use the onnxruntime-gpu library",
+                self.device
+            ));
+        }
+        if self.tensorrt && self.device == Device::Cpu {
+            return err("tensorrt = true needs a GPU: set device = \"cuda:N\" as well".to_string());
+        }
+        if self.precision == Precision::Fp16 && !self.tensorrt {
+            return err(
+                "precision = \"fp16\" needs tensorrt = true: the CUDA and CPU execution providers run the model in the precision it was exported in".to_string(),
+            );
+        }
+        if self.engine_cache.is_some() && !self.tensorrt {
+            return err("engine_cache is TensorRT's engine cache: it needs tensorrt = true".into());
+        }
+        Ok(())
+    }
 }
 
 /// Loads the model with the configured backend.
 pub fn open(settings: &BackendSettings) -> Result<Box<dyn InferenceBackend>, StageError> {
+    settings.check()?;
     match settings.kind {
-        BackendKind::Ort => Ok(Box::new(ort::OrtBackend::load(
-            &settings.model,
-            settings.threads,
-            settings.spinning,
-            settings.ort_library.clone(),
-        )?)),
+        BackendKind::Ort => Ok(Box::new(ort::OrtBackend::load(settings)?)),
     }
 }
 
@@ -278,5 +367,114 @@ mod tests {
         };
         assert!(run_batch(&mut b, &[1.0, 2.0, 3.0], &[2, 2]).is_err());
         assert!(b.calls.is_empty());
+    }
+
+    #[test]
+    fn devices_parse_and_print() {
+        let parse = |t: &str| Device::try_from(t.to_string());
+        assert_eq!(parse("cpu"), Ok(Device::Cpu));
+        assert_eq!(parse("cuda"), Ok(Device::Cuda(0)));
+        assert_eq!(parse("cuda:3"), Ok(Device::Cuda(3)));
+        assert_eq!(Device::Cuda(3).to_string(), "cuda:3");
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x", "CUDA:0", ""] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains("\"cpu\" or \"cuda:N\""), "{bad}: {err}");
+        }
+    }
+
+    fn cpu_settings() -> BackendSettings {
+        BackendSettings {
+            kind: BackendKind::Ort,
+            model: "m.onnx".into(),
+            threads: 0,
+            inter_threads: 0,
+            spinning: false,
+            ort_library: None,
+            optimization: Optimization::All,
+            device: Device::Cpu,
+            tensorrt: false,
+            precision: Precision::Fp32,
+            engine_cache: None,
+        }
+    }
+
+    #[test]
+    fn gpu_keys_need_what_they_build_on() {
+        assert!(cpu_settings().check().is_ok());
+        let err = |s: BackendSettings| s.check().unwrap_err().to_string();
+        let e = err(BackendSettings {
+            tensorrt: true,
+            ..cpu_settings()
+        });
+        assert!(e.contains("tensorrt = true needs a GPU"), "{e}");
+        let e = err(BackendSettings {
+            precision: Precision::Fp16,
+            ..cpu_settings()
+        });
+        assert!(
+            e.contains("precision = \"fp16\" needs tensorrt = true"),
+            "{e}"
+        );
+        let e = err(BackendSettings {
+            engine_cache: Some("cache".into()),
+            ..cpu_settings()
+        });
+        assert!(
+            e.contains("engine_cache") && e.contains("tensorrt = true"),
+            "{e}"
+        );
+        let gpu = BackendSettings {
+            device: Device::Cuda(0),
+            tensorrt: true,
+            precision: Precision::Fp16,
+            engine_cache: Some("cache".into()),
+            ..cpu_settings()
+        };
+        if cfg!(feature = "gpu-ort") {
+            assert!(gpu.check().is_ok());
+        } else {
+            let e = err(gpu);
+            assert!(
+                e.contains("device = \"cuda:0\"") && e.contains("--features gpu-ort"),
+                "{e}"
+            );
+        }
+    }
+
+    /// The keys as a topology writes them, checked by the stage before any model is loaded.
+    #[test]
+    fn the_infer_stage_checks_the_backend_keys_before_loading() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only existence is checked before loading; an empty file proves no load happened.
+        std::fs::write(dir.path().join("m.onnx"), b"").unwrap();
+        let ctx = BuildContext {
+            stage_name: "detect".into(),
+            replica: 0,
+            base_dir: dir.path().to_path_buf(),
+            sources: vec!["cam".into()],
+            resume: None,
+            peers: Default::default(),
+        };
+        let check = |extra: &str| {
+            let text = format!(
+                "kind = \"infer\"\nmodel = \"m.onnx\"\nparser = {{ type = \"ssd\" }}\n{extra}"
+            );
+            (crate::infer::KIND.check)(&toml::from_str(&text).unwrap(), &ctx)
+                .map_err(|e| e.to_string())
+        };
+        check("optimization = \"basic\"\ninter_threads = 2").unwrap();
+        let e = check("optimization = \"max\"").unwrap_err();
+        assert!(e.contains("max") && e.contains("extended"), "{e}");
+        let e = check("device = \"gpu0\"").unwrap_err();
+        assert!(e.contains("\"cuda:N\""), "{e}");
+        let e = check("precision = \"fp16\"").unwrap_err();
+        assert!(e.contains("needs tensorrt = true"), "{e}");
+        let gpu = check("device = \"cuda:0\"\ntensorrt = true\nengine_cache = \"trt\"");
+        if cfg!(feature = "gpu-ort") {
+            gpu.unwrap();
+        } else {
+            let e = gpu.unwrap_err();
+            assert!(e.contains("--features gpu-ort"), "{e}");
+        }
     }
 }
