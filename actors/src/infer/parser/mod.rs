@@ -6,7 +6,12 @@
 //! the parser's own options. Built-in parsers are listed in [`BUILT_IN`]; an application that
 //! embeds vidmesh adds its own with [`register_parser`] before loading a topology.
 
+mod centernet;
+mod decode;
+mod detr;
 mod ssd;
+mod yolov5;
+mod yolov8;
 
 use std::sync::RwLock;
 
@@ -103,7 +108,13 @@ pub trait OutputParser: Send + Sync {
 pub type ParserFactory = fn(&toml::Table) -> Result<Box<dyn OutputParser>, String>;
 
 /// The parsers vidmesh ships, by `type` name.
-pub const BUILT_IN: &[(&str, ParserFactory)] = &[("ssd", ssd::build)];
+pub const BUILT_IN: &[(&str, ParserFactory)] = &[
+    ("ssd", ssd::build),
+    ("yolov5", yolov5::build),
+    ("yolov8", yolov8::build),
+    ("centernet", centernet::build),
+    ("detr", detr::build),
+];
 
 static CUSTOM: RwLock<Vec<(String, ParserFactory)>> = RwLock::new(Vec::new());
 
