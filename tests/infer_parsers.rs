@@ -109,7 +109,12 @@ fn run_case(dir: &Path, case: &Case) -> Vec<Vec<ObjectMeta>> {
             frames.extend(b.frames);
         }
     }
-    assert_eq!(frames.len(), n, "{}: one batch of {n} frames out", case.model);
+    assert_eq!(
+        frames.len(),
+        n,
+        "{}: one batch of {n} frames out",
+        case.model
+    );
     frames.into_iter().map(|f| f.objects).collect()
 }
 
@@ -139,7 +144,11 @@ fn compare(ours: &[ObjectMeta], expected: &[Expected]) -> Result<(), String> {
         };
         match (0..ours.len()).find(|&i| !used[i] && close(&ours[i])) {
             Some(i) => used[i] = true,
-            None => return Err(format!("no object of vidmesh matches the reference's {e:?}")),
+            None => {
+                return Err(format!(
+                    "no object of vidmesh matches the reference's {e:?}"
+                ))
+            }
         }
     }
     Ok(())

@@ -117,9 +117,13 @@ mod tests {
         assert_eq!((d[0].class_id, d[0].confidence), (2, 0.9));
         assert_eq!((d[0].bbox.left, d[0].bbox.top), (10.0, 20.0));
         assert_eq!((d[0].bbox.width, d[0].bbox.height), (20.0, 40.0));
-        let d = parse("normalized = true", vec![1, 1, 6], vec![0.1, 0.2, 0.5, 0.6, 0.7, 0.0])
-            .unwrap()
-            .detections;
+        let d = parse(
+            "normalized = true",
+            vec![1, 1, 6],
+            vec![0.1, 0.2, 0.5, 0.6, 0.7, 0.0],
+        )
+        .unwrap()
+        .detections;
         let b = d[0].bbox;
         assert!((b.left - 20.0).abs() < 1e-4 && (b.top - 20.0).abs() < 1e-4);
         assert!((b.right() - 100.0).abs() < 1e-4 && (b.bottom() - 60.0).abs() < 1e-4);
@@ -138,7 +142,10 @@ mod tests {
         let p = build(&toml::Table::new()).unwrap();
         assert!(p.check(&io(vec![1, 100, 6])).is_ok());
         let err = p.check(&io(vec![1, 100, 7])).unwrap_err();
-        assert!(err.contains("output0") && err.contains("[N, detections, 6]"), "{err}");
+        assert!(
+            err.contains("output0") && err.contains("[N, detections, 6]"),
+            "{err}"
+        );
         assert!(build(&toml::from_str("normalised = true").unwrap()).is_err());
     }
 }

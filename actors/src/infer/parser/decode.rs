@@ -10,7 +10,14 @@ use crate::stage::StageError;
 /// A box from its centre and size, each coordinate multiplied by `sx`/`sy`; `None` when a
 /// value is not finite (a broken model must not produce boxes at infinity).
 pub fn center_box(cx: f32, cy: f32, w: f32, h: f32, sx: f32, sy: f32) -> Option<BBox> {
-    corner_box(cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0, sx, sy)
+    corner_box(
+        cx - w / 2.0,
+        cy - h / 2.0,
+        cx + w / 2.0,
+        cy + h / 2.0,
+        sx,
+        sy,
+    )
 }
 
 /// A box from its corners, scaled like [`center_box`]; `None` when a value is not finite.

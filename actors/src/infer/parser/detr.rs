@@ -197,7 +197,10 @@ mod tests {
         assert!(parse("", &outputs(2, vec![0.0; 2], vec![0.0; 8])).is_err());
         let nan = parse("", &outputs(1, vec![f32::NAN, 1.0, 0.0], vec![0.5; 4])).unwrap();
         assert!(nan.detections.is_empty());
-        let inf = parse("", &outputs(1, vec![9.0, 0.0, 0.0], vec![0.5, f32::INFINITY, 0.1, 0.1]));
+        let inf = parse(
+            "",
+            &outputs(1, vec![9.0, 0.0, 0.0], vec![0.5, f32::INFINITY, 0.1, 0.1]),
+        );
         assert!(inf.unwrap().detections.is_empty());
         let io = |logits, boxes| ModelIo {
             input_name: "pixel_values".into(),
@@ -206,7 +209,10 @@ mod tests {
         };
         let p = build(&toml::Table::new()).unwrap();
         assert!(p.check(&io(vec![1, 100, 92], vec![1, 100, 4])).is_ok());
-        assert_eq!(p.class_count(&io(vec![1, 100, 92], vec![1, 100, 4])), Some(91));
+        assert_eq!(
+            p.class_count(&io(vec![1, 100, 92], vec![1, 100, 4])),
+            Some(91)
+        );
         let err = p.check(&io(vec![1, 100, 92], vec![1, 50, 4])).unwrap_err();
         assert!(err.contains("100 and 50"), "{err}");
         let err = p.check(&io(vec![1, 100, 1], vec![1, 100, 4])).unwrap_err();

@@ -113,7 +113,11 @@ impl AnchorSettings {
         if self.feature_maps.is_empty() || self.aspect_ratios.is_empty() {
             return Err("anchors: generated anchors need feature_maps and aspect_ratios".into());
         }
-        if self.aspect_ratios.iter().any(|r| !r.is_finite() || *r <= 0.0) {
+        if self
+            .aspect_ratios
+            .iter()
+            .any(|r| !r.is_finite() || *r <= 0.0)
+        {
             return Err("anchors: aspect_ratios must be positive".into());
         }
         let per_cell = self.aspect_ratios.len() + usize::from(self.interpolated_scale);
@@ -211,7 +215,11 @@ fn scale_factors() -> [f32; 4] {
 
 pub fn build(table: &toml::Table) -> Result<Box<dyn OutputParser>, String> {
     let mut ssd = options::<Ssd>(table)?;
-    if ssd.scale_factors.iter().any(|f| !f.is_finite() || *f == 0.0) {
+    if ssd
+        .scale_factors
+        .iter()
+        .any(|f| !f.is_finite() || *f == 0.0)
+    {
         return Err("scale_factors must be finite and non-zero".into());
     }
     if let Some(anchors) = &ssd.anchors {
@@ -257,7 +265,9 @@ impl Anchors<'_> {
     fn get(&self, i: usize) -> [f32; 4] {
         match self {
             Anchors::Generated(a) => a[i],
-            Anchors::Output(a, AnchorFormat::Yxhw) => [a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]],
+            Anchors::Output(a, AnchorFormat::Yxhw) => {
+                [a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]]
+            }
             Anchors::Output(a, AnchorFormat::Yxyx) => {
                 let [y0, x0, y1, x1] = [a[i * 4], a[i * 4 + 1], a[i * 4 + 2], a[i * 4 + 3]];
                 [(y0 + y1) / 2.0, (x0 + x1) / 2.0, y1 - y0, x1 - x0]
@@ -280,7 +290,10 @@ impl Ssd {
         // per image (or a single copy that the fixed-batch runner kept from one chunk).
         let data = match out.shape.as_slice() {
             [a, 4] => out.image(0, a.saturating_mul(4))?,
-            [n, _, 4] => out.image(if input.index < *n { input.index } else { 0 }, out.per_image())?,
+            [n, _, 4] => out.image(
+                if input.index < *n { input.index } else { 0 },
+                out.per_image(),
+            )?,
             shape => {
                 return Err(StageError::Runtime(format!(
                     "ssd parser: anchors output `{name}` has shape {shape:?}, expected [anchors, 4]"
@@ -310,14 +323,23 @@ impl OutputParser for Ssd {
         } else {
             "[N, anchors, 4]"
         };
-        check_shape(io, &self.boxes_output, &[None, None, Some(4)], boxes_expected)?;
+        check_shape(
+            io,
+            &self.boxes_output,
+            &[None, None, Some(4)],
+            boxes_expected,
+        )?;
         check_shape(
             io,
             &self.scores_output,
             &[None, None, None],
             "[N, anchors, classes]",
         )?;
-        let count = |name: &str| io.output_shape(name).and_then(|s| s.get(1).copied()).filter(|a| *a >= 0);
+        let count = |name: &str| {
+            io.output_shape(name)
+                .and_then(|s| s.get(1).copied())
+                .filter(|a| *a >= 0)
+        };
         let boxes = count(&self.boxes_output);
         if let (Some(b), Some(s)) = (boxes, count(&self.scores_output)) {
             if b != s {
@@ -510,7 +532,12 @@ mod tests {
         assert!(err.contains("box_fromat"), "{err}");
     }
 
-    fn raw(options: &str, boxes: Vec<f32>, scores: Vec<f32>, extra: Vec<OutputTensor>) -> Result<Parsed, String> {
+    fn raw(
+        options: &str,
+        boxes: Vec<f32>,
+        scores: Vec<f32>,
+        extra: Vec<OutputTensor>,
+    ) -> Result<Parsed, String> {
         let anchors = boxes.len() / 4;
         let mut outputs = vec![
             OutputTensor {
@@ -570,10 +597,16 @@ mod tests {
         // Anchor 0: shifted by 0.1 * height down and scaled e^(0.5) wide; class 1 logit 2.
         let boxes = vec![1.0, 0.0, 0.0, 2.5, 0.0, 0.0, 0.0, 0.0];
         let scores = vec![5.0, 2.0, 5.0, -4.0];
-        let options = "background_class = 0\nscore_activation = 'sigmoid'\nanchors = { output = 'anchors' }";
-        let d = raw(options, boxes.clone(), scores.clone(), vec![anchors.clone()])
-            .unwrap()
-            .detections;
+        let options =
+            "background_class = 0\nscore_activation = 'sigmoid'\nanchors = { output = 'anchors' }";
+        let d = raw(
+            options,
+            boxes.clone(),
+            scores.clone(),
+            vec![anchors.clone()],
+        )
+        .unwrap()
+        .detections;
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].class_id, 1);
         assert!((d[0].confidence - sigmoid(2.0)).abs() < 1e-6);
@@ -584,9 +617,14 @@ mod tests {
         assert!((b.width - w * 200.0).abs() < 1e-3 && (b.height - h * 100.0).abs() < 1e-3);
         // Softmax over [5, 2]: background takes most; class 1 gets 1 / (1 + e^3).
         let softmax = options.replace("sigmoid", "softmax");
-        let d = raw(&softmax, boxes.clone(), vec![-5.0, 2.0, 5.0, -4.0], vec![anchors.clone()])
-            .unwrap()
-            .detections;
+        let d = raw(
+            &softmax,
+            boxes.clone(),
+            vec![-5.0, 2.0, 5.0, -4.0],
+            vec![anchors.clone()],
+        )
+        .unwrap()
+        .detections;
         assert_eq!(d.len(), 1);
         assert!((d[0].confidence - 1.0 / (1.0 + (-7.0f32).exp())).abs() < 1e-6);
         // Three anchors for two encodings, a missing anchors output, a huge th: errors or skipped.
@@ -622,11 +660,17 @@ mod tests {
         let io = |a: i64| ModelIo {
             input_name: "x".into(),
             input_shape: vec![1, 3, 64, 64],
-            outputs: vec![("boxes".into(), vec![1, a, 4]), ("scores".into(), vec![1, a, 2])],
+            outputs: vec![
+                ("boxes".into(), vec![1, a, 4]),
+                ("scores".into(), vec![1, a, 2]),
+            ],
         };
         assert!(p.check(&io(8)).is_ok());
         let err = p.check(&io(9)).unwrap_err();
-        assert!(err.contains("9 box encodings but there are 8 anchors"), "{err}");
+        assert!(
+            err.contains("9 box encodings but there are 8 anchors"),
+            "{err}"
+        );
         let p = build(&toml::from_str("anchors = { output = 'priors' }").unwrap()).unwrap();
         assert!(p.check(&io(8)).unwrap_err().contains("no output `priors`"));
     }

@@ -93,10 +93,9 @@ impl OutputParser for YoloV5 {
             let Some(bbox) = center_box(v[0], v[1], v[2], v[3], sx, sy) else {
                 continue;
             };
-            self.classes
-                .pick(row - 5, input.min_score, score, |c, s| {
-                    detections.push(detection(c, s, bbox))
-                });
+            self.classes.pick(row - 5, input.min_score, score, |c, s| {
+                detections.push(detection(c, s, bbox))
+            });
         }
         Ok(Parsed {
             detections,
@@ -122,7 +121,11 @@ mod tests {
         }]
     }
 
-    fn parse(p: &dyn OutputParser, outputs: &[OutputTensor], index: usize) -> Result<Parsed, StageError> {
+    fn parse(
+        p: &dyn OutputParser,
+        outputs: &[OutputTensor],
+        index: usize,
+    ) -> Result<Parsed, StageError> {
         p.parse(&ParseInput {
             outputs,
             index,
@@ -163,25 +166,36 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].class_id, d[0].bbox.left), (0, 288.0));
         let all = parser("classes = 'all'");
-        let d = parse(all.as_ref(), &output(vec![1, 1, 7], vec![0.5, 0.5, 0.2, 0.2, 1.0, 0.6, 0.7]), 0)
-            .unwrap()
-            .detections;
+        let d = parse(
+            all.as_ref(),
+            &output(vec![1, 1, 7], vec![0.5, 0.5, 0.2, 0.2, 1.0, 0.6, 0.7]),
+            0,
+        )
+        .unwrap()
+        .detections;
         assert_eq!(d.iter().map(|d| d.class_id).collect::<Vec<_>>(), vec![0, 1]);
         let normalized = parser("normalized = true");
-        let d = parse(normalized.as_ref(), &output(vec![1, 1, 6], vec![0.5, 0.5, 0.5, 0.5, 1.0, 1.0]), 0)
-            .unwrap()
-            .detections;
-        assert_eq!((d[0].bbox.left, d[0].bbox.top, d[0].bbox.width), (160.0, 80.0, 320.0));
+        let d = parse(
+            normalized.as_ref(),
+            &output(vec![1, 1, 6], vec![0.5, 0.5, 0.5, 0.5, 1.0, 1.0]),
+            0,
+        )
+        .unwrap()
+        .detections;
+        assert_eq!(
+            (d[0].bbox.left, d[0].bbox.top, d[0].bbox.width),
+            (160.0, 80.0, 320.0)
+        );
     }
 
     #[test]
     fn odd_shapes_are_errors_not_panics() {
         let p = parser("");
         for (shape, len) in [
-            (vec![1, 2, 5], 10),  // no class column
-            (vec![1, 2], 2),      // wrong rank
-            (vec![1, 2, 7], 13),  // shorter than the shape says
-            (vec![1, 2, 7], 14),  // fine for image 0, no image 1
+            (vec![1, 2, 5], 10), // no class column
+            (vec![1, 2], 2),     // wrong rank
+            (vec![1, 2, 7], 13), // shorter than the shape says
+            (vec![1, 2, 7], 14), // fine for image 0, no image 1
         ] {
             let outputs = output(shape.clone(), vec![0.0; len]);
             assert!(parse(p.as_ref(), &outputs, 1).is_err(), "{shape:?} {len}");
@@ -202,11 +216,24 @@ mod tests {
         assert_eq!(p.class_count(&io(vec![1, 25200, 85])), Some(80));
         assert_eq!(p.class_count(&io(vec![1, 25200, -1])), None);
         let err = p.check(&io(vec![1, 85])).unwrap_err();
-        assert!(err.contains("output0") && err.contains("[N, boxes, 5 + classes]"), "{err}");
-        assert!(p.check(&io(vec![1, 100, 5])).unwrap_err().contains("at least one class"));
-        let err = parser("output = 'dets'").check(&io(vec![1, 1, 85])).unwrap_err();
-        assert!(err.contains("no output `dets`") && err.contains("output0"), "{err}");
-        let err = parser("class_count = 3").check(&io(vec![1, 10, 85])).unwrap_err();
+        assert!(
+            err.contains("output0") && err.contains("[N, boxes, 5 + classes]"),
+            "{err}"
+        );
+        assert!(p
+            .check(&io(vec![1, 100, 5]))
+            .unwrap_err()
+            .contains("at least one class"));
+        let err = parser("output = 'dets'")
+            .check(&io(vec![1, 1, 85]))
+            .unwrap_err();
+        assert!(
+            err.contains("no output `dets`") && err.contains("output0"),
+            "{err}"
+        );
+        let err = parser("class_count = 3")
+            .check(&io(vec![1, 10, 85]))
+            .unwrap_err();
         assert!(err.contains("[N, boxes, 8]"), "{err}");
     }
 }

@@ -65,7 +65,13 @@ pub fn build(table: &toml::Table) -> Result<Box<dyn OutputParser>, String> {
 /// the input size); otherwise the smaller one is the channels (84 channels against 8400 boxes
 /// at 640 x 640). Equal or unknown sizes are ambiguous: the user must set `layout`.
 pub fn resolve_layout(a: i64, b: i64, class_count: Option<usize>) -> Result<Layout, String> {
-    let dim = |d: i64| if d < 0 { "?".to_string() } else { d.to_string() };
+    let dim = |d: i64| {
+        if d < 0 {
+            "?".to_string()
+        } else {
+            d.to_string()
+        }
+    };
     let ambiguous = || {
         format!(
             "cannot tell from shape [N, {}, {}] which dimension holds the boxes: set layout = \"channels-first\" or \"channels-last\"",
@@ -151,7 +157,10 @@ impl OutputParser for YoloV8 {
             Layout::ChannelsFirst => a,
             Layout::ChannelsLast => b,
         };
-        usize::try_from(channels).ok()?.checked_sub(4).filter(|c| *c > 0)
+        usize::try_from(channels)
+            .ok()?
+            .checked_sub(4)
+            .filter(|c| *c > 0)
     }
 
     fn parse(&self, input: &ParseInput) -> Result<Parsed, StageError> {
@@ -251,14 +260,24 @@ mod tests {
     #[test]
     fn both_layouts_read_the_same_boxes() {
         let last: Vec<f32> = ROWS.iter().flatten().copied().collect();
-        let first: Vec<f32> = (0..6).flat_map(|k| ROWS.iter().map(move |r| r[k])).collect();
+        let first: Vec<f32> = (0..6)
+            .flat_map(|k| ROWS.iter().map(move |r| r[k]))
+            .collect();
         for (outputs, options) in [
-            (output(vec![1, 2, 6], last.clone()), "layout = 'channels-last'"),
-            (output(vec![1, 6, 2], first.clone()), "layout = 'channels-first'"),
+            (
+                output(vec![1, 2, 6], last.clone()),
+                "layout = 'channels-last'",
+            ),
+            (
+                output(vec![1, 6, 2], first.clone()),
+                "layout = 'channels-first'",
+            ),
             (output(vec![1, 6, 2], first), "class_count = 2"),
             (output(vec![1, 2, 6], last), "class_count = 2"),
         ] {
-            let d = parse(parser(options).as_ref(), &outputs).unwrap().detections;
+            let d = parse(parser(options).as_ref(), &outputs)
+                .unwrap()
+                .detections;
             assert_eq!(d.len(), 1, "{options}");
             assert_eq!((d[0].class_id, d[0].confidence), (1, 0.8));
             assert_eq!((d[0].bbox.left, d[0].bbox.top), (90.0, 180.0));
@@ -274,8 +293,12 @@ mod tests {
         assert_eq!(resolve_layout(84, -1, None), Ok(ChannelsFirst));
         assert_eq!(resolve_layout(-1, 84, None), Ok(ChannelsLast));
         assert_eq!(resolve_layout(21, 84, Some(80)), Ok(ChannelsLast));
-        assert!(resolve_layout(84, 84, None).unwrap_err().contains("set layout"));
-        assert!(resolve_layout(-1, -1, None).unwrap_err().contains("[N, ?, ?]"));
+        assert!(resolve_layout(84, 84, None)
+            .unwrap_err()
+            .contains("set layout"));
+        assert!(resolve_layout(-1, -1, None)
+            .unwrap_err()
+            .contains("[N, ?, ?]"));
         assert!(resolve_layout(10, 20, Some(80)).unwrap_err().contains("84"));
         // The declared shape settles it once, even where a runtime shape would not.
         let p = parser("");
@@ -290,11 +313,19 @@ mod tests {
         let p = parser("");
         let err = p.check(&io(vec![1, 8400])).unwrap_err();
         assert!(err.contains("output0"), "{err}");
-        assert!(p.check(&io(vec![1, 4, 8400])).unwrap_err().contains("at least one class"));
-        let err = parser("class_count = 3").check(&io(vec![1, 84, 8400])).unwrap_err();
+        assert!(p
+            .check(&io(vec![1, 4, 8400]))
+            .unwrap_err()
+            .contains("at least one class"));
+        let err = parser("class_count = 3")
+            .check(&io(vec![1, 84, 8400]))
+            .unwrap_err();
         assert!(err.contains("7"), "{err}");
         for (shape, len) in [(vec![1, 4, 9], 36), (vec![1, 84], 84), (vec![1, 6, 3], 17)] {
-            assert!(parse(p.as_ref(), &output(shape.clone(), vec![0.0; len])).is_err(), "{shape:?}");
+            assert!(
+                parse(p.as_ref(), &output(shape.clone(), vec![0.0; len])).is_err(),
+                "{shape:?}"
+            );
         }
         let nan = output(vec![1, 1, 6], vec![f32::NAN, 0.0, 1.0, 1.0, 0.9, f32::NAN]);
         let d = parse(parser("layout = 'channels-last'").as_ref(), &nan).unwrap();
