@@ -10,7 +10,12 @@ mod centerface;
 mod classifier;
 mod instance_segmentation;
 mod semantic_segmentation;
+mod centernet;
+mod decode;
+mod detr;
 mod ssd;
+mod yolov5;
+mod yolov8;
 
 use std::sync::RwLock;
 
@@ -113,6 +118,10 @@ pub const BUILT_IN: &[(&str, ParserFactory)] = &[
     ("classifier", classifier::build),
     ("semantic-segmentation", semantic_segmentation::build),
     ("instance-segmentation", instance_segmentation::build),
+    ("yolov5", yolov5::build),
+    ("yolov8", yolov8::build),
+    ("centernet", centernet::build),
+    ("detr", detr::build),
 ];
 
 static CUSTOM: RwLock<Vec<(String, ParserFactory)>> = RwLock::new(Vec::new());
