@@ -7,12 +7,12 @@
 //! embeds vidmesh adds its own with [`register_parser`] before loading a topology.
 
 mod centerface;
-mod classifier;
-mod instance_segmentation;
-mod semantic_segmentation;
 mod centernet;
+mod classifier;
 mod decode;
 mod detr;
+mod instance_segmentation;
+mod semantic_segmentation;
 mod ssd;
 mod yolov5;
 mod yolov8;
