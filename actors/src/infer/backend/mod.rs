@@ -2,7 +2,9 @@
 //! named outputs. The stage does everything around it (tensor checks, parsing, placement of
 //! results), so a backend only has to run one chunk the model accepts.
 
+pub mod kserve_v2;
 pub mod ort;
+pub mod triton;
 
 use std::path::Path;
 
@@ -173,6 +175,8 @@ pub enum BackendKind {
     /// ONNX Runtime (CPU here; CUDA/TensorRT execution providers with `device`).
     #[default]
     Ort,
+    /// A Triton Inference Server or other KServe-v2 gRPC server (nvinferserver).
+    Triton,
 }
 
 /// Backend-related keys of the infer stage's settings.
@@ -184,6 +188,8 @@ pub struct BackendSettings {
     pub threads: usize,
     pub spinning: bool,
     pub ort_library: Option<std::path::PathBuf>,
+    /// `Some` exactly when `kind` is [`BackendKind::Triton`].
+    pub triton: Option<triton::TritonSettings>,
 }
 
 /// Loads the model with the configured backend.
@@ -195,6 +201,12 @@ pub fn open(settings: &BackendSettings) -> Result<Box<dyn InferenceBackend>, Sta
             settings.spinning,
             settings.ort_library.clone(),
         )?)),
+        BackendKind::Triton => {
+            let triton = settings.triton.clone().ok_or_else(|| {
+                StageError::Settings("backend = \"triton\" needs `server`".into())
+            })?;
+            Ok(Box::new(triton::TritonBackend::connect(triton)?))
+        }
     }
 }
 
