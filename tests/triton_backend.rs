@@ -254,7 +254,11 @@ fn an_unknown_model_is_a_clear_error_and_a_killed_server_stops_the_run() {
     let mut server = TritonServer::start();
 
     let dir = tempfile::tempdir().unwrap();
-    let path = topology(dir.path(), &triton_keys(&server.url(), "no_such_model"), false);
+    let path = topology(
+        dir.path(),
+        &triton_keys(&server.url(), "no_such_model"),
+        false,
+    );
     let error = run_topology(&path).expect_err("the server has no such model");
     assert!(
         error.contains("no_such_model")
@@ -281,10 +285,12 @@ fn an_unknown_model_is_a_clear_error_and_a_killed_server_stops_the_run() {
         std::thread::sleep(Duration::from_millis(100));
     }
     server.kill();
-    let result = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        panic!("the run went on for 120 s after the server died")
-    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            panic!("the run went on for 120 s after the server died")
+        });
     let summary = result.unwrap_or_else(|e| panic!("{e}"));
     let errors = summary.errors.join("\n");
     assert!(

@@ -195,7 +195,8 @@ impl Settings {
             }
             (BackendKind::Ort, Some(_)) => {
                 return Err(StageError::Settings(
-                    "`server` is a key of backend = \"triton\"; this stage uses ONNX Runtime".into(),
+                    "`server` is a key of backend = \"triton\"; this stage uses ONNX Runtime"
+                        .into(),
                 ))
             }
         };

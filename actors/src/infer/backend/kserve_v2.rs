@@ -178,7 +178,10 @@ mod tests {
         let out = &decoded.outputs[0];
         assert_eq!((out.name.as_str(), out.datatype.as_str()), ("y", "FP32"));
         assert_eq!(out.shape, vec![1, 2]);
-        assert_eq!(out.contents.as_ref().unwrap().fp32_contents, vec![1.5, -2.0]);
+        assert_eq!(
+            out.contents.as_ref().unwrap().fp32_contents,
+            vec![1.5, -2.0]
+        );
         assert_eq!(decoded.raw_output_contents, vec![vec![0xAA, 0xBB]]);
     }
 

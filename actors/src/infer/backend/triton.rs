@@ -47,10 +47,10 @@ impl TritonSettings {
         version: &str,
         timeout: Duration,
     ) -> Result<Self, StageError> {
-        let settings_error = |what: String| StageError::Settings(format!("server \"{server}\": {what}"));
-        let url = url::Url::parse(server).map_err(|e| {
-            settings_error(format!("not a URL ({e}); expected grpc://host:port"))
-        })?;
+        let settings_error =
+            |what: String| StageError::Settings(format!("server \"{server}\": {what}"));
+        let url = url::Url::parse(server)
+            .map_err(|e| settings_error(format!("not a URL ({e}); expected grpc://host:port")))?;
         match url.scheme() {
             "grpc" => {}
             "grpcs" => {
@@ -68,8 +68,7 @@ impl TritonSettings {
             .host_str()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| settings_error("no host; expected grpc://host:port".into()))?;
-        if !matches!(url.path(), "" | "/") || url.query().is_some() || !url.username().is_empty()
-        {
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || !url.username().is_empty() {
             return Err(settings_error(
                 "only grpc://host:port is understood (no path, query or credentials)".into(),
             ));
@@ -146,9 +145,7 @@ impl TritonBackend {
             .build()
             .map_err(|e| StageError::runtime("cannot start the gRPC client's runtime", e))?;
         let endpoint = Endpoint::from_shared(settings.endpoint.clone())
-            .map_err(|e| {
-                StageError::Settings(format!("server \"{}\": {e}", settings.server))
-            })?
+            .map_err(|e| StageError::Settings(format!("server \"{}\": {e}", settings.server)))?
             .connect_timeout(settings.timeout)
             .timeout(settings.timeout)
             .tcp_nodelay(true);
@@ -176,7 +173,8 @@ impl TritonBackend {
                     settings.server
                 ))
             })?;
-        let client = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let client =
+            tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
         let mut backend = Self {
             settings,
             runtime: Some(runtime),
@@ -246,7 +244,9 @@ impl TritonBackend {
         let live: v2::ServerLiveResponse = self
             .call(SERVER_LIVE, v2::ServerLiveRequest {})
             .map_err(|e| {
-                StageError::Runtime(format!("inference server {server} does not answer ServerLive: {e}"))
+                StageError::Runtime(format!(
+                    "inference server {server} does not answer ServerLive: {e}"
+                ))
             })?;
         if !live.live {
             return Err(StageError::Runtime(format!(
@@ -256,7 +256,9 @@ impl TritonBackend {
         let ready: v2::ServerReadyResponse = self
             .call(SERVER_READY, v2::ServerReadyRequest {})
             .map_err(|e| {
-                StageError::Runtime(format!("inference server {server} does not answer ServerReady: {e}"))
+                StageError::Runtime(format!(
+                    "inference server {server} does not answer ServerReady: {e}"
+                ))
             })?;
         if !ready.ready {
             return Err(StageError::Runtime(format!(
@@ -301,7 +303,6 @@ impl TritonBackend {
         }
         model_io(&meta).map_err(|e| StageError::Settings(format!("{what}: {e}")))
     }
-
 }
 
 /// Converts one response into the outputs the stage reads, checking every size against the
@@ -310,73 +311,73 @@ fn outputs_of(
     response: v2::ModelInferResponse,
     requested: &[v2::InferRequestedOutputTensor],
 ) -> Result<Vec<OutputTensor>, String> {
-        let raw = &response.raw_output_contents;
-        if !raw.is_empty() && raw.len() != response.outputs.len() {
+    let raw = &response.raw_output_contents;
+    if !raw.is_empty() && raw.len() != response.outputs.len() {
+        return Err(format!(
+            "the response has {} outputs but {} raw_output_contents",
+            response.outputs.len(),
+            raw.len()
+        ));
+    }
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for (i, out) in response.outputs.iter().enumerate() {
+        if out.datatype != FP32 {
             return Err(format!(
-                "the response has {} outputs but {} raw_output_contents",
-                response.outputs.len(),
-                raw.len()
+                "output `{}` is {}, the backend reads {FP32} only",
+                out.name, out.datatype
             ));
         }
-        let mut outputs = Vec::with_capacity(response.outputs.len());
-        for (i, out) in response.outputs.iter().enumerate() {
-            if out.datatype != FP32 {
-                return Err(format!(
-                    "output `{}` is {}, the backend reads {FP32} only",
-                    out.name, out.datatype
-                ));
-            }
-            let shape = out
-                .shape
-                .iter()
-                .map(|&d| usize::try_from(d).ok())
-                .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| format!("output `{}` has shape {:?}", out.name, out.shape))?;
-            let count = shape
-                .iter()
-                .try_fold(1usize, |n, &d| n.checked_mul(d))
-                .ok_or_else(|| format!("output `{}` has shape {:?}", out.name, out.shape))?;
-            let data = match (raw.get(i), &out.contents) {
-                (Some(bytes), _) => {
-                    if Some(bytes.len()) != count.checked_mul(4) {
-                        return Err(format!(
+        let shape = out
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).ok())
+            .collect::<Option<Vec<usize>>>()
+            .ok_or_else(|| format!("output `{}` has shape {:?}", out.name, out.shape))?;
+        let count = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| format!("output `{}` has shape {:?}", out.name, out.shape))?;
+        let data = match (raw.get(i), &out.contents) {
+            (Some(bytes), _) => {
+                if Some(bytes.len()) != count.checked_mul(4) {
+                    return Err(format!(
                             "output `{}` of shape {shape:?} needs {count} float32 values, the response carries {} bytes",
                             out.name,
                             bytes.len()
                         ));
-                    }
-                    bytes
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect()
                 }
-                (None, Some(contents)) => {
-                    if contents.fp32_contents.len() != count {
-                        return Err(format!(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            }
+            (None, Some(contents)) => {
+                if contents.fp32_contents.len() != count {
+                    return Err(format!(
                             "output `{}` of shape {shape:?} needs {count} float32 values, the response carries {}",
                             out.name,
                             contents.fp32_contents.len()
                         ));
-                    }
-                    contents.fp32_contents.clone()
                 }
-                (None, None) => {
-                    return Err(format!("output `{}` carries no values", out.name));
-                }
-            };
-            outputs.push(OutputTensor {
-                name: out.name.clone(),
-                shape,
-                data,
-            });
-        }
-        if let Some(missing) = requested
-            .iter()
-            .find(|r| !outputs.iter().any(|o| o.name == r.name))
-        {
-            return Err(format!("the response lacks output `{}`", missing.name));
-        }
-        Ok(outputs)
+                contents.fp32_contents.clone()
+            }
+            (None, None) => {
+                return Err(format!("output `{}` carries no values", out.name));
+            }
+        };
+        outputs.push(OutputTensor {
+            name: out.name.clone(),
+            shape,
+            data,
+        });
+    }
+    if let Some(missing) = requested
+        .iter()
+        .find(|r| !outputs.iter().any(|o| o.name == r.name))
+    {
+        return Err(format!("the response lacks output `{}`", missing.name));
+    }
+    Ok(outputs)
 }
 
 const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
@@ -460,7 +461,9 @@ impl InferenceBackend for TritonBackend {
             .call(MODEL_INFER, request)
             .map_err(|e| StageError::Runtime(format!("inference on {what} failed: {e}")))?;
         outputs_of(response, &self.requested).map_err(|e| {
-            StageError::Runtime(format!("{what} answered a malformed ModelInfer response: {e}"))
+            StageError::Runtime(format!(
+                "{what} answered a malformed ModelInfer response: {e}"
+            ))
         })
     }
 }
@@ -502,7 +505,13 @@ mod tests {
             settings("grpc://[::1]:8001").unwrap().endpoint,
             "http://[::1]:8001"
         );
-        for bad in ["h:8001", "http://h:8001", "grpc://", "grpc://h/x", "grpcs://h"] {
+        for bad in [
+            "h:8001",
+            "http://h:8001",
+            "grpc://",
+            "grpc://h/x",
+            "grpcs://h",
+        ] {
             let e = settings(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{bad}: {e}");
         }
@@ -530,7 +539,9 @@ mod tests {
     fn requested(names: &[&str]) -> Vec<v2::InferRequestedOutputTensor> {
         names
             .iter()
-            .map(|n| v2::InferRequestedOutputTensor { name: n.to_string() })
+            .map(|n| v2::InferRequestedOutputTensor {
+                name: n.to_string(),
+            })
             .collect()
     }
 
@@ -546,7 +557,10 @@ mod tests {
             ..Default::default()
         };
         let out = outputs_of(response, &requested(&["a", "b"])).unwrap();
-        assert_eq!((out[0].shape.clone(), out[0].data.clone()), (vec![1, 2], vec![1.0, -2.5]));
+        assert_eq!(
+            (out[0].shape.clone(), out[0].data.clone()),
+            (vec![1, 2], vec![1.0, -2.5])
+        );
         assert_eq!(out[1].data, vec![7.0]);
 
         let mut typed = output("a", &[2]);
@@ -633,7 +647,10 @@ mod tests {
         ];
         for (response, expected) in cases {
             let e = outputs_of(response.clone(), &requested(&["a"])).unwrap_err();
-            assert!(e.contains(expected), "{response:?}: `{e}` lacks `{expected}`");
+            assert!(
+                e.contains(expected),
+                "{response:?}: `{e}` lacks `{expected}`"
+            );
         }
     }
 
