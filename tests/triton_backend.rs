@@ -3,8 +3,6 @@
 //! person detector: its detections equal ONNX Runtime's in-process ones on the same clip, and
 //! a missing server, an unknown model and a server killed mid-run are clear errors.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -238,6 +236,7 @@ fn no_server_is_a_clear_error_before_any_frame() {
     let path = topology(dir.path(), &triton_keys(&server, MODEL_NAME), false);
     let started = Instant::now();
     let error = run_topology(&path).expect_err("no server listens there");
+    eprintln!("no server: {error}");
     assert!(
         error.contains("cannot reach inference server") && error.contains(&server),
         "{error}"
@@ -260,6 +259,7 @@ fn an_unknown_model_is_a_clear_error_and_a_killed_server_stops_the_run() {
         false,
     );
     let error = run_topology(&path).expect_err("the server has no such model");
+    eprintln!("unknown model: {error}");
     assert!(
         error.contains("no_such_model")
             && error.contains(&server.url())
@@ -293,6 +293,7 @@ fn an_unknown_model_is_a_clear_error_and_a_killed_server_stops_the_run() {
         });
     let summary = result.unwrap_or_else(|e| panic!("{e}"));
     let errors = summary.errors.join("\n");
+    eprintln!("killed server: {errors}");
     assert!(
         errors.contains(&server.url()) && errors.contains("inference on model `ssdlite_person`"),
         "the error names the server: {errors}"

@@ -120,19 +120,31 @@ pub struct TritonBackend {
     requests: u64,
 }
 
-/// Why a call failed: the gRPC status (with its transport cause) or our own deadline.
+/// `error: cause: cause...`, with a cause that repeats the previous one's text left out
+/// (hyper and tonic wrap connection errors in layers that say the same thing).
+/// `shown` is what `text` already says of `error` itself.
+fn with_causes(error: &dyn std::error::Error, mut text: String, shown: &str) -> String {
+    let mut last = shown.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if line != last {
+            text.push_str(&format!(": {line}"));
+        }
+        last = line;
+        source = cause.source();
+    }
+    text
+}
+
+/// Why a call failed: the gRPC status and its transport cause.
 fn describe_status(status: &tonic::Status) -> String {
     let mut text = format!("gRPC status {:?}", status.code());
     if !status.message().is_empty() {
         text.push_str(&format!(": {}", status.message()));
     }
     // Transport failures (connection refused, reset) hide the cause in the source chain.
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
+    with_causes(status, text, status.message())
 }
 
 impl TritonBackend {
@@ -162,15 +174,10 @@ impl TritonBackend {
                 ))
             })?
             .map_err(|e| {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    text.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
                 StageError::Runtime(format!(
-                    "cannot reach inference server {} (is it running?): {text}",
-                    settings.server
+                    "cannot reach inference server {} (is it running?): {}",
+                    settings.server,
+                    with_causes(&e, e.to_string(), &e.to_string())
                 ))
             })?;
         let client =
