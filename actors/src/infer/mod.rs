@@ -403,7 +403,7 @@ impl Infer {
 
     /// Whether this frame is one `interval` lets through.
     fn runs_on(&self, frame: &FrameMeta) -> bool {
-        frame.frame_num % (self.settings.interval + 1) == 0
+        frame.frame_num.is_multiple_of(self.settings.interval + 1)
     }
 
     /// The rows this stage preprocesses itself: whole frames, or the crops of qualifying
