@@ -32,7 +32,7 @@ use postprocess::{ClassAttrs, ClassRules, NmsMode, PostProcess, RoiMargins};
 pub const KIND: StageKind = StageKind {
     name: "infer",
     delivery: Delivery::ANY_REPLICA,
-    summary: "run a model (ONNX Runtime) on frames or object crops and parse its outputs (nvinfer)",
+    summary: "run a model (ONNX Runtime, or a Triton/KServe-v2 server) on frames or object crops and parse its outputs (nvinfer)",
     check: |t, ctx| Settings::load(t, ctx).map(|_| ()),
     build: |t, ctx| {
         let s = Settings::load(t, ctx)?;
@@ -56,11 +56,21 @@ pub const SEGMENTATION_KIND: &str = "vidmesh.infer/segmentation-u8";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Path to the ONNX model (nvinfer `onnx-file`). Required.
+    /// Path to the ONNX model (nvinfer `onnx-file`); with `backend = "triton"`, the model's
+    /// name on the server. Required.
     pub model: String,
     /// Default "ort".
     #[serde(default)]
     pub backend: BackendKind,
+    /// `backend = "triton"`: the KServe-v2 gRPC endpoint, `grpc://host:port`. Required there.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// `backend = "triton"`: the model version to use; empty = the server's choice.
+    #[serde(default)]
+    pub model_version: String,
+    /// `backend = "triton"`: bound on connecting and on each request. Default 10s.
+    #[serde(default = "request_timeout_default", with = "humantime_serde")]
+    pub request_timeout: std::time::Duration,
     /// nvinfer `gie-unique-id`: written into each object's `component_id`. Default 1.
     #[serde(default = "one")]
     pub component_id: u32,
@@ -164,6 +174,9 @@ fn nms_default() -> f32 {
 fn top_k_default() -> usize {
     100
 }
+fn request_timeout_default() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
 
 /// Settings after everything that can be checked without loading the model was checked.
 struct Loaded {
@@ -180,7 +193,30 @@ impl Settings {
     /// Parses and checks everything that can be checked without loading the model.
     fn load(table: &toml::Table, ctx: &BuildContext) -> Result<Loaded, StageError> {
         let mut s: Settings = settings::parse(table)?;
-        let model = backend::model_file(&s.model, ctx)?;
+        // A model file for ONNX Runtime; a name on the server for triton (messages show it).
+        let (model, triton) = match (s.backend, &s.server) {
+            (BackendKind::Ort, None) => (backend::model_file(&s.model, ctx)?, None),
+            (BackendKind::Triton, Some(server)) => (
+                PathBuf::from(&s.model),
+                Some(backend::triton::TritonSettings::new(
+                    server,
+                    &s.model,
+                    &s.model_version,
+                    s.request_timeout,
+                )?),
+            ),
+            (BackendKind::Triton, None) => {
+                return Err(StageError::Settings(
+                    "backend = \"triton\" needs `server = \"grpc://host:port\"`".into(),
+                ))
+            }
+            (BackendKind::Ort, Some(_)) => {
+                return Err(StageError::Settings(
+                    "`server` is a key of backend = \"triton\"; this stage uses ONNX Runtime"
+                        .into(),
+                ))
+            }
+        };
         let backend = BackendSettings {
             kind: s.backend,
             model: model.clone(),
@@ -193,6 +229,7 @@ impl Settings {
             tensorrt: s.tensorrt,
             precision: s.precision,
             engine_cache: s.engine_cache.as_deref().map(|p| ctx.resolve(p)),
+            triton,
         };
         backend.check()?;
         if let Some(file) = &s.labels_file {

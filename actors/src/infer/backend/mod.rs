@@ -2,7 +2,9 @@
 //! named outputs. The stage does everything around it (tensor checks, parsing, placement of
 //! results), so a backend only has to run one chunk the model accepts.
 
+pub mod kserve_v2;
 pub mod ort;
+pub mod triton;
 
 use std::path::Path;
 
@@ -173,6 +175,8 @@ pub enum BackendKind {
     /// ONNX Runtime (CPU here; CUDA/TensorRT execution providers with `device`).
     #[default]
     Ort,
+    /// A Triton Inference Server or other KServe-v2 gRPC server (nvinferserver).
+    Triton,
 }
 
 /// Where the model runs (`device`): "cpu", or "cuda:N" (ONNX Runtime's CUDA execution
@@ -249,6 +253,8 @@ pub struct BackendSettings {
     pub precision: Precision,
     /// Where TensorRT keeps built engines between runs (resolved path).
     pub engine_cache: Option<std::path::PathBuf>,
+    /// `Some` exactly when `kind` is [`BackendKind::Triton`].
+    pub triton: Option<triton::TritonSettings>,
 }
 
 /// The cargo feature that compiles the GPU execution providers in.
@@ -284,6 +290,12 @@ pub fn open(settings: &BackendSettings) -> Result<Box<dyn InferenceBackend>, Sta
     settings.check()?;
     match settings.kind {
         BackendKind::Ort => Ok(Box::new(ort::OrtBackend::load(settings)?)),
+        BackendKind::Triton => {
+            let triton = settings.triton.clone().ok_or_else(|| {
+                StageError::Settings("backend = \"triton\" needs `server`".into())
+            })?;
+            Ok(Box::new(triton::TritonBackend::connect(triton)?))
+        }
     }
 }
 
