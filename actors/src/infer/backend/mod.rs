@@ -407,6 +407,7 @@ mod tests {
             tensorrt: false,
             precision: Precision::Fp32,
             engine_cache: None,
+            triton: None,
         }
     }
 

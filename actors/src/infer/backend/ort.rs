@@ -367,6 +367,7 @@ mod tests {
             tensorrt: false,
             precision: Precision::Fp32,
             engine_cache: None,
+            triton: None,
         }
     }
 
