@@ -9,15 +9,12 @@
 use std::path::Path;
 use std::process::Command;
 
-use bytes::Bytes;
 use serde::Deserialize;
-use vidmesh_actors::stage::{BuildContext, Outputs};
-use vidmesh_protocol::{
-    Batch, DataMessage, DataType, FrameMeta, FrameTransform, ObjectMeta, TensorLayout, TensorMeta,
-    TensorRow,
-};
+use vidmesh_protocol::ObjectMeta;
 use vidmesh_tests::{ensure_onnxruntime, repo_root, venv_python};
-use vidmesh_transport::{in_process_link, Received};
+
+#[path = "common/infer_batch.rs"]
+mod infer_batch;
 
 #[derive(Deserialize)]
 struct Manifest {
@@ -52,70 +49,11 @@ fn corners(o: &ObjectMeta) -> [f32; 4] {
 fn run_case(dir: &Path, case: &Case) -> Vec<Vec<ObjectMeta>> {
     let text = format!("model = {:?}\n{}", case.model, case.stage);
     let table: toml::Table = toml::from_str(&text).expect("the script writes valid TOML");
-    let ctx = BuildContext {
-        stage_name: "detect".into(),
-        replica: 0,
-        base_dir: dir.to_path_buf(),
-        sources: vec!["cam0".into()],
-        resume: None,
-        peers: Default::default(),
-    };
-    let mut stage = (vidmesh_actors::infer::KIND.build)(&table, &ctx)
-        .unwrap_or_else(|e| panic!("building the stage for {}: {e}", case.model));
-
-    let [n, _, height, width] = case.input_shape[..] else {
-        panic!("input shape {:?} is not NCHW", case.input_shape);
-    };
     let data = std::fs::read(dir.join(&case.input)).expect("the script wrote the input");
-    let frames = (0..n)
-        .map(|i| FrameMeta {
-            source_id: 0,
-            source_name: "cam0".into(),
-            frame_num: i as u64,
-            width: width as u32,
-            height: height as u32,
-            ..Default::default()
-        })
-        .collect();
-    let rows = (0..n)
-        .map(|i| TensorRow {
-            frame: i as u32,
-            object: None,
-            transform: FrameTransform::default(),
-        })
-        .collect();
-    let batch = Batch {
-        batch_id: 1,
-        frames,
-        tensors: vec![TensorMeta {
-            name: String::new(),
-            dtype: DataType::F32,
-            shape: case.input_shape.clone(),
-            layout: Some(TensorLayout::Nchw),
-            data: Bytes::from(data),
-            rows,
-        }],
-    };
-
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (tx, mut rx) = in_process_link("detect->x", 16, rt.handle().clone());
-    let mut out = Outputs::new(vec![tx]);
-    stage
-        .on_batch(batch, &mut out)
-        .unwrap_or_else(|e| panic!("{}: {e}", case.model));
-    let mut frames = Vec::new();
-    while let Received::Message(m) = rx.recv_blocking(Some(std::time::Instant::now())) {
-        if let DataMessage::Batch(b) = m {
-            frames.extend(b.frames);
-        }
-    }
-    assert_eq!(
-        frames.len(),
-        n,
-        "{}: one batch of {n} frames out",
-        case.model
-    );
-    frames.into_iter().map(|f| f.objects).collect()
+    infer_batch::infer_whole_frames(&table, dir, data, &case.input_shape, &case.model)
+        .into_iter()
+        .map(|f| f.objects)
+        .collect()
 }
 
 /// Pairs each expected object with one of `ours` of the same class, score within 1e-3 and

@@ -12,12 +12,12 @@ use std::process::Command;
 
 use serde::Deserialize;
 use vidmesh_actors::infer::{LANDMARKS_KIND, SEGMENTATION_KIND};
-use vidmesh_actors::stage::{BuildContext, Outputs};
-use vidmesh_protocol::{
-    Batch, DataMessage, DataType, FrameMeta, FrameTransform, TensorLayout, TensorMeta, TensorRow,
-};
+use vidmesh_actors::stage::BuildContext;
+use vidmesh_protocol::FrameMeta;
 use vidmesh_tests::{ensure_onnxruntime, prepared, repo_root, venv_python};
-use vidmesh_transport::{in_process_link, Received};
+
+#[path = "common/infer_batch.rs"]
+mod infer_batch;
 
 #[derive(Debug, Deserialize)]
 struct Case {
@@ -96,64 +96,8 @@ fn run_stage(case: &Case) -> Vec<FrameMeta> {
         "model".into(),
         case.model.to_str().expect("utf-8 path").into(),
     );
-    let ctx = BuildContext {
-        stage_name: case.name.clone(),
-        replica: 0,
-        base_dir: repo_root(),
-        sources: vec!["cam0".into()],
-        resume: None,
-        peers: Default::default(),
-    };
-    let mut stage = (vidmesh_actors::infer::KIND.build)(&table, &ctx)
-        .unwrap_or_else(|e| panic!("{}: the stage builds: {e}", case.name));
-
     let data = std::fs::read(&case.input).expect("input written");
-    let [n, _, h, w] = case.input_shape[..] else {
-        panic!(
-            "{}: input shape {:?} is not NCHW",
-            case.name, case.input_shape
-        )
-    };
-    assert_eq!(data.len(), case.input_shape.iter().product::<usize>() * 4);
-    let frames = (0..n)
-        .map(|i| FrameMeta {
-            source_id: 0,
-            source_name: "cam0".into(),
-            frame_num: i as u64,
-            width: w as u32,
-            height: h as u32,
-            ..Default::default()
-        })
-        .collect();
-    let rows = (0..n)
-        .map(|i| TensorRow {
-            frame: i as u32,
-            object: None,
-            transform: FrameTransform::default(),
-        })
-        .collect();
-    let batch = Batch {
-        batch_id: 1,
-        frames,
-        tensors: vec![TensorMeta {
-            name: String::new(),
-            dtype: DataType::F32,
-            shape: case.input_shape.clone(),
-            layout: Some(TensorLayout::Nchw),
-            data: data.into(),
-            rows,
-        }],
-    };
-    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    let (tx, mut rx) = in_process_link("infer->test", 4, rt.handle().clone());
-    let mut out = Outputs::new(vec![tx]);
-    stage
-        .on_batch(batch, &mut out)
-        .unwrap_or_else(|e| panic!("{}: on_batch: {e}", case.name));
-    match rx.recv_blocking(Some(std::time::Instant::now())) {
-        Received::Message(DataMessage::Batch(b)) => b.frames,
-        other => panic!("{}: no batch came out: {other:?}", case.name),
-    }
+    infer_batch::infer_whole_frames(&table, &repo_root(), data, &case.input_shape, &case.name)
 }
 
 fn close(a: f32, b: f32, tolerance: f32) -> bool {

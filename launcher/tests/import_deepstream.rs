@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use vidmesh_tests::{count_frames, ensure_onnxruntime, model, prepared, repo_root};
+use vidmesh_tests::{count_frames, ensure_onnxruntime, model, prepared, repo_root, venv_python};
 
 fn vidmesh(dir: &Path, args: &[&str]) -> Output {
     ensure_onnxruntime();
@@ -167,6 +167,41 @@ fn the_four_source_sample_runs_with_one_file_per_source() {
     }
     std::fs::create_dir_all(root.join("models")).unwrap();
     std::os::unix::fs::symlink(model(), root.join("models/ssdlite_person.onnx")).unwrap();
+    // The two secondary classifiers are not shipped: stand-ins of the configs' shapes (input
+    // size, colour order, labels) from scripts/model/make_colour_classifier.py.
+    for (name, width, height, labels, bgr) in [
+        (
+            "person_bag_classifier",
+            64,
+            128,
+            "labels_person_attributes.txt",
+            true,
+        ),
+        (
+            "person_apparel_classifier",
+            224,
+            224,
+            "labels_person_apparel.txt",
+            false,
+        ),
+    ] {
+        let labels = std::fs::read_to_string(configs.join(labels)).unwrap();
+        let mut make = Command::new(venv_python());
+        make.arg(repo_root().join("scripts/model/make_colour_classifier.py"))
+            .arg(root.join(format!("models/{name}.onnx")))
+            .args([
+                "--width",
+                &width.to_string(),
+                "--height",
+                &height.to_string(),
+            ])
+            .args(["--labels", labels.trim()]);
+        if bgr {
+            make.arg("--bgr");
+        }
+        let out = make.output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
     std::fs::create_dir_all(root.join("data")).unwrap();
     let clip = root.join("data/vtest.avi");
     let status = Command::new("gst-launch-1.0")
@@ -202,8 +237,8 @@ fn the_four_source_sample_runs_with_one_file_per_source() {
             "[tiled-display] enable=1 rows=2 columns=2: not mapped — vidmesh has no tiler",
             "[sink0] type=2 (EGL display): not mapped",
             "[sink2] type=4 (RTSP streaming output): not mapped — vidmesh has no RTSP server sink yet",
-            "[secondary-gie0] (classifier on the objects of gie 1, classes 1): not mapped",
-            "[secondary-gie1] (classifier on the objects of gie 1, classes 1): not mapped",
+            "[secondary-gie0] config_infer_secondary_person_bag.txt classifier-async-mode=1: approximate",
+            "[secondary-gie1] config_infer_secondary_person_apparel.txt network-mode=1 (INT8): approximate",
             "[tracker] libnvds_nvmultiobjecttracker.so + config_tracker_NvDCF_perf.yml (NvDCF): approximate",
             "[tracker] tracker-width=640 tracker-height=384: approximate",
             "[sink1] output-file=out_source4.mp4: approximate — 4 sources and no tiler",
@@ -215,12 +250,18 @@ fn the_four_source_sample_runs_with_one_file_per_source() {
     );
     let toml = std::fs::read_to_string(&topology).unwrap();
     assert!(toml.contains("algorithm = \"bytetrack\""), "{toml}");
-    assert!(validate(&topology).contains("ok (4 sources, 6 stages, 6 links)"));
+    assert!(toml.contains("operate_on = \"detect\""), "{toml}");
+    assert!(validate(&topology).contains("ok (4 sources, 8 stages, 8 links)"));
 
     let summary = run(&topology, &out_dir);
     assert_eq!(summary["frames"], 4 * frames as u64);
     let tracks: u64 = fact(&summary, "track", "tracks").parse().unwrap();
     assert!(tracks > 0, "people are tracked");
+    // Both classifiers ran on person crops (the bag one only on crops of at least 32x64).
+    for sgie in ["sgie0", "sgie1"] {
+        let crops: u64 = fact(&summary, sgie, "inferred_images").parse().unwrap();
+        assert!(crops > 0, "{sgie} classified no person");
+    }
     for source in 0..4 {
         let mp4 = out_dir.join(format!("out_source4_source{source}.mp4"));
         assert_eq!(count_frames(&mp4), frames, "{}", mp4.display());

@@ -199,6 +199,22 @@ pub struct NativeObject {
     pub confidence: f32,
     pub bbox: NativeBox,
     pub track_id: Option<u64>,
+    #[serde(default)]
+    pub classifiers: Vec<NativeClassifier>,
+}
+
+/// What one classifier said of an object.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NativeClassifier {
+    pub component_id: u32,
+    pub labels: Vec<NativeLabel>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NativeLabel {
+    pub class_id: i32,
+    pub label: String,
+    pub probability: f32,
 }
 
 #[derive(Debug, Clone, Copy, serde::Deserialize)]

@@ -62,9 +62,14 @@ pub struct Settings {
     /// Default "ort".
     #[serde(default)]
     pub backend: BackendKind,
-    /// `backend = "triton"`: the KServe-v2 gRPC endpoint, `grpc://host:port`. Required there.
+    /// `backend = "triton"`: the KServe-v2 gRPC endpoint, `grpc://host:port`, or
+    /// `grpcs://host:port` over TLS. Required there.
     #[serde(default)]
     pub server: Option<String>,
+    /// `grpcs://` servers: `{ ca, cert, key, domain }` (a private CA's PEM file, the client
+    /// certificate and key for mutual TLS, the name the server's certificate carries).
+    #[serde(default)]
+    pub tls: Option<backend::triton::TlsFiles>,
     /// `backend = "triton"`: the model version to use; empty = the server's choice.
     #[serde(default)]
     pub model_version: String,
@@ -77,7 +82,8 @@ pub struct Settings {
     /// Class labels by class id (nvinfer `labelfile-path` content).
     #[serde(default)]
     pub labels: Vec<String>,
-    /// A file with one label per line, instead of `labels`.
+    /// A file with one label per line, instead of `labels`; or, as nvinfer's classifier label
+    /// files, labels separated by `;` on the first line.
     #[serde(default)]
     pub labels_file: Option<String>,
     /// Minimum confidence kept (nvinfer `pre-cluster-threshold`). Default 0.5.
@@ -196,15 +202,26 @@ impl Settings {
         // A model file for ONNX Runtime; a name on the server for triton (messages show it).
         let (model, triton) = match (s.backend, &s.server) {
             (BackendKind::Ort, None) => (backend::model_file(&s.model, ctx)?, None),
-            (BackendKind::Triton, Some(server)) => (
-                PathBuf::from(&s.model),
-                Some(backend::triton::TritonSettings::new(
-                    server,
-                    &s.model,
-                    &s.model_version,
-                    s.request_timeout,
-                )?),
-            ),
+            (BackendKind::Triton, Some(server)) => {
+                // TOML strings are UTF-8, so the lossy conversion loses nothing.
+                let resolve = |p: &std::path::Path| ctx.resolve(&p.to_string_lossy());
+                let tls = s.tls.as_ref().map(|t| backend::triton::TlsFiles {
+                    ca: t.ca.as_deref().map(resolve),
+                    cert: t.cert.as_deref().map(resolve),
+                    key: t.key.as_deref().map(resolve),
+                    domain: t.domain.clone(),
+                });
+                (
+                    PathBuf::from(&s.model),
+                    Some(backend::triton::TritonSettings::new(
+                        server,
+                        &s.model,
+                        &s.model_version,
+                        s.request_timeout,
+                        tls.as_ref(),
+                    )?),
+                )
+            }
             (BackendKind::Triton, None) => {
                 return Err(StageError::Settings(
                     "backend = \"triton\" needs `server = \"grpc://host:port\"`".into(),
@@ -237,11 +254,7 @@ impl Settings {
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 StageError::Settings(format!("cannot read labels_file {}: {e}", path.display()))
             })?;
-            s.labels = text
-                .lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .collect();
+            s.labels = labels_from_file(&text);
         }
         let parser = parser::build_parser(&s.parser).map_err(StageError::Settings)?;
         let defaults = ClassRules {
@@ -335,6 +348,9 @@ pub struct Infer {
     parent_component: Option<u32>,
     /// (source id, track id) → last result.
     cache: HashMap<(u32, u64), CachedResult>,
+    /// Objects of this batch (frame index, object index) whose track gets a row on an
+    /// earlier frame of the same batch: they take that row's result once it is placed.
+    deferred: Vec<(usize, usize, (u32, u64))>,
     stats: Stats,
 }
 
@@ -390,6 +406,7 @@ impl Infer {
             images,
             parent_component,
             cache: HashMap::new(),
+            deferred: Vec::new(),
             stats: Stats::default(),
         })
     }
@@ -438,6 +455,9 @@ impl Infer {
     /// objects whose cached result is too old.
     fn own_rows(&mut self, batch: &mut Batch) -> Vec<RowRequest> {
         let mut rows = Vec::new();
+        // Tracks given a row in this batch, with that row's frame number.
+        let mut scheduled: HashMap<(u32, u64), u64> = HashMap::new();
+        self.deferred.clear();
         for (fi, frame) in batch.frames.iter_mut().enumerate() {
             if !self.runs_on_frame(frame) {
                 continue;
@@ -460,6 +480,18 @@ impl Infer {
                 {
                     continue;
                 }
+                let key = object.track_id.map(|t| (frame.source_id, t));
+                if let Some(key) = key.filter(|_| s.reinfer_interval > 0) {
+                    let age = |since: u64| frame.frame_num.saturating_sub(since);
+                    if scheduled
+                        .get(&key)
+                        .is_some_and(|&f| age(f) < s.reinfer_interval)
+                    {
+                        self.deferred.push((fi, oi, key));
+                        self.stats.cached += 1;
+                        continue;
+                    }
+                }
                 if let Some(track) = object.track_id {
                     if let Some(cached) = self.cache.get(&(frame.source_id, track)) {
                         let age = frame.frame_num.saturating_sub(cached.frame_num);
@@ -478,6 +510,9 @@ impl Infer {
                         object: Some(oi as u32),
                         region: Some(region),
                     });
+                    if let Some(key) = key.filter(|_| s.reinfer_interval > 0) {
+                        scheduled.insert(key, frame.frame_num);
+                    }
                 }
             }
         }
@@ -624,6 +659,19 @@ impl Infer {
         }
     }
 
+    /// Objects deferred by [`Self::own_rows`] get the result their track's row just placed.
+    fn give_deferred(&mut self, frames: &mut [FrameMeta]) {
+        for (fi, oi, key) in self.deferred.drain(..) {
+            let result = self.cache.get(&key).and_then(|c| c.result.clone());
+            if let (Some(result), Some(object)) = (
+                result,
+                frames.get_mut(fi).and_then(|f| f.objects.get_mut(oi)),
+            ) {
+                object.classifiers.push(result);
+            }
+        }
+    }
+
     /// Forgets cached results of tracks not seen for a long while, so the cache stays small
     /// on endless streams.
     fn prune_cache(&mut self, frames: &[FrameMeta]) {
@@ -637,6 +685,20 @@ impl Infer {
                 .get(source)
                 .is_none_or(|&n| n.saturating_sub(c.frame_num) <= keep)
         });
+    }
+}
+
+/// Labels from a labels file: one per line (detectors), or nvinfer's classifier format of
+/// `;`-separated labels per output layer, of which the first line is this stage's.
+fn labels_from_file(text: &str) -> Vec<String> {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    match lines.clone().next() {
+        Some(first) if first.contains(';') => first
+            .split(';')
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        _ => lines.by_ref().map(str::to_string).collect(),
     }
 }
 
@@ -831,6 +893,7 @@ impl Stage for Infer {
             let frame = &mut batch.frames[row.frame as usize];
             self.place(frame, row, parsed, (net_w as f32, net_h as f32));
         }
+        self.give_deferred(&mut batch.frames);
         self.stats.rows += tensor.rows.len() as u64;
         self.stats.frames += batch.frames.len() as u64;
         self.prune_cache(&batch.frames);
@@ -917,4 +980,23 @@ fn tensor_values(tensor: &TensorMeta) -> Result<std::borrow::Cow<'_, [f32]>, Sta
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::labels_from_file;
+
+    #[test]
+    fn labels_files_of_detectors_and_of_nvinfer_classifiers() {
+        assert_eq!(
+            labels_from_file("background\n person \n\nbicycle\n"),
+            ["background", "person", "bicycle"]
+        );
+        assert_eq!(
+            labels_from_file("dark;light; red;\nno_bag;backpack\n"),
+            ["dark", "light", "red"],
+            "a classifier file: the first output layer's labels"
+        );
+        assert!(labels_from_file("\n \n").is_empty());
+    }
 }

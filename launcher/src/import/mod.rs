@@ -13,7 +13,9 @@ mod analytics;
 mod broker;
 pub mod ini;
 mod nvinfer;
+mod nvinferserver;
 mod onnx;
+mod prototxt;
 mod render;
 mod sinks;
 mod sources;
@@ -224,39 +226,91 @@ pub fn import_deepstream(config: &Path, output: Option<&Path>) -> Result<Importe
     let mut chain: Vec<String> = vec!["mux".into()];
 
     handled.push("primary-gie");
+    let mut gies: Vec<nvinfer::Upstream> = Vec::new();
     if let Some(r) = app.reader("primary-gie") {
         if r.enabled(false)? {
             if let Some(detector) = nvinfer::primary(&r, &dir, &mut notes)? {
-                stages.push((
-                    "preprocess".into(),
-                    format!(
-                        "[primary-gie] {}: nvinfer's preprocessing (scaling, normalisation)",
-                        detector.config_name
-                    ),
-                    detector.preprocess,
-                ));
+                if let Some(pre) = detector.preprocess {
+                    stages.push((
+                        "preprocess".into(),
+                        format!(
+                            "[primary-gie] {}: nvinfer's preprocessing (scaling, normalisation)",
+                            detector.config_name
+                        ),
+                        pre,
+                    ));
+                    chain.push("preprocess".into());
+                }
                 stages.push((
                     "detect".into(),
                     format!(
-                        "[primary-gie] {}: the detector and its output parser",
-                        detector.config_name
+                        "[primary-gie] {}: the {} and its output parser",
+                        detector.config_name,
+                        if detector.detector {
+                            "detector"
+                        } else {
+                            "classifier (on whole frames)"
+                        }
                     ),
                     detector.infer,
                 ));
-                chain.extend(["preprocess".into(), "detect".into()]);
+                chain.push("detect".into());
+                gies.push(nvinfer::Upstream {
+                    stage: "detect".into(),
+                    unique_id: detector.unique_id,
+                    detector: detector.detector,
+                });
             }
         }
     }
 
-    for group in app
+    // deepstream-app runs the secondary gies after the tracker, in group order.
+    let mut secondaries: Vec<(String, String, Table)> = Vec::new();
+    let mut numbered: Vec<(u64, &ini::Group)> = app
         .groups
         .iter()
         .filter(|g| is_numbered(&g.name, "secondary-gie"))
-    {
+        .map(|g| {
+            (
+                g.name["secondary-gie".len()..].parse().unwrap_or(u64::MAX),
+                g,
+            )
+        })
+        .collect();
+    numbered.sort_by_key(|(n, _)| *n);
+    for (n, group) in numbered {
         handled.push(&group.name);
         let r = GroupReader::new(&app, group);
-        if r.enabled(false)? {
-            nvinfer::secondary(&r, &dir, &mut notes)?;
+        if !r.enabled(false)? {
+            continue;
+        }
+        if let Some(gie) = nvinfer::secondary(&r, &dir, &gies, &mut notes)? {
+            let name = format!("sgie{n}");
+            let on = gie
+                .infer
+                .get("operate_on")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            secondaries.push((
+                name.clone(),
+                format!(
+                    "[{}] {}: secondary {} on the objects of `{on}` (crops scaled by its own \
+                     preprocess table)",
+                    group.name,
+                    gie.config_name,
+                    if gie.detector {
+                        "detector"
+                    } else {
+                        "classifier"
+                    },
+                ),
+                gie.infer,
+            ));
+            gies.push(nvinfer::Upstream {
+                stage: name,
+                unique_id: gie.unique_id,
+                detector: gie.detector,
+            });
         }
     }
     for group in app
@@ -287,6 +341,20 @@ pub fn import_deepstream(config: &Path, output: Option<&Path>) -> Result<Importe
                 t.table,
             ));
             chain.push("track".into());
+        }
+    }
+
+    for (name, note, table) in secondaries {
+        chain.push(name.clone());
+        stages.push((name, note, table));
+    }
+    if let Some((_, _, detect)) = stages.iter().find(|(name, _, _)| name == "detect") {
+        let interval = detect.get("interval").and_then(|v| v.as_integer());
+        if let Some(n) = interval.filter(|_| !chain.iter().any(|s| s == "track")) {
+            notes.approximate(
+                format!("[primary-gie] interval={n}"),
+                "there is no [tracker]: objects appear on the inferred frames only",
+            );
         }
     }
 

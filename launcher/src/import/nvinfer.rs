@@ -10,15 +10,29 @@ use std::path::{Path, PathBuf};
 use super::ini::{ConfigError, GroupReader, KeyFile};
 use super::onnx::{Dim, ModelInfo};
 use super::render::Table;
-use super::{file_name, resolve, short, Notes};
+use super::{file_name, resolve, Notes};
 
-/// The converted primary detector.
+/// A converted gie: its preprocessing and its infer stage.
 #[derive(Debug, Clone)]
-pub struct Detector {
+pub struct Gie {
     /// The nvinfer config's file name, for comments.
     pub config_name: String,
-    pub preprocess: Table,
+    /// The `preprocess` stage of the primary gie; a secondary gie's preprocessing is the
+    /// `preprocess` table inside its infer stage.
+    pub preprocess: Option<Table>,
     pub infer: Table,
+    /// `gie-unique-id`: what `operate-on-gie-id` of later gies refers to.
+    pub unique_id: i64,
+    /// A detector (later gies can run on its objects), not a classifier.
+    pub detector: bool,
+}
+
+/// A gie converted before, as `operate-on-gie-id` can name it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub stage: String,
+    pub unique_id: i64,
+    pub detector: bool,
 }
 
 /// Reads the nvinfer config a gie group names: an error when the key is missing or the file
@@ -44,13 +58,57 @@ fn nvinfer_config(r: &GroupReader<'_>, dir: &Path) -> Result<(KeyFile, PathBuf),
     Ok((KeyFile::parse(&path, &bytes)?, path))
 }
 
-/// `[primary-gie]` → (preprocess, infer), or `None` when vidmesh cannot run it (reported).
+/// `[primary-gie]` → a preprocess and an infer stage, or `None` when vidmesh cannot run it
+/// (reported).
 pub fn primary(
     r: &GroupReader<'_>,
     dir: &Path,
     notes: &mut Notes,
-) -> Result<Option<Detector>, ConfigError> {
+) -> Result<Option<Gie>, ConfigError> {
+    gie(r, dir, notes, None)
+}
+
+/// `[secondary-gieN]` → an infer stage on the objects of an `upstream` gie (nvinfer's
+/// process-mode=2), or `None` when vidmesh cannot run it (reported). deepstream-app runs
+/// secondary gies in secondary mode whatever their config says.
+pub fn secondary(
+    r: &GroupReader<'_>,
+    dir: &Path,
+    upstream: &[Upstream],
+    notes: &mut Notes,
+) -> Result<Option<Gie>, ConfigError> {
+    gie(r, dir, notes, Some(upstream))
+}
+
+/// The value of `key` in the deepstream-app group `r` if set there (it overrides the nvinfer
+/// file's, which is then marked read), else in the file's `[property]` group `p`.
+fn overridden<T>(
+    r: &GroupReader<'_>,
+    p: &GroupReader<'_>,
+    key: &str,
+    get: impl Fn(&GroupReader<'_>, &str) -> Result<Option<T>, ConfigError>,
+) -> Result<Option<T>, ConfigError> {
+    match get(r, key)? {
+        Some(v) => {
+            p.touch(key);
+            Ok(Some(v))
+        }
+        None => get(p, key),
+    }
+}
+
+/// One gie group; `upstream` is `Some` for a secondary gie (the gies converted before it).
+fn gie(
+    r: &GroupReader<'_>,
+    dir: &Path,
+    notes: &mut Notes,
+    upstream: Option<&[Upstream]>,
+) -> Result<Option<Gie>, ConfigError> {
+    let group = format!("[{}]", r.name());
     let plugin = r.int("plugin-type")?.unwrap_or(0);
+    if plugin == 1 {
+        return super::nvinferserver::gie(r, dir, notes, upstream);
+    }
     if plugin != 0 {
         let name = r.string("config-file")?.unwrap_or_default();
         let path = resolve(dir, &name);
@@ -58,21 +116,22 @@ pub fn primary(
             return Err(r.error(
                 "config-file",
                 format!(
-                    "[primary-gie] config-file={name}: {} does not exist",
+                    "{group} config-file={name}: {} does not exist",
                     path.display()
                 ),
             ));
         }
         notes.not_mapped(
-            format!("[primary-gie] plugin-type={plugin} (nvinferserver / Triton)"),
-            "vidmesh reads nvinfer configs only; no detector in the topology (write an nvinfer \
-             config with onnx-file for the same model)",
+            format!("{group} plugin-type={plugin}"),
+            "vidmesh reads nvinfer (0) and nvinferserver (1) configs; this gie is left out of \
+             the topology",
         );
         return Ok(None);
     }
     let (file, path) = nvinfer_config(r, dir)?;
     let nvdir = path.parent().unwrap_or(dir).to_path_buf();
     let fname = file_name(&path);
+    let at = format!("{group} {fname}");
     let Some(p) = file.reader("property") else {
         return Err(ConfigError::new(
             &path,
@@ -83,12 +142,22 @@ pub fn primary(
 
     let network_type = p.int("network-type")?.unwrap_or(0);
     let process_mode = p.int("process-mode")?.unwrap_or(1);
-    if network_type != 0 || process_mode == 2 {
+    let detector = match network_type {
+        0 => true,
+        1 => false,
+        _ => {
+            notes.not_mapped(
+                format!("{at} network-type={network_type}"),
+                "vidmesh converts detectors (0) and classifiers (1); segmentation models need \
+                 an infer stage with a segmentation parser written by hand",
+            );
+            return Ok(None);
+        }
+    };
+    if upstream.is_none() && process_mode == 2 {
         notes.not_mapped(
-            format!(
-                "[primary-gie] {fname} network-type={network_type} process-mode={process_mode}"
-            ),
-            "vidmesh's infer stage runs full-frame detectors (network-type=0) only",
+            format!("{at} process-mode=2"),
+            "a primary gie in secondary mode has no objects to run on",
         );
         return Ok(None);
     }
@@ -106,7 +175,7 @@ pub fn primary(
         None => match engine.as_deref().and_then(onnx_beside_engine) {
             Some(onnx) => {
                 notes.approximate(
-                    format!("[primary-gie] {fname} model-engine-file"),
+                    format!("{at} model-engine-file"),
                     format!(
                         "a TensorRT engine cannot run here; the ONNX model it was built from \
                          ({}) is used",
@@ -132,17 +201,296 @@ pub fn primary(
                     other.join(", ")
                 };
                 notes.not_mapped(
-                    format!("[primary-gie] {fname} {place}"),
-                    "vidmesh runs ONNX models (onnx-file) with ONNX Runtime; no detector in \
-                     the topology",
+                    format!("{at} {place}"),
+                    "vidmesh runs ONNX models (onnx-file) with ONNX Runtime; this gie is left \
+                     out of the topology",
                 );
                 return Ok(None);
             }
         },
     };
     let info = ModelInfo::read(&model);
-    let input = info.as_ref().and_then(|i| i.inputs.first());
+    let Some(mut pre) = preprocessing(&p, &at, &model, info.as_ref(), notes)? else {
+        return Ok(None);
+    };
 
+    let mut infer = Table::default();
+    infer.set("kind", "infer").set("model", path_text(&model));
+    let labels = match r.string("labelfile-path")? {
+        Some(l) => {
+            p.touch("labelfile-path");
+            Some(resolve(dir, &l))
+        }
+        None => p.string("labelfile-path")?.map(|l| resolve(&nvdir, &l)),
+    };
+    if let Some(l) = &labels {
+        infer.set("labels_file", path_text(l));
+    }
+    let unique_id = match overridden(r, &p, "gie-unique-id", |g, k| g.int(k))? {
+        Some(id) if !(0..=i64::from(u32::MAX)).contains(&id) => {
+            return Err(p.error(
+                "gie-unique-id",
+                format!("gie-unique-id must be 0..=4294967295, got {id}"),
+            ))
+        }
+        Some(id) if upstream.is_some_and(|u| u.iter().any(|g| g.unique_id == id)) => {
+            let free = next_free_id(upstream.unwrap_or_default());
+            notes.approximate(
+                format!("{at} gie-unique-id={id}"),
+                format!("an earlier gie has this id; {free} written"),
+            );
+            free
+        }
+        Some(id) => id,
+        None => match upstream {
+            // The infer stage's default, as nvinfer's primary gies usually have.
+            None => 1,
+            Some(u) => next_free_id(u),
+        },
+    };
+    infer.set("component_id", unique_id);
+
+    if let Some(upstream) = upstream {
+        let Some(()) = secondary_mode(r, &p, &at, upstream, &mut infer, notes)? else {
+            return Ok(None);
+        };
+    }
+
+    if detector {
+        class_attributes(&file, &fname, &mut infer, notes)?;
+        infer.inline(
+            "parser",
+            parser(&p, &at, labels.as_deref(), info.as_ref(), notes)?,
+        );
+        if let Some(ids) = p.int_list("filter-out-class-ids")? {
+            infer.set("filter_out_classes", ids);
+        }
+    } else {
+        if let Some(t) = p.float("classifier-threshold")? {
+            infer.set("score_threshold", unit(&p, "classifier-threshold", t)?);
+        }
+        let mut parser = Table::default();
+        parser.set("type", "classifier");
+        if let Some(names) = p.list("output-blob-names")? {
+            if let Some(first) = names.first().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+                parser.set("output", first);
+            }
+            if names.len() > 1 {
+                notes.approximate(
+                    format!("{at} output-blob-names={}", names.join(";")),
+                    format!(
+                        "vidmesh's classifier reads one output: `{}`",
+                        names[0].trim()
+                    ),
+                );
+            }
+        }
+        infer.inline("parser", parser);
+        if let Some(mode) = p.int("classifier-async-mode")?.filter(|m| *m != 0) {
+            notes.approximate(
+                format!("{at} classifier-async-mode={mode}"),
+                "vidmesh classifies in line: results are attached to the frame whose crop was \
+                 classified, not to a later one",
+            );
+        }
+        p.touch("classifier-type");
+    }
+
+    let interval = overridden(r, &p, "interval", |g, k| g.int(k))?;
+    match (interval, upstream) {
+        (Some(n), None) if n < 0 => {
+            return Err(p.error(
+                "interval",
+                format!("[property] interval must be 0 or more, got {n}"),
+            ))
+        }
+        (Some(n), None) if n > 0 => {
+            infer.set("interval", n);
+        }
+        // nvinfer applies `interval` to primary gies only.
+        _ => {}
+    }
+    // The batch comes from the mux; a model with a fixed batch runs in chunks of it.
+    r.touch("batch-size");
+    p.touch("batch-size");
+    p.touch("num-detected-classes");
+    p.touch("custom-lib-path");
+    p.touch("process-mode");
+    match p.int("network-mode")?.unwrap_or(0) {
+        0 => {}
+        mode => notes.approximate(
+            format!(
+                "{at} network-mode={mode} ({})",
+                match mode {
+                    1 => "INT8",
+                    2 => "FP16",
+                    _ => "best",
+                }
+            ),
+            "ONNX Runtime on the CPU computes in FP32, so scores differ slightly from \
+             TensorRT's reduced precision",
+        ),
+    }
+    match p.int("cluster-mode")? {
+        None | Some(2) => {}
+        Some(mode) => notes.approximate(
+            format!(
+                "{at} cluster-mode={mode} ({})",
+                match mode {
+                    0 => "group rectangles",
+                    1 => "DBSCAN",
+                    3 => "DBSCAN + NMS",
+                    4 => "no clustering",
+                    _ => "unknown",
+                }
+            ),
+            "vidmesh clusters with per-class NMS (cluster-mode=2), using nms-iou-threshold",
+        ),
+    }
+    if p.bool("output-tensor-meta")?.unwrap_or(false) {
+        notes.not_mapped(
+            format!("{at} output-tensor-meta=1"),
+            "the raw output tensors are not attached to frames",
+        );
+    }
+    for key in r.entries().iter().map(|e| e.key.as_str()) {
+        if key.starts_with("bbox-border-color") || key.starts_with("bbox-bg-color") {
+            r.touch(key);
+            notes.not_mapped(
+                format!("{group} {key}"),
+                "the OSD picks box colours per class itself",
+            );
+        }
+    }
+    r.touch("config-file");
+    r.touch("plugin-type");
+    r.touch("enable");
+    notes.unused(r, None);
+    notes.unused(&p, Some(&fname));
+    for g in &file.groups {
+        let known = g.name == "property" || (detector && g.name.starts_with("class-attrs-"));
+        if !known {
+            notes.not_mapped(
+                format!("{fname} [{}]", g.name),
+                "a group vidmesh does not use for this kind of model",
+            );
+        }
+    }
+    let preprocess = match upstream {
+        None => Some(pre),
+        Some(_) => {
+            // A secondary gie crops and scales objects itself: no stage of its own.
+            pre.remove("kind");
+            infer.inline("preprocess", pre);
+            None
+        }
+    };
+    Ok(Some(Gie {
+        config_name: fname,
+        preprocess,
+        infer,
+        unique_id,
+        detector,
+    }))
+}
+
+/// One more than the highest id in use.
+pub(super) fn next_free_id(upstream: &[Upstream]) -> i64 {
+    upstream.iter().map(|g| g.unique_id).max().unwrap_or(0) + 1
+}
+
+/// The detector a secondary gie with `operate-on-gie-id` = `on` runs on; `None` when no
+/// converted detector has that id (reported at `place`).
+pub(super) fn operated_on<'u>(
+    on: Option<i64>,
+    place: &str,
+    upstream: &'u [Upstream],
+    notes: &mut Notes,
+) -> Option<&'u Upstream> {
+    // Unset or -1: nvinfer takes any upstream gie's objects; the primary detector's here.
+    let target = match on.filter(|id| *id >= 0) {
+        Some(id) => upstream.iter().find(|g| g.unique_id == id),
+        None => upstream.iter().find(|g| g.detector),
+    };
+    let shown = on
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "(unset)".into());
+    match target {
+        None => {
+            notes.not_mapped(
+                format!("{place}={shown}"),
+                "no converted detector has this gie-unique-id; this gie is left out of the \
+                 topology",
+            );
+            None
+        }
+        Some(t) if !t.detector => {
+            notes.not_mapped(
+                format!("{place}={shown}"),
+                "that gie is a classifier and makes no objects; this gie is left out of the \
+                 topology",
+            );
+            None
+        }
+        Some(t) => Some(t),
+    }
+}
+
+/// The keys of a secondary gie: which objects it runs on, how often. `None` when the gie it
+/// names was not converted (reported).
+fn secondary_mode(
+    r: &GroupReader<'_>,
+    p: &GroupReader<'_>,
+    at: &str,
+    upstream: &[Upstream],
+    infer: &mut Table,
+    notes: &mut Notes,
+) -> Result<Option<()>, ConfigError> {
+    let on = overridden(r, p, "operate-on-gie-id", |g, k| g.int(k))?;
+    let Some(target) = operated_on(on, &format!("{at} operate-on-gie-id"), upstream, notes) else {
+        return Ok(None);
+    };
+    infer.set("operate_on", target.stage.clone());
+    if let Some(ids) = overridden(r, p, "operate-on-class-ids", |g, k| g.int_list(k))? {
+        infer.set("operate_on_classes", ids);
+    }
+    let min_w = p.float("input-object-min-width")?.unwrap_or(0.0);
+    let min_h = p.float("input-object-min-height")?.unwrap_or(0.0);
+    if min_w > 0.0 || min_h > 0.0 {
+        infer.set("min_object_size", vec![min_w, min_h]);
+    }
+    for key in ["input-object-max-width", "input-object-max-height"] {
+        if let Some(v) = p.float(key)?.filter(|v| *v > 0.0) {
+            notes.not_mapped(
+                format!("{at} {key}={v}"),
+                "vidmesh has no upper size limit for the objects a secondary gie runs on",
+            );
+        }
+    }
+    if let Some(n) = p.int("secondary-reinfer-interval")? {
+        if n < 0 {
+            return Err(p.error(
+                "secondary-reinfer-interval",
+                format!("[property] secondary-reinfer-interval must be 0 or more, got {n}"),
+            ));
+        }
+        if n > 0 {
+            infer.set("reinfer_interval", n);
+        }
+    }
+    Ok(Some(()))
+}
+
+/// nvinfer's input keys → a `preprocess` table; `None` when the input size is unknown
+/// (reported).
+fn preprocessing(
+    p: &GroupReader<'_>,
+    at: &str,
+    model: &Path,
+    info: Option<&ModelInfo>,
+    notes: &mut Notes,
+) -> Result<Option<Table>, ConfigError> {
+    let input = info.and_then(|i| i.inputs.first());
     // Network input size and layout: the config's, else the model's own (nvinfer does the same
     // for ONNX models).
     let dims = match p.int_list("infer-dims")? {
@@ -180,7 +528,7 @@ pub fn primary(
         None => {
             if model_nhwc {
                 notes.approximate(
-                    format!("[primary-gie] {fname} network-input-order"),
+                    format!("{at} network-input-order"),
                     "not set (nvinfer assumes NCHW), but the model's input is NHWC: layout = \
                      \"nhwc\" written",
                 );
@@ -206,9 +554,9 @@ pub fn primary(
             let (h, w) = if nhwc { (s[1], s[2]) } else { (s[2], s[3]) };
             if h <= 0 || w <= 0 {
                 notes.not_mapped(
-                    format!("[primary-gie] {fname} infer-dims"),
-                    "not set and the model's input size is dynamic; add infer-dims=C;H;W (no \
-                     detector in the topology)",
+                    format!("{at} infer-dims"),
+                    "not set and the model's input size is dynamic; add infer-dims=C;H;W (this \
+                     gie is left out of the topology)",
                 );
                 return Ok(None);
             }
@@ -216,10 +564,10 @@ pub fn primary(
         }
         _ => {
             notes.not_mapped(
-                format!("[primary-gie] {fname} infer-dims"),
+                format!("{at} infer-dims"),
                 format!(
                     "not set and the input size cannot be read from {}; add infer-dims=C;H;W \
-                     (no detector in the topology)",
+                     (this gie is left out of the topology)",
                     model.display()
                 ),
             );
@@ -234,7 +582,7 @@ pub fn primary(
         };
         if (mh > 0 && mh != height) || (mw > 0 && mw != width) {
             notes.approximate(
-                format!("[primary-gie] {fname} infer-dims"),
+                format!("{at} infer-dims"),
                 format!(
                     "{width}x{height} but the model's input is {mw}x{mh} (layout {}): the run \
                      will stop on the mismatch",
@@ -257,7 +605,7 @@ pub fn primary(
             pre.set("color_order", "bgr");
         }
         other => notes.not_mapped(
-            format!("[primary-gie] {fname} model-color-format={other}"),
+            format!("{at} model-color-format={other}"),
             "vidmesh feeds RGB or BGR (0 or 1), not grayscale; rgb written",
         ),
     }
@@ -273,7 +621,7 @@ pub fn primary(
                 pre.set("offsets", vec![*a, *b, *c]);
             }
             other => notes.not_mapped(
-                format!("[primary-gie] {fname} offsets"),
+                format!("{at} offsets"),
                 format!("{} values; vidmesh takes 1 or 3", other.len()),
             ),
         }
@@ -291,142 +639,18 @@ pub fn primary(
         Some(1) => "bilinear",
         Some(other) => {
             notes.approximate(
-                format!("[primary-gie] {fname} scaling-filter={other}"),
+                format!("{at} scaling-filter={other}"),
                 "vidmesh scales with nearest or bilinear; bilinear written",
             );
             "bilinear"
         }
     };
     pre.set("interpolation", interpolation);
-
-    let mut infer = Table::default();
-    infer.set("kind", "infer").set("model", path_text(&model));
-    let labels = match r.string("labelfile-path")? {
-        Some(l) => {
-            p.touch("labelfile-path");
-            Some(resolve(dir, &l))
-        }
-        None => p.string("labelfile-path")?.map(|l| resolve(&nvdir, &l)),
-    };
-    if let Some(l) = &labels {
-        infer.set("labels_file", path_text(l));
-    }
-    let unique_id = match r.int("gie-unique-id")? {
-        Some(v) => {
-            p.touch("gie-unique-id");
-            Some(v)
-        }
-        None => p.int("gie-unique-id")?,
-    };
-    if let Some(id) = unique_id {
-        if !(0..=i64::from(u32::MAX)).contains(&id) {
-            return Err(p.error(
-                "gie-unique-id",
-                format!("gie-unique-id must be 0..=4294967295, got {id}"),
-            ));
-        }
-        infer.set("component_id", id);
-    }
-
-    class_attributes(&file, &fname, &mut infer, notes)?;
-    infer.inline(
-        "parser",
-        parser(&p, &fname, labels.as_deref(), info.as_ref(), notes)?,
-    );
-
-    let interval = match r.int("interval")? {
-        Some(v) => {
-            p.touch("interval");
-            Some(v)
-        }
-        None => p.int("interval")?,
-    };
-    if let Some(n) = interval.filter(|n| *n > 0) {
-        notes.not_mapped(
-            format!("[primary-gie] interval={n}"),
-            "vidmesh runs the detector on every frame; the tracker does not fill in skipped \
-             frames",
-        );
-    }
-    // The batch comes from the mux; a model with a fixed batch runs in chunks of it.
-    r.touch("batch-size");
-    p.touch("batch-size");
-    p.touch("num-detected-classes");
-    p.touch("custom-lib-path");
-    p.touch("process-mode");
-    match p.int("network-mode")?.unwrap_or(0) {
-        0 => {}
-        mode => notes.approximate(
-            format!(
-                "[primary-gie] {fname} network-mode={mode} ({})",
-                match mode {
-                    1 => "INT8",
-                    2 => "FP16",
-                    _ => "best",
-                }
-            ),
-            "ONNX Runtime on the CPU computes in FP32, so scores differ slightly from \
-             TensorRT's reduced precision",
-        ),
-    }
-    match p.int("cluster-mode")? {
-        None | Some(2) => {}
-        Some(mode) => notes.approximate(
-            format!(
-                "[primary-gie] {fname} cluster-mode={mode} ({})",
-                match mode {
-                    0 => "group rectangles",
-                    1 => "DBSCAN",
-                    3 => "DBSCAN + NMS",
-                    4 => "no clustering",
-                    _ => "unknown",
-                }
-            ),
-            "vidmesh clusters with per-class NMS (cluster-mode=2), using nms-iou-threshold",
-        ),
-    }
-    if p.bool("output-tensor-meta")?.unwrap_or(false) {
-        notes.not_mapped(
-            format!("[primary-gie] {fname} output-tensor-meta=1"),
-            "the raw output tensors are not attached to frames",
-        );
-    }
-    if let Some(ids) = p.string("filter-out-class-ids")? {
-        notes.not_mapped(
-            format!("[primary-gie] {fname} filter-out-class-ids={ids}"),
-            "vidmesh keeps every class the parser reports",
-        );
-    }
-    for key in r.entries().iter().map(|e| e.key.as_str()) {
-        if key.starts_with("bbox-border-color") || key.starts_with("bbox-bg-color") {
-            r.touch(key);
-            notes.not_mapped(
-                format!("[primary-gie] {key}"),
-                "the OSD picks box colours per class itself",
-            );
-        }
-    }
-    r.touch("config-file");
-    r.touch("plugin-type");
-    r.touch("enable");
-    notes.unused(r, None);
-    notes.unused(&p, Some(&fname));
-    for g in &file.groups {
-        if g.name != "property" && !g.name.starts_with("class-attrs-") {
-            notes.not_mapped(
-                format!("{fname} [{}]", g.name),
-                "a group nvinfer detectors do not use, or vidmesh does not know",
-            );
-        }
-    }
-    Ok(Some(Detector {
-        config_name: fname,
-        preprocess: pre,
-        infer,
-    }))
+    Ok(Some(pre))
 }
 
-/// `[class-attrs-all]` → thresholds; per-class groups are reported (vidmesh has one set).
+/// `[class-attrs-all]` → the stage's post-processing keys; `[class-attrs-N]` → its
+/// `class_attrs` overrides for class N.
 fn class_attributes(
     file: &KeyFile,
     fname: &str,
@@ -434,40 +658,86 @@ fn class_attributes(
     notes: &mut Notes,
 ) -> Result<(), ConfigError> {
     if let Some(c) = file.reader("class-attrs-all") {
-        let threshold = match c.float("pre-cluster-threshold")? {
-            Some(t) => Some(t),
-            None => c.float("threshold")?,
-        };
-        if let Some(t) = threshold {
-            infer.set("score_threshold", unit(&c, "pre-cluster-threshold", t)?);
-        }
-        if let Some(t) = c.float("nms-iou-threshold")? {
-            infer.set("nms_iou", unit(&c, "nms-iou-threshold", t)?);
-        }
-        if let Some(k) = c.int("topk")? {
-            if k > 0 {
-                infer.set("top_k", k);
-            }
+        for (key, value) in class_rules(&c)?.0 {
+            infer.0.push((key, value));
         }
         notes.unused(&c, Some(fname));
     }
+    let mut per_class = Table::default();
     for g in file
         .groups
         .iter()
         .filter(|g| g.name.starts_with("class-attrs-") && g.name != "class-attrs-all")
     {
-        let keys: Vec<String> = g
-            .entries
-            .iter()
-            .map(|e| format!("{}={}", e.key, short(&e.raw)))
-            .collect();
-        notes.approximate(
-            format!("{fname} [{}] {}", g.name, keys.join(" ")),
-            "vidmesh has one set of thresholds for all classes ([class-attrs-all]); per-class \
-             values are not applied",
-        );
+        let c = GroupReader::new(file, g);
+        let id = &g.name["class-attrs-".len()..];
+        if id.parse::<u32>().is_err() {
+            notes.not_mapped(
+                format!("{fname} [{}]", g.name),
+                "not a class id: nvinfer reads [class-attrs-all] and [class-attrs-<id>]",
+            );
+            continue;
+        }
+        let rules = class_rules(&c)?;
+        notes.unused(&c, Some(fname));
+        if !rules.0.is_empty() {
+            per_class.inline(id, rules);
+        }
+    }
+    if !per_class.0.is_empty() {
+        infer.inline("class_attrs", per_class);
     }
     Ok(())
+}
+
+/// The keys of one class-attrs group as infer keys (`score_threshold`, `nms_iou`, `top_k`,
+/// `min_size`, `max_size`, `roi`). DBSCAN and group-rectangles keys are not read: they are
+/// reported with the group's other unused keys.
+fn class_rules(c: &GroupReader<'_>) -> Result<Table, ConfigError> {
+    let mut rules = Table::default();
+    let threshold = match c.float("pre-cluster-threshold")? {
+        Some(t) => Some(("pre-cluster-threshold", t)),
+        None => c.float("threshold")?.map(|t| ("threshold", t)),
+    };
+    if let Some((key, t)) = threshold {
+        rules.set("score_threshold", unit(c, key, t)?);
+    }
+    if let Some(t) = c.float("nms-iou-threshold")? {
+        rules.set("nms_iou", unit(c, "nms-iou-threshold", t)?);
+    }
+    if let Some(k) = c.int("topk")?.filter(|k| *k > 0) {
+        rules.set("top_k", k);
+    }
+    let pixels = |key: &str| -> Result<Option<f64>, ConfigError> {
+        match c.float(key)? {
+            Some(v) if v < 0.0 => Err(c.error(
+                key,
+                format!("[{}] {key} must be 0 or more, got {v}", c.name()),
+            )),
+            other => Ok(other),
+        }
+    };
+    for (key, w, h) in [
+        ("min_size", "detected-min-w", "detected-min-h"),
+        ("max_size", "detected-max-w", "detected-max-h"),
+    ] {
+        let (w, h) = (pixels(w)?, pixels(h)?);
+        if w.is_some() || h.is_some() {
+            rules.set(key, vec![w.unwrap_or(0.0), h.unwrap_or(0.0)]);
+        }
+    }
+    let (top, bottom) = (pixels("roi-top-offset")?, pixels("roi-bottom-offset")?);
+    if top.is_some() || bottom.is_some() {
+        let mut roi = Table::default();
+        if let Some(t) = top {
+            roi.set("top", t);
+        }
+        if let Some(b) = bottom {
+            roi.set("bottom", b);
+        }
+        rules.inline("roi", roi);
+    }
+    Ok(rules)
 }
 
 fn unit(c: &GroupReader<'_>, key: &str, v: f64) -> Result<f64, ConfigError> {
@@ -484,7 +754,7 @@ fn unit(c: &GroupReader<'_>, key: &str, v: f64) -> Result<f64, ConfigError> {
 /// nvinfer's output parsing → vidmesh's `ssd` parser.
 fn parser(
     p: &GroupReader<'_>,
-    fname: &str,
+    at: &str,
     labels: Option<&Path>,
     info: Option<&ModelInfo>,
     notes: &mut Notes,
@@ -493,11 +763,11 @@ fn parser(
     let lib = p.string("custom-lib-path")?;
     let place = match (&func, &lib) {
         (Some(f), Some(l)) => format!(
-            "[primary-gie] {fname} parse-bbox-func-name={f} (custom-lib-path={})",
+            "{at} parse-bbox-func-name={f} (custom-lib-path={})",
             file_name(Path::new(l))
         ),
-        (Some(f), None) => format!("[primary-gie] {fname} parse-bbox-func-name={f}"),
-        _ => format!("[primary-gie] {fname} parse-bbox-func-name"),
+        (Some(f), None) => format!("{at} parse-bbox-func-name={f}"),
+        _ => format!("{at} parse-bbox-func-name"),
     };
     // TensorFlow Object Detection API SSDs (the DeepStream TF SSD sample): boxes ymin, xmin,
     // ymax, xmax in 0..1, score column 0 is the background.
@@ -566,10 +836,7 @@ fn parser(
     }
     if names.len() > 2 {
         notes.approximate(
-            format!(
-                "[primary-gie] {fname} output-blob-names={}",
-                names.join(";")
-            ),
+            format!("{at} output-blob-names={}", names.join(";")),
             format!(
                 "the ssd parser reads two outputs: boxes `{}`, scores `{}`",
                 boxes.as_deref().unwrap_or("boxes"),
@@ -612,43 +879,6 @@ fn onnx_beside_engine(engine: &Path) -> Option<PathBuf> {
         engine.with_file_name(format!("{base}.onnx"))
     };
     onnx.is_file().then_some(onnx)
-}
-
-/// `[secondary-gieN]`: classifiers and secondary detectors on objects. The nvinfer config must
-/// exist (deepstream-app needs it); the group is reported as not mapped.
-pub fn secondary(r: &GroupReader<'_>, dir: &Path, notes: &mut Notes) -> Result<(), ConfigError> {
-    let (file, _) = nvinfer_config(r, dir)?;
-    let p = file.reader("property");
-    let get = |key: &str| -> Result<Option<String>, ConfigError> {
-        match r.string(key)? {
-            Some(v) => Ok(Some(v)),
-            None => p.as_ref().map_or(Ok(None), |p| p.string(key)),
-        }
-    };
-    let network = match p
-        .as_ref()
-        .map(|p| p.int("network-type"))
-        .transpose()?
-        .flatten()
-    {
-        Some(1) => "classifier",
-        Some(0) => "detector",
-        Some(2) => "segmentation",
-        _ => "model",
-    };
-    let on_gie = get("operate-on-gie-id")?.unwrap_or_else(|| "1".into());
-    let classes = get("operate-on-class-ids")?
-        .map(|c| format!(", classes {c}"))
-        .unwrap_or_default();
-    notes.not_mapped(
-        format!(
-            "[{}] ({network} on the objects of gie {on_gie}{classes})",
-            r.name()
-        ),
-        "vidmesh has no secondary (per-object) inference yet; objects keep the primary \
-         detector's labels only",
-    );
-    Ok(())
 }
 
 /// A path as written into the topology.

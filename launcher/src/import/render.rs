@@ -40,6 +40,11 @@ impl Table {
         self
     }
 
+    pub fn remove(&mut self, key: &str) -> &mut Self {
+        self.0.retain(|(k, _)| k != key);
+        self
+    }
+
     pub fn get(&self, key: &str) -> Option<&toml::Value> {
         self.0.iter().find_map(|(k, n)| match n {
             Node::Value(v) if k == key => Some(v),

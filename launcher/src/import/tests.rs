@@ -235,6 +235,16 @@ fn mutated_configs_never_panic_the_import() {
         }
         std::fs::write(copy.join(name), original).unwrap();
     }
+    // The nvinferserver config (protobuf text) behind a plugin-type=1 gie.
+    let app = copy.join("source1_file_dec_inferserver_ssdlite.txt");
+    let name = "config_inferserver_primary_ssdlite.txt";
+    let original = std::fs::read(samples().join(name)).unwrap();
+    for _ in 0..400 {
+        std::fs::write(copy.join(name), mutate(&original, &mut rng)).unwrap();
+        if let Err(e) = import_deepstream(&app, Some(&out)) {
+            assert!(!e.message.is_empty());
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

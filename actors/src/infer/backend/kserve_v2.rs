@@ -77,11 +77,24 @@ pub struct TensorMetadata {
     pub shape: Vec<i64>,
 }
 
-/// `InferTensorContents`, the typed alternative to raw bytes; only the fp32 list is read.
+/// `InferTensorContents`, the typed alternative to raw bytes: one list per element type
+/// (8- and 16-bit integers travel in the 32-bit lists; FP16 and BF16 only as raw bytes).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct InferTensorContents {
+    #[prost(bool, repeated, tag = "1")]
+    pub bool_contents: Vec<bool>,
+    #[prost(int32, repeated, tag = "2")]
+    pub int_contents: Vec<i32>,
+    #[prost(int64, repeated, tag = "3")]
+    pub int64_contents: Vec<i64>,
+    #[prost(uint32, repeated, tag = "4")]
+    pub uint_contents: Vec<u32>,
+    #[prost(uint64, repeated, tag = "5")]
+    pub uint64_contents: Vec<u64>,
     #[prost(float, repeated, tag = "6")]
     pub fp32_contents: Vec<f32>,
+    #[prost(double, repeated, tag = "7")]
+    pub fp64_contents: Vec<f64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

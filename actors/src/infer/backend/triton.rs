@@ -5,19 +5,21 @@
 //! At build time the backend checks that the server is live and ready, reads the model's
 //! metadata into [`ModelIo`] (so output parsers check the model exactly as with ONNX Runtime)
 //! and that the model is ready. Each chunk is one `ModelInfer` call carrying the input as raw
-//! little-endian float32 bytes.
+//! little-endian float32 bytes. `grpcs://` servers are reached over TLS (rustls), with the
+//! system's roots plus an optional CA file, and a client certificate for mutual TLS.
 
 use std::sync::mpsc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::kserve_v2 as v2;
 use super::{InferenceBackend, ModelIo, OutputTensor};
 use crate::stage::StageError;
 
-/// The only element type the stage feeds and parsers read.
+/// The element type the stage feeds (outputs of other numeric types are converted).
 const FP32: &str = "FP32";
 /// Default gRPC port of Triton (KServe's model server uses 8081).
 const DEFAULT_PORT: u16 = 8001;
@@ -37,32 +39,102 @@ pub struct TritonSettings {
     pub version: String,
     /// Bound on connecting and on each request.
     pub timeout: Duration,
+    /// `grpcs://`: how to check the server and present ourselves.
+    tls: Option<Tls>,
+}
+
+/// The `tls` table of an infer stage whose `server` is `grpcs://`: PEM files (paths relative to
+/// the topology's directory, resolved by the stage).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA certificate(s) that may sign the server's certificate, trusted besides the system's
+    /// roots (a private CA).
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate chain, for servers that require mutual TLS; needs `key`.
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key.
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry; default: the host of `server`.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+/// TLS material read from [`TlsFiles`] when the topology is loaded.
+#[derive(Debug, Clone)]
+struct Tls {
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    domain: String,
+}
+
+impl Tls {
+    fn read(files: &TlsFiles, host: &str) -> Result<Self, String> {
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("tls.{key} {}: {e}", path.display()))
+        };
+        let ca = files.ca.as_deref().map(|p| read("ca", p)).transpose()?;
+        let identity = match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => Some((read("cert", cert)?, read("key", key)?)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "tls.cert and tls.key go together (the client's certificate and its key)"
+                        .into(),
+                )
+            }
+        };
+        // A URL's IPv6 host keeps its brackets; certificates name the bare address.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Self {
+            ca,
+            identity,
+            domain: files.domain.clone().unwrap_or_else(|| bare.to_string()),
+        })
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new()
+            .with_native_roots()
+            .domain_name(self.domain.clone());
+        if let Some(ca) = &self.ca {
+            config = config.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        config
+    }
 }
 
 impl TritonSettings {
-    /// Checks the `server` URL (`grpc://host[:port]`) and the rest of the keys.
+    /// Checks the `server` URL (`grpc://host[:port]`, or `grpcs://` with `tls`) and the rest
+    /// of the keys, and reads the TLS files.
     pub fn new(
         server: &str,
         model: &str,
         version: &str,
         timeout: Duration,
+        tls: Option<&TlsFiles>,
     ) -> Result<Self, StageError> {
         let settings_error =
             |what: String| StageError::Settings(format!("server \"{server}\": {what}"));
         let url = url::Url::parse(server)
             .map_err(|e| settings_error(format!("not a URL ({e}); expected grpc://host:port")))?;
-        match url.scheme() {
-            "grpc" => {}
-            "grpcs" => {
-                return Err(settings_error(
-                    "TLS (grpcs://) is not supported by the triton backend yet; use grpc:// (behind a TLS-terminating proxy on the same host if the link must be encrypted)".into(),
-                ))
-            }
-            other => {
-                return Err(settings_error(format!(
-                    "scheme `{other}` is not supported; expected grpc://host:port"
-                )))
-            }
+        let secure = match url.scheme() {
+            "grpc" => false,
+            "grpcs" => true,
+            other => return Err(settings_error(format!(
+                "scheme `{other}` is not supported; expected grpc://host:port or grpcs://host:port"
+            ))),
+        };
+        if tls.is_some() && !secure {
+            return Err(settings_error(
+                "`tls` is for grpcs:// servers; this one is plain grpc://".into(),
+            ));
         }
         let host = url
             .host_str()
@@ -85,13 +157,18 @@ impl TritonSettings {
         }
         let port = url.port().unwrap_or(DEFAULT_PORT);
         // IPv6 literals keep their brackets in host_str.
-        let endpoint = format!("http://{host}:{port}");
+        let endpoint = format!("{}://{host}:{port}", if secure { "https" } else { "http" });
+        let tls = secure
+            .then(|| Tls::read(&tls.cloned().unwrap_or_default(), host))
+            .transpose()
+            .map_err(settings_error)?;
         Ok(Self {
             server: server.to_string(),
             endpoint,
             model: model.to_string(),
             version: version.to_string(),
             timeout,
+            tls,
         })
     }
 
@@ -156,11 +233,20 @@ impl TritonBackend {
             .enable_all()
             .build()
             .map_err(|e| StageError::runtime("cannot start the gRPC client's runtime", e))?;
-        let endpoint = Endpoint::from_shared(settings.endpoint.clone())
+        let mut endpoint = Endpoint::from_shared(settings.endpoint.clone())
             .map_err(|e| StageError::Settings(format!("server \"{}\": {e}", settings.server)))?
             .connect_timeout(settings.timeout)
             .timeout(settings.timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &settings.tls {
+            endpoint = endpoint.tls_config(tls.config()).map_err(|e| {
+                StageError::Settings(format!(
+                    "server \"{}\": TLS settings: {}",
+                    settings.server,
+                    with_causes(&e, e.to_string(), &e.to_string())
+                ))
+            })?;
+        }
         let (tx, rx) = mpsc::sync_channel(1);
         runtime.spawn(async move {
             let _ = tx.send(endpoint.connect().await);
@@ -328,12 +414,12 @@ fn outputs_of(
     }
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for (i, out) in response.outputs.iter().enumerate() {
-        if out.datatype != FP32 {
-            return Err(format!(
-                "output `{}` is {}, the backend reads {FP32} only",
+        let element = OutputType::of(&out.datatype).ok_or_else(|| {
+            format!(
+                "output `{}` is {}, which the backend cannot convert to numbers",
                 out.name, out.datatype
-            ));
-        }
+            )
+        })?;
         let shape = out
             .shape
             .iter()
@@ -346,27 +432,32 @@ fn outputs_of(
             .ok_or_else(|| format!("output `{}` has shape {:?}", out.name, out.shape))?;
         let data = match (raw.get(i), &out.contents) {
             (Some(bytes), _) => {
-                if Some(bytes.len()) != count.checked_mul(4) {
+                if Some(bytes.len()) != count.checked_mul(element.size()) {
                     return Err(format!(
-                            "output `{}` of shape {shape:?} needs {count} float32 values, the response carries {} bytes",
-                            out.name,
-                            bytes.len()
-                        ));
+                        "output `{}` of shape {shape:?} needs {count} {} values, the response carries {} bytes",
+                        out.name,
+                        out.datatype,
+                        bytes.len()
+                    ));
                 }
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect()
+                element.from_raw(bytes)
             }
             (None, Some(contents)) => {
-                if contents.fp32_contents.len() != count {
+                let data = element.from_contents(contents).ok_or_else(|| {
+                    format!(
+                        "output `{}` is {}, which travels as raw bytes only, but the response has typed contents",
+                        out.name, out.datatype
+                    )
+                })?;
+                if data.len() != count {
                     return Err(format!(
-                            "output `{}` of shape {shape:?} needs {count} float32 values, the response carries {}",
-                            out.name,
-                            contents.fp32_contents.len()
-                        ));
+                        "output `{}` of shape {shape:?} needs {count} {} values, the response carries {}",
+                        out.name,
+                        out.datatype,
+                        data.len()
+                    ));
                 }
-                contents.fp32_contents.clone()
+                data
             }
             (None, None) => {
                 return Err(format!("output `{}` carries no values", out.name));
@@ -387,13 +478,107 @@ fn outputs_of(
     Ok(outputs)
 }
 
+/// The numeric KServe-v2 element types; output parsers read every output as f32, as the ONNX
+/// Runtime backend gives them (class ids from an ArgMax are INT64, FP16 models are common).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OutputType {
+    Bool,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    F16,
+    Bf16,
+    F32,
+    F64,
+}
+
+impl OutputType {
+    fn of(datatype: &str) -> Option<Self> {
+        Some(match datatype {
+            "BOOL" => Self::Bool,
+            "INT8" => Self::I8,
+            "INT16" => Self::I16,
+            "INT32" => Self::I32,
+            "INT64" => Self::I64,
+            "UINT8" => Self::U8,
+            "UINT16" => Self::U16,
+            "UINT32" => Self::U32,
+            "UINT64" => Self::U64,
+            "FP16" => Self::F16,
+            "BF16" => Self::Bf16,
+            "FP32" => Self::F32,
+            "FP64" => Self::F64,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element in `raw_output_contents`.
+    fn size(self) -> usize {
+        match self {
+            Self::Bool | Self::I8 | Self::U8 => 1,
+            Self::I16 | Self::U16 | Self::F16 | Self::Bf16 => 2,
+            Self::I32 | Self::U32 | Self::F32 => 4,
+            Self::I64 | Self::U64 | Self::F64 => 8,
+        }
+    }
+
+    /// Little-endian raw bytes (length already checked) → f32.
+    fn from_raw(self, bytes: &[u8]) -> Vec<f32> {
+        fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+            bytes
+                .chunks_exact(N)
+                .map(|c| f(c.try_into().expect("chunks_exact gives N bytes")))
+                .collect()
+        }
+        match self {
+            Self::Bool => bytes.iter().map(|&b| f32::from(u8::from(b != 0))).collect(),
+            Self::I8 => bytes.iter().map(|&b| f32::from(b as i8)).collect(),
+            Self::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
+            Self::I16 => each(bytes, |b| f32::from(i16::from_le_bytes(b))),
+            Self::U16 => each(bytes, |b| f32::from(u16::from_le_bytes(b))),
+            Self::F16 => each(bytes, |b| half::f16::from_le_bytes(b).to_f32()),
+            Self::Bf16 => each(bytes, |b| half::bf16::from_le_bytes(b).to_f32()),
+            Self::I32 => each(bytes, |b| i32::from_le_bytes(b) as f32),
+            Self::U32 => each(bytes, |b| u32::from_le_bytes(b) as f32),
+            Self::F32 => each(bytes, f32::from_le_bytes),
+            Self::I64 => each(bytes, |b| i64::from_le_bytes(b) as f32),
+            Self::U64 => each(bytes, |b| u64::from_le_bytes(b) as f32),
+            Self::F64 => each(bytes, |b| f64::from_le_bytes(b) as f32),
+        }
+    }
+
+    /// The typed list this element type travels in → f32; `None` for FP16/BF16, which have
+    /// no typed list.
+    fn from_contents(self, c: &v2::InferTensorContents) -> Option<Vec<f32>> {
+        Some(match self {
+            Self::Bool => c
+                .bool_contents
+                .iter()
+                .map(|&b| f32::from(u8::from(b)))
+                .collect(),
+            Self::I8 | Self::I16 | Self::I32 => c.int_contents.iter().map(|&v| v as f32).collect(),
+            Self::I64 => c.int64_contents.iter().map(|&v| v as f32).collect(),
+            Self::U8 | Self::U16 | Self::U32 => c.uint_contents.iter().map(|&v| v as f32).collect(),
+            Self::U64 => c.uint64_contents.iter().map(|&v| v as f32).collect(),
+            Self::F32 => c.fp32_contents.clone(),
+            Self::F64 => c.fp64_contents.iter().map(|&v| v as f32).collect(),
+            Self::F16 | Self::Bf16 => return None,
+        })
+    }
+}
+
 const SERVER_LIVE: &str = "/inference.GRPCInferenceService/ServerLive";
 const SERVER_READY: &str = "/inference.GRPCInferenceService/ServerReady";
 const MODEL_READY: &str = "/inference.GRPCInferenceService/ModelReady";
 const MODEL_METADATA: &str = "/inference.GRPCInferenceService/ModelMetadata";
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
-/// The model's input and outputs as the stage sees them: one FP32 input, FP32 outputs.
+/// The model's input and outputs as the stage sees them: one FP32 input, numeric outputs.
 fn model_io(meta: &v2::ModelMetadataResponse) -> Result<ModelIo, String> {
     let input = match meta.inputs.as_slice() {
         [input] => input,
@@ -418,9 +603,13 @@ fn model_io(meta: &v2::ModelMetadataResponse) -> Result<ModelIo, String> {
     if meta.outputs.is_empty() {
         return Err("the model declares no outputs".into());
     }
-    if let Some(other) = meta.outputs.iter().find(|o| o.datatype != FP32) {
+    if let Some(other) = meta
+        .outputs
+        .iter()
+        .find(|o| OutputType::of(&o.datatype).is_none())
+    {
         return Err(format!(
-            "output `{}` is {}; output parsers read {FP32} tensors only",
+            "output `{}` is {}; the backend converts numeric outputs (BOOL, INT8..INT64, UINT8..UINT64, FP16, BF16, FP32, FP64) to FP32 for the parsers, not this type",
             other.name, other.datatype
         ));
     }
@@ -501,7 +690,7 @@ mod tests {
     use super::*;
 
     fn settings(server: &str) -> Result<TritonSettings, StageError> {
-        TritonSettings::new(server, "m", "", Duration::from_secs(1))
+        TritonSettings::new(server, "m", "", Duration::from_secs(1), None)
     }
 
     #[test]
@@ -512,18 +701,53 @@ mod tests {
             settings("grpc://[::1]:8001").unwrap().endpoint,
             "http://[::1]:8001"
         );
-        for bad in [
-            "h:8001",
-            "http://h:8001",
-            "grpc://",
-            "grpc://h/x",
-            "grpcs://h",
-        ] {
+        for bad in ["h:8001", "http://h:8001", "grpc://", "grpc://h/x"] {
             let e = settings(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{bad}: {e}");
         }
-        assert!(TritonSettings::new("grpc://h", " ", "", Duration::from_secs(1)).is_err());
-        assert!(TritonSettings::new("grpc://h", "m", "", Duration::ZERO).is_err());
+        let second = Duration::from_secs(1);
+        assert!(TritonSettings::new("grpc://h", " ", "", second, None).is_err());
+        assert!(TritonSettings::new("grpc://h", "m", "", Duration::ZERO, None).is_err());
+    }
+
+    #[test]
+    fn grpcs_servers_read_their_tls_files_when_loaded() {
+        let secure = settings("grpcs://[::1]:9000").unwrap();
+        assert_eq!(secure.endpoint, "https://[::1]:9000");
+        assert_eq!(secure.tls.as_ref().unwrap().domain, "::1");
+        assert!(secure.tls.unwrap().ca.is_none(), "system roots only");
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let with = |files: TlsFiles, server: &str| {
+            TritonSettings::new(server, "m", "", Duration::from_secs(1), Some(&files))
+                .map_err(|e| e.to_string())
+        };
+        let files = TlsFiles {
+            ca: Some(ca.clone()),
+            domain: Some("triton.internal".into()),
+            ..Default::default()
+        };
+        let s = with(files.clone(), "grpcs://10.0.0.5").unwrap();
+        let tls = s.tls.unwrap();
+        assert_eq!(tls.domain, "triton.internal");
+        assert!(tls.ca.is_some());
+
+        let e = with(files, "grpc://h").unwrap_err();
+        assert!(e.contains("`tls` is for grpcs://"), "{e}");
+        let missing = TlsFiles {
+            ca: Some(dir.path().join("absent.pem")),
+            ..Default::default()
+        };
+        let e = with(missing, "grpcs://h").unwrap_err();
+        assert!(e.contains("tls.ca") && e.contains("absent.pem"), "{e}");
+        let half = TlsFiles {
+            cert: Some(ca),
+            ..Default::default()
+        };
+        let e = with(half, "grpcs://h").unwrap_err();
+        assert!(e.contains("tls.cert and tls.key go together"), "{e}");
     }
 
     fn tensor(name: &str, datatype: &str, shape: &[i64]) -> v2::TensorMetadata {
@@ -573,6 +797,7 @@ mod tests {
         let mut typed = output("a", &[2]);
         typed.contents = Some(v2::InferTensorContents {
             fp32_contents: vec![0.5, 0.25],
+            ..Default::default()
         });
         let response = v2::ModelInferResponse {
             outputs: vec![typed],
@@ -580,6 +805,83 @@ mod tests {
         };
         let out = outputs_of(response, &requested(&["a"])).unwrap();
         assert_eq!(out[0].data, vec![0.5, 0.25]);
+    }
+
+    /// One output of `datatype` carrying `raw` bytes, read back as f32.
+    fn read_raw(datatype: &str, shape: &[i64], raw: Vec<u8>) -> Result<Vec<f32>, String> {
+        let response = v2::ModelInferResponse {
+            outputs: vec![v2::InferOutputTensor {
+                datatype: datatype.into(),
+                ..output("a", shape)
+            }],
+            raw_output_contents: vec![raw.into()],
+            ..Default::default()
+        };
+        outputs_of(response, &requested(&["a"])).map(|mut o| o.remove(0).data)
+    }
+
+    #[test]
+    fn other_numeric_outputs_become_f32() {
+        let halves: Vec<u8> = [1.5f32, -0.25, 65504.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(
+            read_raw("FP16", &[3], halves).unwrap(),
+            [1.5, -0.25, 65504.0]
+        );
+        let brain: Vec<u8> = [3.0f32, -1.0]
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(read_raw("BF16", &[2], brain).unwrap(), [3.0, -1.0]);
+        let ids: Vec<u8> = [7i64, -1].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(read_raw("INT64", &[1, 2], ids).unwrap(), [7.0, -1.0]);
+        assert_eq!(
+            read_raw("UINT8", &[3], vec![0, 9, 255]).unwrap(),
+            [0.0, 9.0, 255.0]
+        );
+        assert_eq!(read_raw("INT8", &[2], vec![0xff, 3]).unwrap(), [-1.0, 3.0]);
+        assert_eq!(read_raw("BOOL", &[2], vec![0, 2]).unwrap(), [0.0, 1.0]);
+        let wide: Vec<u8> = [0.5f64, 1e300]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(read_raw("FP64", &[2], wide).unwrap(), [0.5, f32::INFINITY]);
+        let e = read_raw("INT64", &[2], vec![0; 12]).unwrap_err();
+        assert!(
+            e.contains("needs 2 INT64 values") && e.contains("12 bytes"),
+            "{e}"
+        );
+        let e = read_raw("BYTES", &[1], vec![1]).unwrap_err();
+        assert!(e.contains("BYTES"), "{e}");
+
+        let typed = |datatype: &str, contents: v2::InferTensorContents| {
+            let response = v2::ModelInferResponse {
+                outputs: vec![v2::InferOutputTensor {
+                    datatype: datatype.into(),
+                    contents: Some(contents),
+                    ..output("a", &[2])
+                }],
+                ..Default::default()
+            };
+            outputs_of(response, &requested(&["a"])).map(|mut o| o.remove(0).data)
+        };
+        let ints = v2::InferTensorContents {
+            int_contents: vec![-3, 4],
+            ..Default::default()
+        };
+        assert_eq!(typed("INT16", ints.clone()).unwrap(), [-3.0, 4.0]);
+        let longs = v2::InferTensorContents {
+            int64_contents: vec![5, 6],
+            ..Default::default()
+        };
+        assert_eq!(typed("INT64", longs).unwrap(), [5.0, 6.0]);
+        assert!(typed("INT64", ints)
+            .unwrap_err()
+            .contains("needs 2 INT64 values"));
+        let e = typed("FP16", v2::InferTensorContents::default()).unwrap_err();
+        assert!(e.contains("raw bytes only"), "{e}");
     }
 
     #[test]
@@ -591,7 +893,7 @@ mod tests {
                     raw_output_contents: vec![raw(&[1.0, 2.0])],
                     ..Default::default()
                 },
-                "needs 3 float32 values",
+                "needs 3 FP32 values",
             ),
             (
                 v2::ModelInferResponse {
@@ -643,13 +945,13 @@ mod tests {
             (
                 v2::ModelInferResponse {
                     outputs: vec![v2::InferOutputTensor {
-                        datatype: "INT64".into(),
+                        datatype: "STRING".into(),
                         ..output("a", &[1])
                     }],
                     raw_output_contents: vec![raw(&[1.0, 2.0])],
                     ..Default::default()
                 },
-                "INT64",
+                "STRING",
             ),
         ];
         for (response, expected) in cases {
@@ -682,7 +984,11 @@ mod tests {
         assert!(e.contains("UINT8") && e.contains("image"), "{e}");
         let mut int_out = meta.clone();
         int_out.outputs[1].datatype = "INT64".into();
-        assert!(model_io(&int_out).unwrap_err().contains("scores"));
+        assert!(model_io(&int_out).is_ok(), "INT64 outputs are converted");
+        let mut bytes_out = meta.clone();
+        bytes_out.outputs[1].datatype = "BYTES".into();
+        let e = model_io(&bytes_out).unwrap_err();
+        assert!(e.contains("scores") && e.contains("BYTES"), "{e}");
         let mut two = meta.clone();
         two.inputs.push(tensor("im_info", "FP32", &[-1, 3]));
         assert!(model_io(&two).unwrap_err().contains("im_info"));

@@ -114,9 +114,11 @@ fn nvinfer_differences_are_reported() {
         c.note("[primary-gie] nvinfer.txt network-mode=2").verdict,
         Verdict::Approximate
     );
+    assert_eq!(c.stage("detect")["interval"].as_integer(), Some(2));
     assert_eq!(
         c.note("[primary-gie] interval=2").verdict,
-        Verdict::NotMapped
+        Verdict::Approximate,
+        "no tracker carries objects over the skipped frames"
     );
     assert_eq!(
         c.note("[primary-gie] nvinfer.txt cluster-mode=1 (DBSCAN)")
@@ -131,7 +133,11 @@ fn nvinfer_differences_are_reported() {
             && parser.why.contains("cannot load custom parser libraries"),
         "{parser}"
     );
-    c.note("nvinfer.txt [class-attrs-0] pre-cluster-threshold=0.3");
+    assert_eq!(
+        c.stage("detect")["class_attrs"]["0"]["score_threshold"].as_float(),
+        Some(0.3)
+    );
+    c.no_note("nvinfer.txt [class-attrs-0]");
     assert_eq!(
         c.note("nvinfer.txt [property] foo-key=1").to_string(),
         "nvinfer.txt [property] foo-key=1: not mapped — vidmesh has no equivalent setting"
@@ -332,16 +338,193 @@ fn missing_or_broken_nvinfer_configs_are_errors() {
 }
 
 #[test]
-fn a_classifier_as_primary_is_not_mapped() {
+fn a_classifier_as_primary_classifies_whole_frames() {
     let s = Scratch::new();
     s.write(
         "nvinfer.txt",
-        &NVINFER.replace("network-type=0", "network-type=1"),
+        &NVINFER.replace("network-type=0", "network-type=1\nclassifier-threshold=0.6"),
     );
-    let c = s.import(MINIMAL).unwrap();
-    assert!(!c.has_stage("detect"));
+    let (c, _) = s.valid(MINIMAL);
+    let detect = c.stage("detect");
+    assert_eq!(detect["parser"]["type"].as_str(), Some("classifier"));
+    assert_eq!(detect["parser"]["output"].as_str(), Some("boxes"));
+    assert_eq!(detect["score_threshold"].as_float(), Some(0.6));
+    assert!(!detect.contains_key("operate_on"));
+    c.note("[primary-gie] nvinfer.txt output-blob-names=boxes;scores");
     assert_eq!(
-        c.note("[primary-gie] nvinfer.txt network-type=1").verdict,
+        c.note("nvinfer.txt [class-attrs-all]").verdict,
+        Verdict::NotMapped,
+        "detector thresholds mean nothing to a classifier"
+    );
+}
+
+const SGIE: &str = "\
+[property]
+net-scale-factor=0.00392156862745
+model-color-format=1
+onnx-file=bag.onnx
+labelfile-path=bag_labels.txt
+infer-dims=3;128;64
+network-type=1
+process-mode=2
+gie-unique-id=2
+operate-on-gie-id=1
+operate-on-class-ids=1;2
+classifier-async-mode=1
+classifier-threshold=0.51
+input-object-min-width=32
+input-object-min-height=64
+input-object-max-width=640
+secondary-reinfer-interval=10
+output-blob-names=predictions
+";
+
+#[test]
+fn secondary_gies_run_on_the_objects_of_the_gie_they_name() {
+    let s = Scratch::new();
+    s.write("sgie.txt", SGIE);
+    s.write("bag_labels.txt", "no_bag;backpack\n");
+    s.write("bag.onnx", "stand-in");
+    s.write(
+        "faces.txt",
+        &NVINFER
+            .replace("gie-unique-id=1", "gie-unique-id=4\noperate-on-gie-id=1")
+            .replace("[class-attrs-all]", "[class-attrs-all]\ndetected-min-w=8"),
+    );
+    s.write(
+        "orphan.txt",
+        &SGIE.replace("operate-on-gie-id=1", "operate-on-gie-id=9"),
+    );
+    let app = format!(
+        "{MINIMAL}\n[tracker]\nenable=1\nll-lib-file=libnvds_nvmultiobjecttracker.so\n\
+         [secondary-gie1]\nenable=1\nconfig-file=faces.txt\n\
+         [secondary-gie0]\nenable=1\nconfig-file=sgie.txt\nbatch-size=16\n\
+         [secondary-gie2]\nenable=1\nconfig-file=orphan.txt\n\
+         [secondary-gie3]\nenable=0\nconfig-file=absent.txt\n"
+    );
+    let (c, t) = s.valid(&app);
+    assert_eq!(
+        c.links(),
+        [
+            ("sources", "mux"),
+            ("mux", "preprocess"),
+            ("preprocess", "detect"),
+            ("detect", "track"),
+            ("track", "sgie0"),
+            ("sgie0", "sgie1"),
+            ("sgie1", "osd"),
+            ("osd", "sink0"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string())),
+        "secondary gies follow the tracker in group order"
+    );
+    assert_eq!(t.stages.len(), 8);
+
+    let bag = c.stage("sgie0");
+    assert_eq!(bag["kind"].as_str(), Some("infer"));
+    assert_eq!(bag["operate_on"].as_str(), Some("detect"));
+    assert_eq!(bag["component_id"].as_integer(), Some(2));
+    let classes: Vec<i64> = bag["operate_on_classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_integer().unwrap())
+        .collect();
+    assert_eq!(classes, [1, 2]);
+    assert_eq!(
+        bag["min_object_size"].as_array().unwrap(),
+        &vec![toml::Value::Float(32.0), toml::Value::Float(64.0)]
+    );
+    assert_eq!(bag["reinfer_interval"].as_integer(), Some(10));
+    assert_eq!(bag["score_threshold"].as_float(), Some(0.51));
+    assert_eq!(
+        bag["labels_file"].as_str(),
+        Some(s.path("bag_labels.txt").to_str().unwrap())
+    );
+    assert_eq!(bag["parser"]["type"].as_str(), Some("classifier"));
+    assert_eq!(bag["parser"]["output"].as_str(), Some("predictions"));
+    let pre = bag["preprocess"].as_table().unwrap();
+    assert!(!pre.contains_key("kind"));
+    assert_eq!(pre["width"].as_integer(), Some(64));
+    assert_eq!(pre["height"].as_integer(), Some(128));
+    assert_eq!(pre["layout"].as_str(), Some("nchw"));
+    assert_eq!(pre["color_order"].as_str(), Some("bgr"));
+    assert_eq!(pre["net_scale_factor"].as_float(), Some(0.00392156862745));
+    assert!(!bag.contains_key("interval"));
+    assert_eq!(
+        c.note("[secondary-gie0] sgie.txt classifier-async-mode=1")
+            .verdict,
+        Verdict::Approximate
+    );
+    assert_eq!(
+        c.note("[secondary-gie0] sgie.txt input-object-max-width=640")
+            .verdict,
+        Verdict::NotMapped
+    );
+    c.no_note("[secondary-gie0] batch-size");
+
+    // A secondary detector: the ssd parser, thresholds, and its own preprocessing.
+    let faces = c.stage("sgie1");
+    assert_eq!(faces["operate_on"].as_str(), Some("detect"));
+    assert_eq!(faces["component_id"].as_integer(), Some(4));
+    assert_eq!(faces["parser"]["type"].as_str(), Some("ssd"));
+    assert_eq!(faces["score_threshold"].as_float(), Some(0.4));
+    assert_eq!(
+        faces["min_size"].as_array().unwrap(),
+        &vec![toml::Value::Float(8.0), toml::Value::Float(0.0)]
+    );
+    assert_eq!(faces["preprocess"]["layout"].as_str(), Some("nhwc"));
+
+    // operate-on-gie-id naming no converted gie: left out, said so.
+    assert!(!c.has_stage("sgie2"));
+    assert_eq!(
+        c.note("[secondary-gie2] orphan.txt operate-on-gie-id=9")
+            .verdict,
+        Verdict::NotMapped
+    );
+    assert!(!c.has_stage("sgie3"), "a disabled gie is skipped");
+}
+
+#[test]
+fn per_class_attributes_and_filters_map_to_the_infer_stage() {
+    let s = Scratch::new();
+    s.write(
+        "nvinfer.txt",
+        &(NVINFER
+            .replace("topk=20", "topk=20\ndetected-min-w=4\nroi-top-offset=50")
+            .replace("cluster-mode=2", "cluster-mode=2\nfilter-out-class-ids=0;3")
+            + "\n[class-attrs-2]\npre-cluster-threshold=0.7\nnms-iou-threshold=0.3\n\
+               detected-max-w=200\ndetected-max-h=300\nroi-bottom-offset=20\neps=0.2\n\
+               [class-attrs-x]\nthreshold=0.1\n"),
+    );
+    let (c, _) = s.valid(MINIMAL);
+    let d = c.stage("detect");
+    assert_eq!(
+        d["min_size"].as_array().unwrap(),
+        &vec![toml::Value::Float(4.0), toml::Value::Float(0.0)]
+    );
+    assert_eq!(d["roi"]["top"].as_float(), Some(50.0));
+    let two = d["class_attrs"]["2"].as_table().unwrap();
+    assert_eq!(two["score_threshold"].as_float(), Some(0.7));
+    assert_eq!(two["nms_iou"].as_float(), Some(0.3));
+    assert_eq!(
+        two["max_size"].as_array().unwrap(),
+        &vec![toml::Value::Float(200.0), toml::Value::Float(300.0)]
+    );
+    assert_eq!(two["roi"]["bottom"].as_float(), Some(20.0));
+    let filtered: Vec<i64> = d["filter_out_classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_integer().unwrap())
+        .collect();
+    assert_eq!(filtered, [0, 3]);
+    assert_eq!(
+        c.note("nvinfer.txt [class-attrs-2] eps=0.2").verdict,
+        Verdict::NotMapped
+    );
+    assert_eq!(
+        c.note("nvinfer.txt [class-attrs-x]").verdict,
         Verdict::NotMapped
     );
 }
@@ -556,5 +739,179 @@ fn trackers_follow_their_library_and_config() {
     assert!(
         e.ends_with("bad.yml:2: `key value` is not a `key: value` line"),
         "{e}"
+    );
+}
+
+const INFERSERVER: &str = r#"
+infer_config {
+  unique_id: 5
+  gpu_ids: [0]
+  max_batch_size: 4
+  backend {
+    outputs: [ { name: "detection_boxes" }, { name: "detection_scores" } ]
+    triton {
+      model_name: "people"
+      version: 3
+      grpc { url: "triton.internal:8001" enable_cuda_buffer_sharing: true }
+    }
+  }
+  preprocess {
+    network_format: IMAGE_FORMAT_BGR
+    tensor_order: TENSOR_ORDER_LINEAR
+    maintain_aspect_ratio: 1
+    symmetric_padding: 1
+    frame_scaling_filter: 1
+    normalize { scale_factor: 0.5 channel_offsets: [1, 2, 3] }
+  }
+  postprocess {
+    labelfile_path: "labels.txt"
+    detection {
+      num_detected_classes: 2
+      custom_parse_bbox_func: "NvDsInferParseCustomTfSSD"
+      per_class_params { key: 1 value { pre_threshold: 0.6 } }
+      nms { confidence_threshold: 0.3 iou_threshold: 0.4 topk: 50 }
+    }
+  }
+  lstm { loops: 1 }
+}
+input_control { process_mode: PROCESS_MODE_FULL_FRAME interval: 1 }
+output_control {
+  detect_control { default_filter { bbox_filter { min_width: 16 min_height: 24 } } }
+}
+"#;
+
+#[test]
+fn an_nvinferserver_gie_on_grpc_becomes_a_triton_infer_stage() {
+    let s = Scratch::new();
+    s.write("server.txt", INFERSERVER);
+    let app = MINIMAL.replace(
+        "config-file=nvinfer.txt",
+        "plugin-type=1\nconfig-file=server.txt",
+    );
+    let (c, t) = s.valid(&app);
+    assert!(!c.has_stage("preprocess"), "the stage preprocesses itself");
+    assert!(c.links().contains(&("mux".into(), "detect".into())));
+    assert_eq!(t.stages.len(), 4);
+    let d = c.stage("detect");
+    assert_eq!(d["backend"].as_str(), Some("triton"));
+    assert_eq!(d["server"].as_str(), Some("grpc://triton.internal:8001"));
+    assert_eq!(d["model"].as_str(), Some("people"));
+    assert_eq!(d["model_version"].as_str(), Some("3"));
+    assert_eq!(d["component_id"].as_integer(), Some(5));
+    assert_eq!(d["interval"].as_integer(), Some(1));
+    assert_eq!(d["score_threshold"].as_float(), Some(0.3));
+    assert_eq!(d["nms_iou"].as_float(), Some(0.4));
+    assert_eq!(d["top_k"].as_integer(), Some(50));
+    assert_eq!(
+        d["class_attrs"]["1"]["score_threshold"].as_float(),
+        Some(0.6)
+    );
+    assert_eq!(
+        d["min_size"].as_array().unwrap(),
+        &vec![toml::Value::Float(16.0), toml::Value::Float(24.0)]
+    );
+    let pre = d["preprocess"].as_table().unwrap();
+    assert!(!pre.contains_key("width"), "the size comes from the model");
+    assert_eq!(pre["color_order"].as_str(), Some("bgr"));
+    assert_eq!(pre["layout"].as_str(), Some("nchw"));
+    assert_eq!(pre["maintain_aspect_ratio"].as_bool(), Some(true));
+    assert_eq!(pre["symmetric_padding"].as_bool(), Some(true));
+    assert_eq!(pre["interpolation"].as_str(), Some("bilinear"));
+    assert_eq!(pre["net_scale_factor"].as_float(), Some(0.5));
+    let parser = d["parser"].as_table().unwrap();
+    assert_eq!(parser["type"].as_str(), Some("ssd"));
+    assert_eq!(parser["boxes_output"].as_str(), Some("detection_boxes"));
+    assert_eq!(parser["scores_output"].as_str(), Some("detection_scores"));
+    assert_eq!(parser["box_format"].as_str(), Some("yxyx"));
+    assert_eq!(
+        d["labels_file"].as_str(),
+        Some(s.path("labels.txt").to_str().unwrap())
+    );
+    assert_eq!(
+        c.note("server.txt infer_config.gpu_ids").verdict,
+        Verdict::Ignored
+    );
+    let lstm = c.note("server.txt:31 infer_config.lstm");
+    assert_eq!(lstm.verdict, Verdict::NotMapped);
+    assert_eq!(
+        c.note("[primary-gie] interval=1").verdict,
+        Verdict::Approximate,
+        "no tracker"
+    );
+}
+
+#[test]
+fn an_nvinferserver_model_repository_runs_its_onnx_model_and_secondaries_classify() {
+    let s = Scratch::new();
+    s.write("repo/people/1/model.onnx", "older");
+    s.write("repo/people/2/model.onnx", "newest");
+    s.write("repo/people/config.pbtxt", "name: \"people\"");
+    let local = INFERSERVER.replace("version: 3", "version: -1").replace(
+        "grpc { url: \"triton.internal:8001\" enable_cuda_buffer_sharing: true }",
+        "model_repo { root: \"./repo\" strict_model_config: true }",
+    );
+    s.write("server.txt", &local);
+    s.write("colour_labels.txt", "dark;light\n");
+    s.write(
+        "colour.txt",
+        r#"infer_config {
+  unique_id: 7
+  backend {
+    outputs: [ { name: "predictions" } ]
+    triton { model_name: "colour" grpc { url: "localhost:8001" } }
+  }
+  preprocess { network_format: IMAGE_FORMAT_RGB normalize { scale_factor: 0.00392 } }
+  postprocess { labelfile_path: "colour_labels.txt" classification { threshold: 0.51 } }
+}
+input_control {
+  process_mode: PROCESS_MODE_CLIP_OBJECTS
+  operate_on_gie_id: 5
+  operate_on_class_ids: [1]
+  secondary_reinfer_interval: 15
+  async_mode: true
+  object_control { bbox_filter { min_width: 32 min_height: 64 } }
+}
+"#,
+    );
+    let app = MINIMAL.replace(
+        "config-file=nvinfer.txt",
+        "plugin-type=1\nconfig-file=server.txt",
+    ) + "\n[secondary-gie0]\nenable=1\nplugin-type=1\nconfig-file=colour.txt\n";
+    let (c, _) = s.valid(&app);
+    let d = c.stage("detect");
+    assert!(!d.contains_key("backend"), "ONNX Runtime in the stage");
+    assert_eq!(
+        d["model"].as_str(),
+        Some(s.path("repo/people/2/model.onnx").to_str().unwrap()),
+        "version -1: the newest"
+    );
+    assert_eq!(
+        c.note("[primary-gie] server.txt infer_config.backend.triton.model_repo")
+            .verdict,
+        Verdict::Approximate
+    );
+    let colour = c.stage("sgie0");
+    assert_eq!(colour["operate_on"].as_str(), Some("detect"));
+    assert_eq!(colour["backend"].as_str(), Some("triton"));
+    assert_eq!(colour["component_id"].as_integer(), Some(7));
+    assert_eq!(colour["reinfer_interval"].as_integer(), Some(15));
+    assert_eq!(colour["score_threshold"].as_float(), Some(0.51));
+    assert_eq!(colour["parser"]["type"].as_str(), Some("classifier"));
+    assert_eq!(colour["parser"]["output"].as_str(), Some("predictions"));
+    assert_eq!(
+        colour["min_object_size"].as_array().unwrap(),
+        &vec![toml::Value::Float(32.0), toml::Value::Float(64.0)]
+    );
+    c.note("[secondary-gie0] colour.txt input_control.async_mode");
+
+    // No ONNX model in the repository: left out, said so.
+    std::fs::remove_dir_all(s.path("repo/people/1")).unwrap();
+    std::fs::remove_dir_all(s.path("repo/people/2")).unwrap();
+    let c = s.import(&app).unwrap();
+    assert!(!c.has_stage("detect") && !c.has_stage("sgie0"));
+    assert_eq!(
+        c.note("[primary-gie] server.txt infer_config.backend.triton.model_repo")
+            .verdict,
+        Verdict::NotMapped
     );
 }

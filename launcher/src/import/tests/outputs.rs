@@ -73,8 +73,8 @@ fn secondary_gies_and_unknown_groups_are_reported() {
     let c = s.import(&app).unwrap();
     assert_eq!(
         c.note("[secondary-gie0]").to_string(),
-        "[secondary-gie0] (classifier on the objects of gie 1, classes 1;2): not mapped — vidmesh has \
-         no secondary (per-object) inference yet; objects keep the primary detector's labels only"
+        "[secondary-gie0] sgie.txt onnx-file: not mapped — vidmesh runs ONNX models (onnx-file) \
+         with ONNX Runtime; this gie is left out of the topology"
     );
     c.no_note("[secondary-gie1]");
     c.note("[ds-example]");
@@ -356,7 +356,16 @@ fn the_sample_configs_convert() {
         ),
         (
             "source4_dec_infer_ssdlite_tracker_sgie_tiled_display.txt",
-            &["mux", "preprocess", "detect", "track", "osd", "sink1"][..],
+            &[
+                "mux",
+                "preprocess",
+                "detect",
+                "track",
+                "sgie0",
+                "sgie1",
+                "osd",
+                "sink1",
+            ][..],
         ),
         (
             "test5_msgconv_kafka_nvdsanalytics.txt",
