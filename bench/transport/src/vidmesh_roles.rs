@@ -285,12 +285,16 @@ pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
         .transpose()
         .map_err(|e| e.to_string())?;
     let leases: Arc<Mutex<HashMap<u64, SlotLease>>> = Arc::default();
-    let events_thread = {
-        let (leases, pool) = (leases.clone(), prefilled.clone());
-        std::thread::spawn(move || match pool {
-            Some(pool) => release_on_ack(events, leases, pool),
-            None => for _ in events {},
-        })
+    // The prefilled variant frees its slots as acknowledgements come; otherwise the events
+    // are drained without waiting after each send, as a stage's runtime does
+    // (`launcher/src/node`), rather than by a thread woken for every event.
+    let (events_thread, events) = match prefilled.clone() {
+        Some(pool) => {
+            let leases = leases.clone();
+            let thread = std::thread::spawn(move || release_on_ack(events, leases, pool));
+            (Some(thread), None)
+        }
+        None => (None, Some(events)),
     };
 
     let waited = Instant::now();
@@ -344,10 +348,15 @@ pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
         output
             .send_blocking(message(n, ingest, payload, &user))
             .map_err(|e| e.to_string())?;
+        if let Some(events) = &events {
+            for _ in events.try_iter() {}
+        }
     }
     wait_for_stdin_eof();
     drop(output);
-    let _ = events_thread.join();
+    if let Some(thread) = events_thread {
+        let _ = thread.join();
+    }
     Ok(())
 }
 
