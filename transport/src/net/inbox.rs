@@ -4,7 +4,7 @@
 //! maps shared-memory frames without copying them, releases a slot when the last reference
 //! to its frame is dropped, and acknowledges deliveries when the stage says they are done.
 //!
-//! Credits, acks and releases are coalesced ([`FeedbackSender`]): they accumulate per producer
+//! Credits, acks and releases are coalesced (`FeedbackSender`): they accumulate per producer
 //! instance and leave as one [`Feedback`] report when the inbox runs empty (before `recv`
 //! waits), when half a window is waiting, or at the latest [`FEEDBACK_DELAY`] after the first
 //! of them, through a publisher declared once per producer replica. A fast link therefore
