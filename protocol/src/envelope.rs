@@ -318,6 +318,28 @@ mod tests {
     }
 
     #[test]
+    fn coalesced_feedback_round_trips() {
+        let msg = Envelope::Feedback(crate::Feedback {
+            from: crate::Instance {
+                stage: "track".into(),
+                replica: 1,
+                epoch: 0xdead_beef,
+            },
+            producer_epoch: 0x1234_5678_9abc_def1,
+            consumed: 1_000_000,
+            window: 64,
+            acks: (999_968..1_000_000).collect(),
+            releases: vec![crate::SlotRelease {
+                segment: "vidmesh-p-detect-0-track-1-0".into(),
+                slot: 3,
+                generation: 77,
+            }],
+        });
+        let bytes = encode(&msg).unwrap();
+        assert_eq!(decode(&bytes, &Limits::default()).unwrap(), msg);
+    }
+
+    #[test]
     fn every_truncation_is_a_clean_error() {
         let bytes = encode(&Envelope::Data(DataMessage::Batch(sample_batch()))).unwrap();
         for cut in 0..bytes.len() {

@@ -26,4 +26,7 @@ pub use stage_to_stage::{DataMessage, StreamEnd};
 
 /// The protocol version this build speaks. Bumped whenever the body encoding of any message
 /// kind changes incompatibly; a peer with a newer version is rejected with both versions named.
-pub const PROTOCOL_VERSION: u16 = 3;
+///
+/// 4: [`Feedback`] became one coalesced report (credit, acks and releases together) instead of
+/// an enum of three separate messages.
+pub const PROTOCOL_VERSION: u16 = 4;

@@ -36,29 +36,30 @@ pub struct Delivery {
     pub message: DataMessage,
 }
 
-/// Consumer → producer: flow control and completion.
+/// Consumer → producer: flow control and completion, everything one consumer replica has to
+/// tell one producer instance since its previous report, in one message.
+///
+/// A consumer coalesces: while deliveries keep arriving it accumulates what it took, acked and
+/// released, and sends one report when its inbox runs empty, when half a window is waiting, or
+/// after a short timer, so the cost on the wire is per batch of deliveries, not per delivery.
+/// Every field is idempotent (the credit is a running total; a repeated ack or release is
+/// ignored), so a lost or repeated report is harmless and the periodic re-grant heals losses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Feedback {
-    /// The consumer has taken `consumed` deliveries of `producer_epoch` out of its inbox in
-    /// total; the producer may have `window` more than that outstanding.
-    Credit {
-        from: Instance,
-        producer_epoch: u64,
-        consumed: u64,
-        window: u32,
-    },
+pub struct Feedback {
+    /// The consumer replica reporting (its epoch tells the producer about restarts).
+    pub from: Instance,
+    /// The producer epoch the credit and the acks are about; a report for another epoch is
+    /// ignored except for its releases.
+    pub producer_epoch: u64,
+    /// Credit: the consumer has taken `consumed` deliveries of `producer_epoch` out of its
+    /// inbox in total; the producer may have `window` more than that outstanding.
+    pub consumed: u64,
+    pub window: u32,
     /// These deliveries are fully done: everything that followed from them downstream was
     /// acknowledged too, so the producer may forget them.
-    Ack {
-        from: Instance,
-        producer_epoch: u64,
-        seqs: Vec<u64>,
-    },
+    pub acks: Vec<u64>,
     /// The consumer no longer reads these shared-memory slots.
-    Release {
-        from: Instance,
-        slots: Vec<SlotRelease>,
-    },
+    pub releases: Vec<SlotRelease>,
 }
 
 /// One released shared-memory slot.

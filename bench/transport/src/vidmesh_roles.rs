@@ -1,10 +1,7 @@
 //! vidmesh's links driven as a stage would drive them: `LinkSender`/`LinkReceiver` in one
 //! process, `RemoteOutput`/`RemoteInbox` between two.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +10,7 @@ use vidmesh_protocol::{
     PixelFormat, UserMeta,
 };
 use vidmesh_transport::net::{
-    LinkEvent, NetConfig, NetNode, OutputSettings, PayloadMode, RemoteInbox, RemoteOutput, Routing,
+    NetConfig, NetNode, OutputSettings, PayloadMode, RemoteInbox, RemoteOutput, Routing,
 };
 use vidmesh_transport::shm::{SlotLease, SlotPool};
 use vidmesh_transport::{in_process_link, Received};
@@ -23,8 +20,7 @@ use crate::common::{
     META_BYTES,
 };
 
-/// Slots of the producer's own pool (prefilled variant) and of the copy-cost pool: as many as
-/// `RemoteOutput`'s pool has.
+/// Slots of the copy-cost pool: as many as `RemoteOutput`'s pool has.
 pub const SLOTS: u32 = 8;
 const SHM_DIR: &str = "/dev/shm";
 const PIPELINE: &str = "bench";
@@ -34,9 +30,10 @@ const PIPELINE: &str = "bench";
 pub enum LinkKind {
     /// `PayloadMode::SharedMemory`: `RemoteOutput` copies each frame into its slot pool.
     Shm,
-    /// `PayloadMode::SharedMemory`, but the frame is already in a slot of the producer's own
-    /// pool (what a decoder writing straight into shared memory would give): only the
-    /// reference is sent. Slots are freed when the consumer acknowledges the frame.
+    /// `PayloadMode::SharedMemory`, with the frame written straight into a slot of the link's
+    /// pool (`RemoteOutput::frame_buffer`, what a decoder writing into shared memory does):
+    /// only the reference is sent; the link frees the slot once the delivery is acknowledged
+    /// and the consumer released it.
     ShmPrefilled,
     /// `PayloadMode::Raw`: pixels inside the zenoh message.
     Raw,
@@ -222,24 +219,6 @@ pub fn consume(args: &RoleArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Frees the prefilled slots as the consumer acknowledges their frames.
-fn release_on_ack(
-    events: Receiver<LinkEvent>,
-    leases: Arc<Mutex<HashMap<u64, SlotLease>>>,
-    pool: SlotPool,
-) {
-    for event in events {
-        if let LinkEvent::Acked(keys) = event {
-            let mut leases = leases.lock().unwrap_or_else(|p| p.into_inner());
-            for (_, frame) in keys {
-                if let Some(lease) = leases.remove(&frame) {
-                    pool.release(&lease.segment, lease.slot, lease.generation);
-                }
-            }
-        }
-    }
-}
-
 /// The producing stage: connects to the consumer, waits for its first credit, then sends.
 pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
     let node = NetNode::open(
@@ -274,24 +253,10 @@ pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let prefilled = (kind == LinkKind::ShmPrefilled && args.payload.is_frame())
-        .then(|| {
-            SlotPool::new(
-                Path::new(SHM_DIR),
-                &format!("vidmesh-bench-prefilled-{}", std::process::id()),
-                SLOTS,
-            )
-        })
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    let leases: Arc<Mutex<HashMap<u64, SlotLease>>> = Arc::default();
-    let events_thread = {
-        let (leases, pool) = (leases.clone(), prefilled.clone());
-        std::thread::spawn(move || match pool {
-            Some(pool) => release_on_ack(events, leases, pool),
-            None => for _ in events {},
-        })
-    };
+    // The prefilled variant writes each frame straight into a slot of the link's pool
+    // (`RemoteOutput::frame_buffer`), which is sent by reference. Link events are drained
+    // without waiting after each send, as a stage's runtime does (`launcher/src/node`).
+    let prefilled = kind == LinkKind::ShmPrefilled && args.payload.is_frame();
 
     let waited = Instant::now();
     while output.credits() == 0 {
@@ -316,38 +281,29 @@ pub fn produce(args: &RoleArgs, kind: LinkKind) -> Result<(), String> {
     };
     while let Some(n) = schedule.next(drained) {
         let ingest = now_ns();
-        let payload = match (&prefilled, args.payload.is_frame()) {
+        let payload = match (prefilled, args.payload.is_frame()) {
             (_, false) => PayloadRef::None,
-            (None, true) => PayloadRef::Inline {
+            (false, true) => PayloadRef::Inline {
                 layout: layout(args.payload),
                 data: source.clone(),
             },
-            (Some(pool), true) => {
-                let mut slot = pool
-                    .alloc(args.payload.bytes(), "consumer", Duration::from_secs(30))
+            (true, true) => {
+                let mut buffer = output
+                    .frame_buffer(args.payload.bytes())
                     .map_err(|e| e.to_string())?;
-                slot[..8].copy_from_slice(&n.to_le_bytes());
-                let lease = slot.commit();
-                let reference = PayloadRef::SharedMemory {
-                    segment: lease.segment.clone(),
-                    slot: lease.slot,
-                    generation: lease.generation,
-                    layout: layout(args.payload),
-                };
-                leases
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(n, lease);
-                reference
+                buffer[..8].copy_from_slice(&n.to_le_bytes());
+                buffer
+                    .into_payload(layout(args.payload))
+                    .map_err(|e| e.to_string())?
             }
         };
         output
             .send_blocking(message(n, ingest, payload, &user))
             .map_err(|e| e.to_string())?;
+        for _ in events.try_iter() {}
     }
     wait_for_stdin_eof();
     drop(output);
-    let _ = events_thread.join();
     Ok(())
 }
 

@@ -13,15 +13,19 @@
 //!   that followed from it downstream was acknowledged too), and re-sends what a restarted or
 //!   dead consumer never acknowledged — to the same replica when the link is sharded, to any
 //!   live replica when it is load-balanced;
-//! * the consumer deduplicates by (source, frame number), so re-sends are harmless.
+//! * the consumer deduplicates by (source, frame number), so re-sends are harmless;
+//! * the consumer's credits, acks and slot releases travel back coalesced, one report per
+//!   producer instance per batch of deliveries (at most [`FEEDBACK_DELAY`] late), and every
+//!   report is idempotent, so a lost one is healed by the next or by the periodic re-grant.
 //!
 //! Key expressions (one pipeline never hears another's traffic):
 //! ```text
 //! vidmesh/<pipeline>/data/<consumer>/<replica>/<producer>/<replica>      deliveries
-//! vidmesh/<pipeline>/feedback/<producer>/<replica>/<consumer>/<replica>  credits, acks, releases
+//! vidmesh/<pipeline>/feedback/<producer>/<replica>/<consumer>/<replica>  coalesced credit+acks+releases
 //! vidmesh/<pipeline>/announce/<stage>/<replica>                           heartbeats, retirements
 //! ```
 
+mod frame_buffer;
 mod inbox;
 pub mod jpeg;
 mod output;
@@ -37,7 +41,8 @@ use thiserror::Error;
 use vidmesh_protocol::{decode, encode, Announce, DecodeError, Envelope, Instance, Limits};
 use zenoh::Wait;
 
-pub use inbox::{DeliveryTag, InboxDelivery, RemoteInbox};
+pub use frame_buffer::FrameBuffer;
+pub use inbox::{DeliveryTag, InboxDelivery, InboxStats, RemoteInbox, FEEDBACK_DELAY};
 pub use output::{
     keys_of, FrameKey, LinkEvent, OutputSettings, OutputStats, PayloadMode, RemoteOutput, Routing,
     END_OF_STREAM,

@@ -1,9 +1,10 @@
 //! The producer end of a process link: one stage's output to every replica of one downstream
 //! stage.
 //!
-//! `send_blocking` only queues; a pump thread publishes, so re-sends happen even while the
-//! stage itself is idle or finished. Every delivery stays in `pending` until the consumer
-//! acknowledges it.
+//! `send_blocking` queues and, while the consumer has credit, publishes from the caller's
+//! thread; a pump thread publishes the rest (what waited for credit, re-sends), so re-sends
+//! happen even while the stage itself is idle or finished. Every delivery stays in `pending`
+//! until the consumer acknowledges it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use vidmesh_protocol::{
 };
 use zenoh::Wait;
 
+use super::frame_buffer::{FrameBuffer, HeldSlots, HELD_BY_LINK};
 use super::{decode_from, zerr, NetError, NetNode, PeerTable};
 use crate::shm::SlotPool;
 use crate::LinkClosed;
@@ -123,18 +125,29 @@ struct State {
     queue: VecDeque<u64>,
     replicas: Vec<ReplicaState>,
     round_robin: usize,
+    /// Stage threads waiting in `send_blocking`; feedback wakes them rather than the pump,
+    /// and they publish what the feedback allows themselves.
+    senders_waiting: u32,
+    /// Slots of frame buffers the stage filled (sent by reference).
+    held: HeldSlots,
 }
 
-struct Shared {
+pub(super) struct Shared {
     me: Instance,
     settings: OutputSettings,
     peers: Arc<PeerTable>,
     state: Mutex<State>,
+    /// Wakes the pump thread.
     wake: Condvar,
+    /// Wakes stage threads waiting in `send_blocking` for acknowledgements.
+    room: Condvar,
     events: Sender<LinkEvent>,
     stop: AtomicBool,
     pool: Option<SlotPool>,
     stats: OutputStats,
+    /// One per consumer replica. Whoever publishes (the pump or a sending stage thread) holds
+    /// this lock from picking a delivery to putting it, which keeps each replica's order.
+    publishers: Mutex<Vec<zenoh::pubsub::Publisher<'static>>>,
 }
 
 /// Sends one stage's output to all replicas of one downstream stage.
@@ -171,7 +184,9 @@ impl Shared {
     fn reset_replica(&self, state: &mut State, replica: u32, epoch: Option<u64>) {
         let old = state.replicas[replica as usize].epoch;
         if let (Some(pool), Some(old)) = (&self.pool, old) {
-            pool.reclaim(&self.lessee(replica, old));
+            let lessee = self.lessee(replica, old);
+            pool.reclaim(&lessee);
+            state.held.lessee_gone(&lessee, pool);
         }
         self.requeue_from(state, replica);
         let r = &mut state.replicas[replica as usize];
@@ -180,61 +195,84 @@ impl Shared {
         r.consumed = 0;
     }
 
+    /// Applies one consumer report: its credit, its acks and its releases, under one lock.
     fn on_feedback(&self, feedback: Feedback) {
-        let mut state = self.lock();
-        match feedback {
-            Feedback::Credit {
-                from,
-                producer_epoch,
-                consumed,
-                window,
-            } => {
-                if producer_epoch != self.me.epoch || from.replica >= self.settings.replicas {
-                    return;
-                }
-                if state.replicas[from.replica as usize].epoch != Some(from.epoch) {
-                    if state.replicas[from.replica as usize].epoch.is_some() {
-                        tracing::info!(
-                            "{} restarted: re-sending what it had not acknowledged",
-                            from
-                        );
-                    }
-                    self.reset_replica(&mut state, from.replica, Some(from.epoch));
-                }
-                let r = &mut state.replicas[from.replica as usize];
-                r.consumed = r.consumed.max(consumed);
-                r.window = window.max(1);
-            }
-            Feedback::Ack {
-                producer_epoch,
-                seqs,
-                ..
-            } => {
-                if producer_epoch != self.me.epoch {
-                    return;
-                }
-                let mut any = false;
-                for seq in seqs {
-                    if let Some(p) = state.pending.remove(&seq) {
-                        self.stats.acked.fetch_add(1, Ordering::Relaxed);
-                        let _ = self.events.send(LinkEvent::Acked(p.keys));
-                        any = true;
-                    }
-                }
-                if any {
-                    let State { pending, queue, .. } = &mut *state;
-                    queue.retain(|s| pending.contains_key(s));
-                }
-            }
-            Feedback::Release { slots, .. } => {
-                if let Some(pool) = &self.pool {
-                    for s in slots {
-                        pool.release(&s.segment, s.slot, s.generation);
-                    }
+        let Feedback {
+            from,
+            producer_epoch,
+            consumed,
+            window,
+            acks,
+            releases,
+        } = feedback;
+        if let Some(pool) = self.pool.as_ref().filter(|_| !releases.is_empty()) {
+            let lessee = self.lessee(from.replica, from.epoch);
+            let mut state = self.lock();
+            for s in releases {
+                let key = (s.segment, s.slot, s.generation);
+                if !state.held.released(key.clone(), &lessee, pool) {
+                    pool.release(&key.0, key.1, key.2);
                 }
             }
         }
-        self.wake.notify_all();
+        if producer_epoch != self.me.epoch || from.replica >= self.settings.replicas {
+            return;
+        }
+        // A late report of an instance that has since restarted (its heartbeats name another
+        // epoch) still settles its acks, but its credit is not the new instance's.
+        let stale = self
+            .peers
+            .get(&self.settings.consumer, from.replica)
+            .is_some_and(|p| p.epoch != from.epoch);
+        let mut state = self.lock();
+        if !stale {
+            if state.replicas[from.replica as usize].epoch != Some(from.epoch) {
+                if state.replicas[from.replica as usize].epoch.is_some() {
+                    tracing::info!(
+                        "{} restarted: re-sending what it had not acknowledged",
+                        from
+                    );
+                }
+                self.reset_replica(&mut state, from.replica, Some(from.epoch));
+            }
+            let r = &mut state.replicas[from.replica as usize];
+            r.consumed = r.consumed.max(consumed);
+            r.window = window.max(1);
+        }
+        let mut any = false;
+        for seq in acks {
+            if let Some(p) = state.pending.remove(&seq) {
+                self.settle_held(&mut state, &p.message);
+                self.stats.acked.fetch_add(1, Ordering::Relaxed);
+                let _ = self.events.send(LinkEvent::Acked(p.keys));
+                any = true;
+            }
+        }
+        if any {
+            let State { pending, queue, .. } = &mut *state;
+            queue.retain(|s| pending.contains_key(s));
+        }
+        // One thread wakes: a sender waiting for room (it publishes what this allows itself),
+        // else the pump.
+        if state.senders_waiting > 0 {
+            drop(state);
+            self.room.notify_all();
+        } else {
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    /// A pending delivery is gone: its frame-buffer slots may be free now.
+    fn settle_held(&self, state: &mut State, message: &DataMessage) {
+        if let Some(pool) = &self.pool {
+            state.held.settled(message, pool);
+        }
+    }
+
+    /// A frame buffer was committed into a payload.
+    pub(super) fn hold_frame_buffer(&self, key: (String, u32, u64)) {
+        self.lock().held.hold(key);
     }
 
     /// Notices replicas that restarted or died from the announcements.
@@ -280,6 +318,7 @@ impl Shared {
         let seq = state.next_seq;
         state.next_seq += 1;
         let keys = keys_of(&message);
+        state.held.queued(&message);
         let _ = self.events.send(LinkEvent::Emitted(keys.clone()));
         state.pending.insert(
             seq,
@@ -357,7 +396,12 @@ impl Shared {
                 continue;
             }
             for (message, target) in parts {
-                front.push(self.add_pending(state, message, Some(target)));
+                let part = self.add_pending(state, message, Some(target));
+                // The part carries its frames instead of the original delivery (which held
+                // them once): the frame-buffer counts stay as they were.
+                let message = state.pending[&part].message.clone();
+                self.settle_held(state, &message);
+                front.push(part);
             }
             // Replaced by its parts.
             let _ = self.events.send(LinkEvent::Acked(p.keys));
@@ -385,6 +429,7 @@ impl Shared {
         }
         for seq in dead {
             if let Some(p) = state.pending.remove(&seq) {
+                self.settle_held(state, &p.message);
                 let _ = self.events.send(LinkEvent::Acked(p.keys));
             }
         }
@@ -453,6 +498,7 @@ impl Shared {
             return false;
         };
         if let Some(p) = state.pending.remove(&seq) {
+            self.settle_held(state, &p.message);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             // Done as far as this stage's bookkeeping goes: nothing waits for it.
             let _ = self.events.send(LinkEvent::Acked(p.keys));
@@ -513,52 +559,95 @@ impl Shared {
         Ok(DataMessage::Batch(out))
     }
 
-    fn pump(&self, publishers: Vec<zenoh::pubsub::Publisher<'static>>) {
-        let mut state = self.lock();
+    /// Publishes delivery `seq` to `replica` (picked under `state`, which this releases while
+    /// encoding and putting) and returns the state locked again. The caller holds the
+    /// publishers' lock, so puts happen in the order deliveries were picked.
+    fn publish<'a>(
+        &'a self,
+        publishers: &[zenoh::pubsub::Publisher<'static>],
+        mut state: MutexGuard<'a, State>,
+        (seq, replica, epoch): (u64, u32, u64),
+    ) -> MutexGuard<'a, State> {
+        let p = state.pending.get_mut(&seq).expect("picked from pending");
+        p.sent_to = Some((replica, epoch));
+        p.sends += 1;
+        if p.sends > 1 {
+            self.stats.resent.fetch_add(1, Ordering::Relaxed);
+        }
+        let message = p.message.clone();
+        state.replicas[replica as usize].sent += 1;
+        let lessee = self.lessee(replica, epoch);
+        state.held.sent(&message, &lessee);
+        drop(state);
+
+        let sent = self.to_wire(&message, &lessee).and_then(|message| {
+            let bytes = encode(&Envelope::Delivery(Delivery {
+                from: self.me.clone(),
+                to_epoch: epoch,
+                seq,
+                message,
+            }))
+            .map_err(zerr)?;
+            publishers[replica as usize].put(bytes).wait().map_err(zerr)
+        });
+        if let Err(e) = sent {
+            tracing::error!(
+                "link {}->{}/{replica}: {e}",
+                self.me.stage,
+                self.settings.consumer
+            );
+        }
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+    }
+
+    /// Publishes from the calling thread whatever can go now, unless another thread is
+    /// publishing; that one picks these up after its current put, and the pump is nudged in
+    /// case it was just finishing.
+    fn publish_ready<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let publishers = match self.publishers.try_lock() {
+            Ok(publishers) => publishers,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.wake.notify_one();
+                return state;
+            }
+        };
+        while let Some(picked) = self.pick(&mut state) {
+            state = self.publish(&publishers, state, picked);
+        }
+        drop(publishers);
+        state
+    }
+
+    fn lock_publishers(&self) -> MutexGuard<'_, Vec<zenoh::pubsub::Publisher<'static>>> {
+        self.publishers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pump thread: publishes what the stage's own thread did not (deliveries queued
+    /// while credit was short, re-sends), and watches the consumers' liveness.
+    fn pump(&self) {
         let mut last_check = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
+            let publishers = self.lock_publishers();
+            let mut state = self.lock();
             if last_check.elapsed() >= Duration::from_millis(50) {
                 self.check_liveness(&mut state);
                 last_check = std::time::Instant::now();
             }
-            let Some((seq, replica, epoch)) = self.pick(&mut state) else {
-                state = self
-                    .wake
-                    .wait_timeout(state, Duration::from_millis(50))
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                continue;
-            };
-            let p = state.pending.get_mut(&seq).expect("picked from pending");
-            p.sent_to = Some((replica, epoch));
-            p.sends += 1;
-            if p.sends > 1 {
-                self.stats.resent.fetch_add(1, Ordering::Relaxed);
+            match self.pick(&mut state) {
+                Some(picked) => {
+                    drop(self.publish(&publishers, state, picked));
+                }
+                None => {
+                    drop(publishers);
+                    drop(
+                        self.wake
+                            .wait_timeout(state, Duration::from_millis(50))
+                            .unwrap_or_else(|p| p.into_inner()),
+                    );
+                }
             }
-            let message = p.message.clone();
-            state.replicas[replica as usize].sent += 1;
-            drop(state);
-
-            let lessee = self.lessee(replica, epoch);
-            let sent = self.to_wire(&message, &lessee).and_then(|message| {
-                let bytes = encode(&Envelope::Delivery(Delivery {
-                    from: self.me.clone(),
-                    to_epoch: epoch,
-                    seq,
-                    message,
-                }))
-                .map_err(zerr)?;
-                publishers[replica as usize].put(bytes).wait().map_err(zerr)
-            });
-            if let Err(e) = sent {
-                tracing::error!(
-                    "link {}->{}/{replica}: {e}",
-                    self.me.stage,
-                    self.settings.consumer
-                );
-            }
-            self.stats.sent.fetch_add(1, Ordering::Relaxed);
-            state = self.lock();
         }
     }
 }
@@ -591,6 +680,17 @@ impl RemoteOutput {
             PayloadMode::Raw | PayloadMode::Jpeg { .. } => None,
         };
         let replicas = settings.replicas.max(1);
+        let session = node.session();
+        let mut publishers = Vec::new();
+        for replica in 0..replicas {
+            publishers.push(
+                session
+                    .declare_publisher(node.data_key(&settings.consumer, replica))
+                    .congestion_control(zenoh::qos::CongestionControl::Block)
+                    .wait()
+                    .map_err(zerr)?,
+            );
+        }
         let shared = Arc::new(Shared {
             me: me.clone(),
             peers: node.peers().clone(),
@@ -605,28 +705,21 @@ impl RemoteOutput {
                     })
                     .collect(),
                 round_robin: 0,
+                senders_waiting: 0,
+                held: HeldSlots::default(),
             }),
             settings: OutputSettings {
                 replicas,
                 ..settings
             },
             wake: Condvar::new(),
+            room: Condvar::new(),
             events,
             stop: AtomicBool::new(false),
             pool,
             stats: OutputStats::default(),
+            publishers: Mutex::new(publishers),
         });
-        let session = node.session();
-        let mut publishers = Vec::new();
-        for replica in 0..replicas {
-            publishers.push(
-                session
-                    .declare_publisher(node.data_key(&shared.settings.consumer, replica))
-                    .congestion_control(zenoh::qos::CongestionControl::Block)
-                    .wait()
-                    .map_err(zerr)?,
-            );
-        }
         let feedback = {
             let shared = shared.clone();
             let limits = Limits::default();
@@ -656,7 +749,7 @@ impl RemoteOutput {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("pump-{}", shared.settings.consumer))
-                .spawn(move || shared.pump(publishers))
+                .spawn(move || shared.pump())
                 .map_err(|e| NetError::Zenoh(format!("cannot start a link thread: {e}")))?
         };
         Ok(Self {
@@ -708,17 +801,61 @@ impl RemoteOutput {
                         link: self.name.clone(),
                     });
                 }
+                // Publish what credit allows (feedback wakes this thread, not the pump, while
+                // it waits), then wait for acknowledgements.
+                state = s.publish_ready(state);
+                if state.pending.len() < limit {
+                    break;
+                }
+                state.senders_waiting += 1;
                 state = s
-                    .wake
+                    .room
                     .wait_timeout(state, Duration::from_millis(100))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
+                state.senders_waiting -= 1;
             }
             let seq = s.add_pending(&mut state, message, target);
             state.queue.push_back(seq);
         }
-        s.wake.notify_all();
+        // Publish from this thread while credit allows, instead of waking the pump for every
+        // delivery. What is left waits for credit or a live replica: feedback and the pump's
+        // liveness checks take care of those.
+        drop(s.publish_ready(state));
         Ok(())
+    }
+
+    /// A writable slot of `len` bytes in this link's shared memory, for a producer that
+    /// writes a frame (a decoder's output, a converted image) straight into it; see
+    /// [`FrameBuffer`]. Sending the frame then costs no copy. Waits while every slot is in
+    /// use (backpressure). Only for `PayloadMode::SharedMemory` links.
+    pub fn frame_buffer(&self, len: usize) -> Result<FrameBuffer, NetError> {
+        let s = &self.shared;
+        let Some(pool) = &s.pool else {
+            return Err(NetError::SharedMemory(format!(
+                "link `{}` does not carry frames through shared memory (its payload mode is {:?})",
+                self.name, s.settings.payload
+            )));
+        };
+        loop {
+            match pool.alloc(len, HELD_BY_LINK, Duration::from_millis(200)) {
+                Ok(writer) => {
+                    return Ok(FrameBuffer {
+                        writer,
+                        shared: s.clone(),
+                    })
+                }
+                Err(crate::shm::ShmError::Exhausted { .. }) if !s.stop.load(Ordering::Relaxed) => {
+                    continue
+                }
+                Err(e) => return Err(NetError::SharedMemory(e.to_string())),
+            }
+        }
+    }
+
+    /// Frame-buffer slots not yet free again (filled, or on their way, or still mapped).
+    pub fn frame_buffers_held(&self) -> usize {
+        self.shared.lock().held.len()
     }
 
     /// Deliveries not yet acknowledged.
@@ -746,6 +883,7 @@ impl Drop for RemoteOutput {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.shared.wake.notify_all();
+        self.shared.room.notify_all();
         if let Some(p) = self.pump.take() {
             let _ = p.join();
         }

@@ -304,3 +304,296 @@ fn jpeg_payloads_arrive_decoded() {
         "flat grey survives JPEG: {value}"
     );
 }
+
+/// Counts the feedback reports crossing the network, as a third party on the router sees them.
+fn count_feedback(
+    router: &NetNode,
+    pipeline: &str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+    zenoh::pubsub::Subscriber<()>,
+) {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let subscriber = {
+        let count = count.clone();
+        router
+            .session()
+            .declare_subscriber(format!("vidmesh/{pipeline}/feedback/**"))
+            .callback(move |_| {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .wait()
+            .unwrap()
+    };
+    (count, subscriber)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_burst_of_deliveries_is_answered_by_a_few_coalesced_feedback_reports() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let shm = tempfile::tempdir().unwrap();
+    let (router, peer) = network("t-coalesce");
+    let (reports, _tap) = count_feedback(&router, "t-coalesce");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    const N: u64 = 256;
+    let mut inbox = RemoteInbox::new(
+        &consumer,
+        vec![("producer".into(), 1)],
+        N as u32,
+        shm.path(),
+    )
+    .unwrap();
+    let (out, _events) = output_with(&producer, N as u32, shm.path(), PayloadMode::Raw, false);
+    wait_until("the consumer grants credit", || out.credits() > 0);
+    for n in 0..N {
+        out.send_blocking(frame(n)).unwrap();
+    }
+    wait_until("everything is published", || {
+        out.stats().sent.load(Relaxed) == N
+    });
+    // Let the burst land in the inbox, so that the consumer finds it full.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = reports.load(Relaxed);
+    let mut got = Vec::new();
+    for _ in 0..N {
+        let d = recv(&mut inbox);
+        got.push(frame_of(&d).0);
+        inbox.ack(&[d.tag]);
+    }
+    inbox.flush_feedback();
+    wait_until("every acknowledgement reaches the producer", || {
+        out.unacked() == 0
+    });
+    let during = reports.load(Relaxed) - before;
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    // One credit and one ack per delivery would be 2 × 256 messages.
+    assert!(
+        during < N / 4,
+        "{during} feedback reports for {N} deliveries and {N} acks"
+    );
+    assert_eq!(inbox.stats().acked.load(Relaxed), N);
+}
+
+#[test]
+fn coalesced_credits_never_let_a_producer_exceed_the_window() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const WINDOW: u64 = 4;
+    let shm = tempfile::tempdir().unwrap();
+    let (_router, peer) = network("t-window");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    let mut inbox = RemoteInbox::new(
+        &consumer,
+        vec![("producer".into(), 1)],
+        WINDOW as u32,
+        shm.path(),
+    )
+    .unwrap();
+    let (out, _events) = output_with(
+        &producer,
+        WINDOW as u32,
+        shm.path(),
+        PayloadMode::Raw,
+        false,
+    );
+    let out = std::sync::Arc::new(out);
+    let sender = {
+        let out = out.clone();
+        std::thread::spawn(move || {
+            for n in 0..300 {
+                out.send_blocking(frame(n)).unwrap();
+            }
+        })
+    };
+    let mut ahead_max = 0;
+    for n in 0..300u64 {
+        if n % 50 == 0 {
+            // A slow consumer now and then, so that the producer runs into the window (what
+            // the consumer took before is reported by the feedback timer meanwhile).
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Read what the producer has published before what the consumer has taken: the
+        // producer can only have run further ahead since.
+        let sent = out.stats().sent.load(Relaxed);
+        let taken = inbox.stats().received.load(Relaxed);
+        assert!(
+            sent <= taken + WINDOW,
+            "{sent} published with {taken} taken out and a window of {WINDOW}"
+        );
+        ahead_max = ahead_max.max(sent - taken);
+        let d = recv(&mut inbox);
+        assert_eq!(frame_of(&d).0, n);
+        inbox.ack(&[d.tag]);
+    }
+    sender.join().unwrap();
+    assert_eq!(ahead_max, WINDOW, "the producer used its whole window");
+}
+
+#[test]
+fn acks_made_after_the_last_recv_still_reach_the_producer() {
+    let shm = tempfile::tempdir().unwrap();
+    let (_router, peer) = network("t-idle-ack");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    let mut inbox =
+        RemoteInbox::new(&consumer, vec![("producer".into(), 1)], 8, shm.path()).unwrap();
+    let (out, _events) = output(&producer, 8, shm.path());
+    for n in 0..3 {
+        out.send_blocking(frame(n)).unwrap();
+    }
+    let tags: Vec<DeliveryTag> = (0..3).map(|_| recv(&mut inbox).tag).collect();
+    // The stage finishes its work and acknowledges, then calls `recv` no more.
+    inbox.ack(&tags);
+    wait_until("the acknowledgements are sent without another recv", || {
+        out.unacked() == 0
+    });
+}
+
+#[test]
+fn a_consumer_that_dies_after_a_burst_gets_exactly_its_unacknowledged_deliveries_again() {
+    let shm = tempfile::tempdir().unwrap();
+    let (_router, peer) = network("t-burst-restart");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let (out, _events) = output(&producer, 8, shm.path());
+    {
+        let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+        let mut inbox =
+            RemoteInbox::new(&consumer, vec![("producer".into(), 1)], 8, shm.path()).unwrap();
+        for n in 0..6 {
+            out.send_blocking(frame(n)).unwrap();
+        }
+        let all: Vec<InboxDelivery> = (0..6).map(|_| recv(&mut inbox)).collect();
+        let tags: Vec<DeliveryTag> = all.iter().map(|d| d.tag.clone()).collect();
+        // Acks for 0, 2 and 4 only, in one coalesced report; then the consumer dies.
+        inbox.ack(&[tags[0].clone(), tags[2].clone(), tags[4].clone()]);
+        wait_until("the acks arrive", || out.unacked() == 3);
+    }
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    let mut inbox =
+        RemoteInbox::new(&consumer, vec![("producer".into(), 1)], 8, shm.path()).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let d = recv(&mut inbox);
+        got.push(frame_of(&d));
+        inbox.ack(&[d.tag]);
+    }
+    assert_eq!(
+        got,
+        vec![(1, 1), (3, 3), (5, 5)],
+        "the unacknowledged ones, in order, pixels intact"
+    );
+    wait_until("the re-sends are acknowledged", || out.unacked() == 0);
+    assert_eq!(
+        out.stats()
+            .resent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+}
+
+fn frame_in(out: &RemoteOutput, n: u64) -> DataMessage {
+    let layout = ImageLayout::packed(PixelFormat::Rgb24, 8, 4);
+    let mut buffer = out.frame_buffer(layout.min_len().unwrap()).unwrap();
+    buffer.fill(n as u8);
+    DataMessage::Batch(Batch {
+        batch_id: n,
+        frames: vec![FrameMeta {
+            frame_num: n,
+            payload: buffer.into_payload(layout).unwrap(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_frame_buffer_is_sent_by_reference_and_freed_once_acknowledged_and_released() {
+    let shm = tempfile::tempdir().unwrap();
+    let (_router, peer) = network("t-frame-buffer");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    let mut inbox =
+        RemoteInbox::new(&consumer, vec![("producer".into(), 1)], 4, shm.path()).unwrap();
+    let (out, _events) = output(&producer, 4, shm.path());
+    let message = frame_in(&out, 42);
+    assert!(
+        matches!(&message, DataMessage::Batch(b) if matches!(b.frames[0].payload, PayloadRef::SharedMemory { .. })),
+        "the frame is a reference into the link's shared memory"
+    );
+    assert_eq!(out.frame_buffers_held(), 1);
+    out.send_blocking(message).unwrap();
+    let d = recv(&mut inbox);
+    assert_eq!(frame_of(&d), (42, 42), "the pixels the producer wrote");
+    inbox.ack(std::slice::from_ref(&d.tag));
+    wait_until("the ack arrives", || out.unacked() == 0);
+    // Acknowledged, but the consumer still reads the frame: the slot stays the frame's.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(out.frame_buffers_held(), 1);
+    assert_eq!(frame_of(&d), (42, 42));
+    drop(d);
+    inbox.flush_feedback();
+    wait_until("the release frees the slot", || {
+        out.frame_buffers_held() == 0
+    });
+
+    // A buffer dropped unfilled is free at once; a link without shared memory has none.
+    let unused = out.frame_buffer(64).unwrap();
+    drop(unused);
+    assert_eq!(out.frame_buffers_held(), 0);
+    let (raw, _raw_events) = output_with(&producer, 4, shm.path(), PayloadMode::Raw, false);
+    assert!(matches!(
+        raw.frame_buffer(64),
+        Err(NetError::SharedMemory(_))
+    ));
+}
+
+#[test]
+fn a_frame_buffer_is_sent_again_intact_to_a_restarted_consumer() {
+    let shm = tempfile::tempdir().unwrap();
+    let (_router, peer) = network("t-frame-buffer-restart");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let (out, _events) = output(&producer, 4, shm.path());
+    {
+        let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+        let mut inbox =
+            RemoteInbox::new(&consumer, vec![("producer".into(), 1)], 4, shm.path()).unwrap();
+        out.send_blocking(frame_in(&out, 7)).unwrap();
+        let d = recv(&mut inbox);
+        assert_eq!(frame_of(&d), (7, 7));
+        // Dies with the frame mapped and unacknowledged.
+    }
+    // Meanwhile the stage fills more buffers: they must not take the unacknowledged slot.
+    let later: Vec<DataMessage> = (8..11).map(|n| frame_in(&out, n)).collect();
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    let mut inbox =
+        RemoteInbox::new(&consumer, vec![("producer".into(), 1)], 4, shm.path()).unwrap();
+    wait_until("the producer re-sends", || {
+        out.stats()
+            .resent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    });
+    for m in later {
+        out.send_blocking(m).unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let d = recv(&mut inbox);
+        got.push(frame_of(&d));
+        inbox.ack(&[d.tag]);
+    }
+    assert_eq!(got, vec![(7, 7), (8, 8), (9, 9), (10, 10)]);
+    inbox.flush_feedback();
+    wait_until("every slot is free again", || {
+        out.unacked() == 0 && out.frame_buffers_held() == 0
+    });
+}
