@@ -440,10 +440,10 @@ fn outputs_of(
                         bytes.len()
                     ));
                 }
-                element.from_raw(bytes)
+                element.decode_raw(bytes)
             }
             (None, Some(contents)) => {
-                let data = element.from_contents(contents).ok_or_else(|| {
+                let data = element.decode_contents(contents).ok_or_else(|| {
                     format!(
                         "output `{}` is {}, which travels as raw bytes only, but the response has typed contents",
                         out.name, out.datatype
@@ -528,7 +528,7 @@ impl OutputType {
     }
 
     /// Little-endian raw bytes (length already checked) → f32.
-    fn from_raw(self, bytes: &[u8]) -> Vec<f32> {
+    fn decode_raw(self, bytes: &[u8]) -> Vec<f32> {
         fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
             bytes
                 .chunks_exact(N)
@@ -554,7 +554,7 @@ impl OutputType {
 
     /// The typed list this element type travels in → f32; `None` for FP16/BF16, which have
     /// no typed list.
-    fn from_contents(self, c: &v2::InferTensorContents) -> Option<Vec<f32>> {
+    fn decode_contents(self, c: &v2::InferTensorContents) -> Option<Vec<f32>> {
         Some(match self {
             Self::Bool => c
                 .bool_contents
