@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use vidmesh::{run, RunOptions, Topology};
 use vidmesh_tests::{
-    ensure_onnxruntime, iou, model, prepared, read_native, repo_root, NativeFrame,
+    ensure_onnxruntime, first_frames, iou, model, prepared, read_native, repo_root, NativeFrame,
 };
 
 /// The name the server gives the model.
@@ -524,27 +524,11 @@ fn imported_pair(root: &Path, server: &TritonServer) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(root.join("models")).unwrap();
     std::os::unix::fs::symlink(model(), root.join("models/ssdlite_person.onnx")).unwrap();
     std::fs::create_dir_all(root.join("data")).unwrap();
-    let status = Command::new("gst-launch-1.0")
-        .args(["-q", "filesrc"])
-        .arg(format!("location={}", prepared("data/vtest.avi").display()))
-        .args([
-            "!",
-            "decodebin",
-            "!",
-            "identity",
-            "eos-after=40",
-            "!",
-            "videoconvert",
-        ])
-        .args(["!", "x264enc", "speed-preset=ultrafast", "key-int-max=10"])
-        .args(["!", "h264parse", "!", "avimux", "!", "filesink"])
-        .arg(format!(
-            "location={}",
-            root.join("data/vtest.avi").display()
-        ))
-        .status()
-        .expect("gst-launch-1.0 runs");
-    assert!(status.success(), "cannot cut the demo clip");
+    first_frames(
+        &prepared("data/vtest.avi"),
+        40,
+        &root.join("data/vtest.avi"),
+    );
 
     let mut out = Vec::new();
     for (name, config) in [

@@ -129,6 +129,40 @@ pub fn make_clip(path: &Path, frames: u32, width: u32, height: u32, faststart: b
     );
 }
 
+/// The first `frames` frames of `source`, re-encoded as H.264 in an AVI at `dest` (a short
+/// cut of a real clip, for tests that only need a few seconds of it).
+pub fn first_frames(source: &Path, frames: u32, dest: &Path) {
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", source.display()))
+        .args(["!", "decodebin", "!", "identity"])
+        .arg(format!("eos-after={frames}"))
+        .args([
+            "!",
+            "videoconvert",
+            "!",
+            "x264enc",
+            "speed-preset=ultrafast",
+        ])
+        .args([
+            "key-int-max=10",
+            "!",
+            "h264parse",
+            "!",
+            "avimux",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", dest.display()))
+        .status()
+        .expect("gst-launch-1.0 runs (install gstreamer1.0-tools: scripts/setup)");
+    assert!(
+        status.success(),
+        "gst-launch-1.0 could not cut {}",
+        source.display()
+    );
+}
+
 /// Decodes a video file with GStreamer and counts its frames.
 pub fn count_frames(path: &Path) -> usize {
     use gst::prelude::*;

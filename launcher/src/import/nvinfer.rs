@@ -35,13 +35,18 @@ pub struct Upstream {
     pub detector: bool,
 }
 
-/// Reads the nvinfer config a gie group names: an error when the key is missing or the file
-/// cannot be read, as deepstream-app would not start either.
-fn nvinfer_config(r: &GroupReader<'_>, dir: &Path) -> Result<(KeyFile, PathBuf), ConfigError> {
+/// The bytes and path of the config file a gie group names (`what` says which kind): an error
+/// when the key is missing or the file cannot be read, as deepstream-app would not start
+/// either.
+pub(super) fn config_file(
+    r: &GroupReader<'_>,
+    dir: &Path,
+    what: &str,
+) -> Result<(Vec<u8>, PathBuf), ConfigError> {
     let Some(name) = r.string("config-file")? else {
         return Err(r.error(
             "enable",
-            format!("[{}] has no config-file (the nvinfer config)", r.name()),
+            format!("[{}] has no config-file (the {what} config)", r.name()),
         ));
     };
     let path = resolve(dir, &name);
@@ -55,6 +60,12 @@ fn nvinfer_config(r: &GroupReader<'_>, dir: &Path) -> Result<(KeyFile, PathBuf),
             ),
         )
     })?;
+    Ok((bytes, path))
+}
+
+/// The nvinfer config a gie group names, parsed.
+fn nvinfer_config(r: &GroupReader<'_>, dir: &Path) -> Result<(KeyFile, PathBuf), ConfigError> {
+    let (bytes, path) = config_file(r, dir, "nvinfer")?;
     Ok((KeyFile::parse(&path, &bytes)?, path))
 }
 
@@ -800,6 +811,31 @@ fn parser(
             .map(|i| i.outputs.iter().map(|o| o.name.clone()).collect())
             .unwrap_or_default(),
     };
+    let (table, boxes, scores) = ssd_table(&names, info, tf_ssd, labels);
+    if names.len() > 2 {
+        notes.approximate(
+            format!("{at} output-blob-names={}", names.join(";")),
+            format!(
+                "the ssd parser reads two outputs: boxes `{}`, scores `{}`",
+                boxes.as_deref().unwrap_or("boxes"),
+                scores.as_deref().unwrap_or("scores")
+            ),
+        );
+    }
+    Ok(table)
+}
+
+/// The `ssd` parser table for a model with outputs `names` (shapes from `info` when the model
+/// could be read): the boxes output is the [N, A, 4] one, else the one named like boxes; the
+/// scores output the other one named like scores, else the other one. TF Object Detection API
+/// SSDs (`tf_ssd`) have yxyx boxes and a background column, as have models whose labels file
+/// starts with a background label. Returns the table and the outputs it chose.
+pub(super) fn ssd_table(
+    names: &[String],
+    info: Option<&ModelInfo>,
+    tf_ssd: bool,
+    labels: Option<&Path>,
+) -> (Table, Option<String>, Option<String>) {
     let shape_of = |name: &str| -> Option<Vec<Dim>> {
         info.and_then(|i| i.outputs.iter().find(|o| o.name == name))
             .map(|o| o.shape.clone())
@@ -834,16 +870,6 @@ fn parser(
     if let Some(s) = &scores {
         table.set("scores_output", s.clone());
     }
-    if names.len() > 2 {
-        notes.approximate(
-            format!("{at} output-blob-names={}", names.join(";")),
-            format!(
-                "the ssd parser reads two outputs: boxes `{}`, scores `{}`",
-                boxes.as_deref().unwrap_or("boxes"),
-                scores.as_deref().unwrap_or("scores")
-            ),
-        );
-    }
     table.set("box_format", if tf_ssd { "yxyx" } else { "xyxy" });
     table.set("normalized", true);
     let first_label = labels
@@ -858,7 +884,7 @@ fn parser(
     if tf_ssd || background_label {
         table.set("background_class", 0);
     }
-    Ok(table)
+    (table, boxes, scores)
 }
 
 /// deepstream-app names built engines `MODEL_b<batch>_gpu<id>_<precision>.engine`; the ONNX

@@ -10,7 +10,8 @@
 use std::path::{Path, PathBuf};
 
 use super::ini::{ConfigError, GroupReader};
-use super::nvinfer::{next_free_id, operated_on, path_text, Gie, Upstream};
+use super::nvinfer::{config_file, next_free_id, operated_on, path_text, ssd_table, Gie, Upstream};
+use super::onnx::ModelInfo;
 use super::prototxt::{self, Message};
 use super::render::Table;
 use super::{file_name, resolve, Notes};
@@ -42,22 +43,7 @@ pub fn gie(
     upstream: Option<&[Upstream]>,
 ) -> Result<Option<Gie>, ConfigError> {
     let group = format!("[{}]", r.name());
-    let Some(name) = r.string("config-file")? else {
-        return Err(r.error(
-            "enable",
-            format!("{group} has no config-file (the nvinferserver config)"),
-        ));
-    };
-    let path = resolve(dir, &name);
-    let bytes = std::fs::read(&path).map_err(|e| {
-        r.error(
-            "config-file",
-            format!(
-                "{group} config-file={name}: cannot read {}: {e}",
-                path.display()
-            ),
-        )
-    })?;
+    let (bytes, path) = config_file(r, dir, "nvinferserver")?;
     let root = prototxt::parse(&path, &bytes)?;
     let fname = file_name(&path);
     let at = format!("{group} {fname}");
@@ -283,19 +269,22 @@ pub fn gie(
     }
     let detector = if let Some(detection) = post.message(p, "detection")? {
         detection_keys(detection, p, &at, &mut infer, notes)?;
-        let model_outputs = onnx
-            .as_deref()
-            .and_then(super::onnx::ModelInfo::read)
-            .map(|i| i.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>());
-        let names = if outputs.is_empty() {
-            model_outputs.unwrap_or_default()
-        } else {
-            outputs
+        let info = onnx.as_deref().and_then(ModelInfo::read);
+        let names = match (&info, outputs.is_empty()) {
+            (Some(i), true) => i.outputs.iter().map(|o| o.name.clone()).collect(),
+            _ => outputs,
         };
         let func = detection.string(p, "custom_parse_bbox_func")?;
         infer.inline(
             "parser",
-            ssd_parser(func.as_deref(), &names, labels.as_deref(), &at, notes),
+            ssd_parser(
+                func.as_deref(),
+                &names,
+                info.as_ref(),
+                labels.as_deref(),
+                &at,
+                notes,
+            ),
         );
         true
     } else if let Some(classification) = post.message(p, "classification")? {
@@ -524,10 +513,12 @@ fn detection_keys(
     Ok(())
 }
 
-/// The ssd parser for `custom_parse_bbox_func` and the model's output names.
+/// The ssd parser for `custom_parse_bbox_func` and the model's output names (shapes from
+/// `info` when the model could be read).
 fn ssd_parser(
     func: Option<&str>,
     names: &[String],
+    info: Option<&ModelInfo>,
     labels: Option<&Path>,
     at: &str,
     notes: &mut Notes,
@@ -547,42 +538,7 @@ fn ssd_parser(
              equivalent; the ssd parser is configured instead",
         ),
     }
-    let lower = |s: &String| s.to_ascii_lowercase();
-    let boxes = names
-        .iter()
-        .find(|n| lower(n).contains("box") || lower(n).contains("loc"))
-        .cloned();
-    let scores = names
-        .iter()
-        .filter(|n| Some(*n) != boxes.as_ref())
-        .find(|n| {
-            let l = lower(n);
-            l.contains("score") || l.contains("conf") || l.contains("cls") || l.contains("class")
-        })
-        .cloned();
-    let mut table = Table::default();
-    table.set("type", "ssd");
-    if let Some(b) = boxes {
-        table.set("boxes_output", b);
-    }
-    if let Some(s) = scores {
-        table.set("scores_output", s);
-    }
-    table.set("box_format", if tf_ssd { "yxyx" } else { "xyxy" });
-    table.set("normalized", true);
-    let background = labels
-        .and_then(|l| std::fs::read_to_string(l).ok())
-        .and_then(|t| t.lines().next().map(|l| l.trim().to_ascii_lowercase()))
-        .is_some_and(|l| {
-            matches!(
-                l.as_str(),
-                "background" | "__background__" | "unlabeled" | "bg"
-            )
-        });
-    if tf_ssd || background {
-        table.set("background_class", 0);
-    }
-    table
+    ssd_table(names, info, tf_ssd, labels).0
 }
 
 /// Every field nothing read: hardware tuning as one "ignored" line, the rest one line each.

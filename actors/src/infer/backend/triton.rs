@@ -127,9 +127,11 @@ impl TritonSettings {
         let secure = match url.scheme() {
             "grpc" => false,
             "grpcs" => true,
-            other => return Err(settings_error(format!(
+            other => {
+                return Err(settings_error(format!(
                 "scheme `{other}` is not supported; expected grpc://host:port or grpcs://host:port"
-            ))),
+            )))
+            }
         };
         if tls.is_some() && !secure {
             return Err(settings_error(
