@@ -4,7 +4,6 @@
 //! a missing server, an unknown model and a server killed mid-run are clear errors.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use vidmesh::{run, RunOptions, Topology};
 use vidmesh_tests::{
-    ensure_onnxruntime, first_frames, iou, model, prepared, read_native, repo_root, NativeFrame,
+    ensure_onnxruntime, first_frames, free_port, iou, model, prepared, read_native, repo_root,
+    NativeFrame,
 };
 
 /// The name the server gives the model.
@@ -30,16 +30,8 @@ struct TritonServer {
     _workspace: tempfile::TempDir,
 }
 
-/// A port nobody listens on right now.
 /// The same model, served with its outputs converted to FP16.
 const FP16_MODEL_NAME: &str = "people_fp16";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
-}
 
 impl TritonServer {
     fn start() -> Self {

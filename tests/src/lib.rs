@@ -324,13 +324,25 @@ pub fn ground_truth() -> Truth {
         .expect("a valid truth file")
 }
 
-/// A loopback TCP port nothing listens on right now.
+/// A loopback TCP port nothing listens on right now, picked at random below the kernel's
+/// ephemeral range. Not `bind(0)`: the kernel hands a just-released port to the next
+/// `bind(0)`, so two test processes asking at once would get the same one, and one server
+/// would answer the other test's client.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("loopback")
-        .local_addr()
-        .expect("bound")
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        let free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000..32000 after 1000 tries");
 }
 
 /// A server process started by a test, killed when dropped.

@@ -131,6 +131,14 @@ impl Osd {
         if s.show_confidence {
             label.push_str(&format!(" {:.2}", o.confidence));
         }
+        if s.show_classifiers {
+            for result in &o.classifiers {
+                for l in &result.labels {
+                    label.push(' ');
+                    label.push_str(&l.label);
+                }
+            }
+        }
         let text_h = s.font_size;
         // Label above the box, or inside it when the box touches the top edge.
         let y = if o.bbox.top >= text_h + 4.0 {

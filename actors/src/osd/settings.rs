@@ -22,6 +22,9 @@ pub struct Settings {
     pub show_track_id: bool,
     /// Write the confidence into labels. Default false.
     pub show_confidence: bool,
+    /// Append the labels secondary classifiers gave the object ("person 3 dark backpack"),
+    /// as nvinfer appends them to the object's display text. Default true.
+    pub show_classifiers: bool,
     /// What picks an object's colour: its track id ("track") or its class ("class").
     /// Untracked objects always take their class colour. Default "track".
     pub color_by: ColorBy,
@@ -70,6 +73,7 @@ impl Default for Settings {
             font: "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
             show_track_id: true,
             show_confidence: false,
+            show_classifiers: true,
             color_by: ColorBy::Track,
             colors: BTreeMap::new(),
             display_mask: true,

@@ -305,3 +305,28 @@ fn adopt_takes_the_trails_of_the_named_streams() {
     assert_eq!(b.trails.tracks(), 1);
     assert!(b.adopt(b"not json", &[0]).is_err());
 }
+
+#[test]
+fn labels_carry_the_track_id_and_the_classifiers_labels() {
+    let mut o = object(
+        "person",
+        1,
+        Some(3),
+        BBox::from_corners(10.0, 40.0, 50.0, 120.0),
+    );
+    for (component_id, label) in [(2, "backpack"), (3, "dark")] {
+        o.classifiers.push(vidmesh_protocol::ClassifierMeta {
+            component_id,
+            labels: vec![vidmesh_protocol::LabelInfo {
+                class_id: 0,
+                label: label.into(),
+                probability: 0.9,
+            }],
+        });
+    }
+    let osd = stage("");
+    let (_, text) = osd.object_overlay(&o, Rgba::default());
+    assert_eq!(text.text, "person 3 backpack dark");
+    let osd = stage("show_classifiers = false");
+    assert_eq!(osd.object_overlay(&o, Rgba::default()).1.text, "person 3");
+}
