@@ -237,28 +237,9 @@ fn gie(
     if let Some(l) = &labels {
         infer.set("labels_file", path_text(l));
     }
-    let unique_id = match overridden(r, &p, "gie-unique-id", |g, k| g.int(k))? {
-        Some(id) if !(0..=i64::from(u32::MAX)).contains(&id) => {
-            return Err(p.error(
-                "gie-unique-id",
-                format!("gie-unique-id must be 0..=4294967295, got {id}"),
-            ))
-        }
-        Some(id) if upstream.is_some_and(|u| u.iter().any(|g| g.unique_id == id)) => {
-            let free = next_free_id(upstream.unwrap_or_default());
-            notes.approximate(
-                format!("{at} gie-unique-id={id}"),
-                format!("an earlier gie has this id; {free} written"),
-            );
-            free
-        }
-        Some(id) => id,
-        None => match upstream {
-            // The infer stage's default, as nvinfer's primary gies usually have.
-            None => 1,
-            Some(u) => next_free_id(u),
-        },
-    };
+    let written = overridden(r, &p, "gie-unique-id", |g, k| g.int(k))?;
+    let unique_id = unique_id(written, upstream, &format!("{at} gie-unique-id"), notes)
+        .map_err(|e| p.error("gie-unique-id", e))?;
     infer.set("component_id", unique_id);
 
     if let Some(upstream) = upstream {
@@ -405,8 +386,37 @@ fn gie(
     }))
 }
 
+/// The component id of a gie whose config says `written`: the default 1 for a primary gie,
+/// the next free id for a secondary one that has none or one an earlier gie took (reported at
+/// `place`); an error text for an id out of range.
+pub(super) fn unique_id(
+    written: Option<i64>,
+    upstream: Option<&[Upstream]>,
+    place: &str,
+    notes: &mut Notes,
+) -> Result<i64, String> {
+    let earlier = upstream.unwrap_or_default();
+    Ok(match written {
+        Some(id) if !(0..=i64::from(u32::MAX)).contains(&id) => {
+            return Err(format!("{place} must be 0..=4294967295, got {id}"))
+        }
+        Some(id) if earlier.iter().any(|g| g.unique_id == id) => {
+            let free = next_free_id(earlier);
+            notes.approximate(
+                format!("{place}={id}"),
+                format!("an earlier gie has this id; {free} written"),
+            );
+            free
+        }
+        Some(id) => id,
+        // The infer stage's default, as nvinfer's primary gies usually have.
+        None if upstream.is_none() => 1,
+        None => next_free_id(earlier),
+    })
+}
+
 /// One more than the highest id in use.
-pub(super) fn next_free_id(upstream: &[Upstream]) -> i64 {
+fn next_free_id(upstream: &[Upstream]) -> i64 {
     upstream.iter().map(|g| g.unique_id).max().unwrap_or(0) + 1
 }
 

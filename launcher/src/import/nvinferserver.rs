@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use super::ini::{ConfigError, GroupReader};
-use super::nvinfer::{config_file, next_free_id, operated_on, path_text, ssd_table, Gie, Upstream};
+use super::nvinfer::{config_file, operated_on, path_text, ssd_table, unique_id, Gie, Upstream};
 use super::onnx::ModelInfo;
 use super::prototxt::{self, Message};
 use super::render::Table;
@@ -139,33 +139,16 @@ pub fn gie(
         .collect();
     backend.touch("inputs");
 
-    let unique_id = match r.int("gie-unique-id")? {
+    let written = match r.int("gie-unique-id")? {
         Some(id) => {
             config.touch("unique_id");
             Some(id)
         }
         None => config.int(p, "unique_id")?,
     };
-    let unique_id = match (unique_id, upstream) {
-        (Some(id), _) if !(0..=i64::from(u32::MAX)).contains(&id) => {
-            return Err(ConfigError::new(
-                p,
-                None,
-                format!("unique_id must be 0..=4294967295, got {id}"),
-            ))
-        }
-        (Some(id), Some(u)) if u.iter().any(|g| g.unique_id == id) => {
-            let free = next_free_id(u);
-            notes.approximate(
-                format!("{at} infer_config.unique_id={id}"),
-                format!("an earlier gie has this id; {free} written"),
-            );
-            free
-        }
-        (Some(id), _) => id,
-        (None, None) => 1,
-        (None, Some(u)) => next_free_id(u),
-    };
+    let place = format!("{at} infer_config.unique_id");
+    let unique_id = unique_id(written, upstream, &place, notes)
+        .map_err(|e| ConfigError::new(p, config.field("unique_id").map(|f| f.line), e))?;
     infer.set("component_id", unique_id);
 
     // Which frames or objects it runs on.
