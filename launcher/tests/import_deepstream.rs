@@ -219,9 +219,9 @@ fn the_four_source_sample_runs_with_one_file_per_source() {
     assert_reported(
         &report,
         &[
-            "[tiled-display] enable=1 rows=2 columns=2: not mapped — vidmesh has no tiler",
+            "[tiled-display] enable=1 rows=2 columns=2: not mapped",
             "[sink0] type=2 (EGL display): not mapped",
-            "[sink2] type=4 (RTSP streaming output): not mapped — vidmesh has no RTSP server sink yet",
+            "[sink2] type=4 rtsp-port=8554: approximate — 4 sources and no tiler",
             "[secondary-gie0] config_infer_secondary_person_bag.txt classifier-async-mode=1: approximate",
             "[secondary-gie1] config_infer_secondary_person_apparel.txt network-mode=1 (INT8): approximate",
             "[tracker] libnvds_nvmultiobjecttracker.so + config_tracker_NvDCF_perf.yml (NvDCF): approximate",
@@ -236,7 +236,11 @@ fn the_four_source_sample_runs_with_one_file_per_source() {
     let toml = std::fs::read_to_string(&topology).unwrap();
     assert!(toml.contains("algorithm = \"bytetrack\""), "{toml}");
     assert!(toml.contains("operate_on = \"detect\""), "{toml}");
-    assert!(validate(&topology).contains("ok (4 sources, 8 stages, 8 links)"));
+    assert!(
+        toml.contains("uri = \"rtsp://0.0.0.0:8554/ds-test\""),
+        "{toml}"
+    );
+    assert!(validate(&topology).contains("ok (4 sources, 9 stages, 9 links)"));
 
     let summary = run(&topology, &out_dir);
     assert_eq!(summary["frames"], 4 * frames as u64);

@@ -62,15 +62,14 @@ pub fn sink(
         2 | 5 | 7 => {
             notes.not_mapped(
                 place,
-                "vidmesh has no display output; use a file sink (type=3) and play the MP4",
+                "not converted: a display needs a graphical session, which a converted \
+                 topology cannot assume; add a `display://` sink by hand, or use a file sink \
+                 (type=3)",
             );
             None
         }
         3 => Some(SinkOut::File(file_sink(r, ctx, notes)?)),
-        4 => {
-            notes.not_mapped(place, "vidmesh has no RTSP server sink yet");
-            None
-        }
+        4 => Some(SinkOut::File(rtsp_sink(r, ctx, notes)?)),
         6 => broker::broker_sink(r, ctx, notes)?.map(SinkOut::Broker),
         _ => {
             notes.not_mapped(place, "not a sink type deepstream-app defines");
@@ -88,7 +87,7 @@ pub fn sink(
     Ok(out)
 }
 
-/// type=3: H.264 MP4 file.
+/// type=3: an MP4 or MKV file.
 fn file_sink(
     r: &GroupReader<'_>,
     ctx: &SinkContext<'_>,
@@ -107,36 +106,32 @@ fn file_sink(
         }
     };
     let container = r.int("container")?.unwrap_or(1);
-    if container != 1 || !path.to_ascii_lowercase().ends_with(".mp4") {
+    let ext = match container {
+        2 => "mkv",
+        1 => "mp4",
+        other => {
+            notes.approximate(
+                format!("[{name}] container={other}"),
+                "deepstream-app knows 1 (MP4) and 2 (MKV); MP4 written",
+            );
+            "mp4"
+        }
+    };
+    if !path.to_ascii_lowercase().ends_with(&format!(".{ext}")) {
         let stem = match path.rfind('.') {
             Some(dot) if dot > path.rfind('/').map_or(0, |s| s + 1) => path[..dot].to_string(),
             _ => path.clone(),
         };
-        let mp4 = format!("{stem}.mp4");
+        let fixed = format!("{stem}.{ext}");
         notes.approximate(
             format!("[{name}] container={container} output-file={path}"),
-            format!("vidmesh writes MP4 files only; `{mp4}` written"),
+            format!("vidmesh picks the container by the file's extension; `{fixed}` written"),
         );
-        path = mp4;
-    }
-    if let Some(codec) = r.int("codec")? {
-        if codec != 1 {
-            notes.approximate(
-                format!(
-                    "[{name}] codec={codec} ({})",
-                    match codec {
-                        2 => "H.265",
-                        3 => "MPEG-4",
-                        _ => "unknown",
-                    }
-                ),
-                "vidmesh encodes H.264 (x264)",
-            );
-        }
+        path = fixed;
     }
     if ctx.source_ids.len() > 1 {
-        let templated = match path.strip_suffix(".mp4") {
-            Some(stem) => format!("{stem}_{{source}}.mp4"),
+        let templated = match path.strip_suffix(&format!(".{ext}")) {
+            Some(stem) => format!("{stem}_{{source}}.{ext}"),
             None => path.clone(),
         };
         notes.approximate(
@@ -153,27 +148,7 @@ fn file_sink(
     table
         .set("kind", "sink")
         .set("uri", format!("file://{path}"));
-    if let Some(bps) = r.int("bitrate")? {
-        if bps > 0 {
-            table.set("bitrate_kbps", (bps / 1000).clamp(1, 2_000_000));
-        }
-    }
-    if let Some(n) = r.int("iframeinterval")? {
-        if n > 0 {
-            table.set("key_int_max", n);
-        }
-    }
-    if r.bool("sync")?.unwrap_or(false) {
-        table.set("sync", true);
-    }
-    if let Some(profile) = r.int("profile")? {
-        if profile != 0 {
-            notes.approximate(
-                format!("[{name}] profile={profile}"),
-                "x264 picks the H.264 profile for its settings",
-            );
-        }
-    }
+    encoder_keys(r, &mut table, notes)?;
     if let Some(id) = r.int("source-id")? {
         if ctx.source_ids.len() > 1 && r.bool("link-to-demux")?.unwrap_or(false) {
             notes.approximate(
@@ -185,6 +160,91 @@ fn file_sink(
     r.touch("link-to-demux");
     r.touch("qos");
     Ok(table)
+}
+
+/// type=4: deepstream-app's RTSP server (`rtsp://HOST:rtsp-port/ds-test`) → an `rtsp://` sink
+/// on every interface at that port and mount.
+fn rtsp_sink(
+    r: &GroupReader<'_>,
+    ctx: &SinkContext<'_>,
+    notes: &mut Notes,
+) -> Result<Table, ConfigError> {
+    let name = r.name().to_string();
+    let port = match r.int("rtsp-port")?.unwrap_or(8554) {
+        p @ 1..=65535 => p,
+        p => {
+            return Err(r.error(
+                "rtsp-port",
+                format!("[{name}] rtsp-port must be 1..=65535, got {p}"),
+            ))
+        }
+    };
+    // The UDP port carries the encoded stream from deepstream-app's encoder to its own RTSP
+    // server; vidmesh's server takes the frames directly.
+    r.touch("udp-port");
+    if ctx.source_ids.len() > 1 {
+        notes.approximate(
+            format!("[{name}] type=4 rtsp-port={port}"),
+            format!(
+                "{} sources and no tiler: each source is served at \
+                 rtsp://HOST:{port}/ds-test/<source id>",
+                ctx.source_ids.len()
+            ),
+        );
+    }
+    let mut table = Table::default();
+    table
+        .set("kind", "sink")
+        .set("uri", format!("rtsp://0.0.0.0:{port}/ds-test"));
+    encoder_keys(r, &mut table, notes)?;
+    for key in ["source-id", "link-to-demux", "qos"] {
+        r.touch(key);
+    }
+    Ok(table)
+}
+
+/// The encoder keys file and RTSP sinks share: codec, bitrate, keyframe interval, sync, profile.
+fn encoder_keys(
+    r: &GroupReader<'_>,
+    table: &mut Table,
+    notes: &mut Notes,
+) -> Result<(), ConfigError> {
+    let name = r.name();
+    match r.int("codec")?.unwrap_or(1) {
+        1 => {}
+        2 => {
+            table.set("codec", "h265");
+        }
+        other => notes.approximate(
+            format!(
+                "[{name}] codec={other} ({})",
+                if other == 3 { "MPEG-4" } else { "unknown" }
+            ),
+            "vidmesh encodes H.264 or H.265; H.264 written",
+        ),
+    }
+    if let Some(bps) = r.int("bitrate")? {
+        if bps > 0 {
+            table.set("bitrate_kbps", (bps / 1000).clamp(1, 2_000_000));
+        }
+    }
+    if let Some(n) = r.int("iframeinterval")? {
+        if n > 0 {
+            table.set("key_int_max", n);
+        }
+    }
+    if let Some(sync) = r.bool("sync")? {
+        table.set("sync", sync);
+    }
+    if let Some(profile) = r.int("profile")? {
+        if profile != 0 {
+            notes.approximate(
+                format!("[{name}] profile={profile}"),
+                "the encoder picks the profile for its settings (High for H.264, Main for H.265)",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `[osd]` → the `osd` stage.
@@ -251,7 +311,7 @@ pub fn osd(
     Ok(table)
 }
 
-/// `[tiled-display]`: reported; vidmesh has no tiler.
+/// `[tiled-display]`: reported; the importer does not place a `tile` stage yet.
 pub fn tiled_display(r: &GroupReader<'_>, notes: &mut Notes) -> Result<(), ConfigError> {
     let enable = r.int("enable")?.unwrap_or(0);
     if enable != 0 {
@@ -262,8 +322,9 @@ pub fn tiled_display(r: &GroupReader<'_>, notes: &mut Notes) -> Result<(), Confi
                 rows.map_or("-".into(), |v| v.to_string()),
                 cols.map_or("-".into(), |v| v.to_string())
             ),
-            "vidmesh has no tiler: each source is drawn and written on its own (file sinks \
-             write one MP4 per source)",
+            "not converted yet: each source is drawn and written on its own (file sinks write \
+             one file per source); vidmesh's `tile` stage can be added by hand before the `osd` \
+             (docs/TOPOLOGY.md)",
         );
     }
     for e in r.entries() {

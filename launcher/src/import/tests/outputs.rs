@@ -18,24 +18,30 @@ fn sinks_of_every_type() {
         .note("[sink2] type=2 (EGL display)")
         .why
         .contains("file sink"));
-    assert_eq!(
-        c.note("[sink3] type=4").to_string(),
-        "[sink3] type=4 (RTSP streaming output): not mapped — vidmesh has no RTSP server sink yet"
-    );
-    c.no_note("[sink3] rtsp-port");
+    let rtsp = c.stage("sink3");
+    assert_eq!(rtsp["uri"].as_str(), Some("rtsp://0.0.0.0:8554/ds-test"));
+    c.no_note("[sink3]");
     c.no_note("[sink5]");
     c.note("[sink6] type=9 (unknown type)");
     let file = c.stage("sink4");
-    assert_eq!(file["uri"].as_str(), Some("file://rec.mp4"));
+    assert_eq!(file["uri"].as_str(), Some("file://rec.mkv"));
+    assert_eq!(file["codec"].as_str(), Some("h265"));
     assert_eq!(file["bitrate_kbps"].as_integer(), Some(3000));
     assert_eq!(file["key_int_max"].as_integer(), Some(25));
     assert_eq!(file["sync"].as_bool(), Some(true));
-    c.note("[sink4] container=2 output-file=rec.mkv");
-    c.note("[sink4] codec=2 (H.265)");
-    for sink in ["sink1", "sink2", "sink3", "sink5", "sink6"] {
+    c.no_note("[sink4]");
+    for sink in ["sink1", "sink2", "sink5", "sink6"] {
         assert!(!c.has_stage(sink), "{sink}");
     }
+    assert!(c.links().contains(&("osd".into(), "sink3".into())));
     assert!(c.links().contains(&("osd".into(), "sink4".into())));
+
+    // A container the extension contradicts, MPEG-4: said so.
+    let sinks = "[sink1]\nenable=1\ntype=3\ncontainer=1\ncodec=3\noutput-file=rec.mkv\n";
+    let c = s.import(&format!("{MINIMAL}{sinks}")).unwrap();
+    assert_eq!(c.stage("sink1")["uri"].as_str(), Some("file://rec.mp4"));
+    c.note("[sink1] container=1 output-file=rec.mkv");
+    c.note("[sink1] codec=3 (MPEG-4)");
 }
 
 #[test]
@@ -338,10 +344,11 @@ fn the_msgconv_config_needs_an_output_file() {
 fn report_lines_are_also_in_the_topology_header() {
     let s = Scratch::new();
     let c = s
-        .import(&format!("{MINIMAL}[sink1]\nenable=1\ntype=4\n"))
+        .import(&format!("{MINIMAL}[sink1]\nenable=1\ntype=1\n"))
         .unwrap();
     assert!(c.imported.topology.contains(
-        "#   [sink1] type=4 (RTSP streaming output): not mapped — vidmesh has no RTSP server sink yet"
+        "#   [sink1] type=1 (fakesink): not mapped — a fakesink only discards frames; vidmesh \
+         needs no stage for that"
     ));
 }
 
@@ -365,6 +372,7 @@ fn the_sample_configs_convert() {
                 "sgie1",
                 "osd",
                 "sink1",
+                "sink2",
             ][..],
         ),
         (
