@@ -380,9 +380,10 @@ pub fn import_deepstream(config: &Path, output: Option<&Path>) -> Result<Importe
     }
 
     handled.push("tiled-display");
-    if let Some(r) = app.reader("tiled-display") {
-        sinks::tiled_display(&r, &mut notes)?;
-    }
+    let tile = match app.reader("tiled-display") {
+        Some(r) => sinks::tiled_display(&r, source_ids.len(), &mut notes)?,
+        None => None,
+    };
 
     handled.push("osd");
     let mut osd = None;
@@ -406,6 +407,7 @@ pub fn import_deepstream(config: &Path, output: Option<&Path>) -> Result<Importe
             source_ids: &source_ids,
             msgconv_group: msgconv_group.as_ref(),
             msgconv_out: extra_path.as_deref(),
+            tiled: tile.is_some(),
         };
         match sinks::sink(&r, &target, &mut notes)? {
             Some(sinks::SinkOut::File(table)) => sink_stages.push((
@@ -484,6 +486,22 @@ pub fn import_deepstream(config: &Path, output: Option<&Path>) -> Result<Importe
     }
     let last = chain.last().cloned().unwrap_or_else(|| "mux".into());
     let mut video_from = last.clone();
+    if let Some(table) = tile {
+        if sink_stages.is_empty() {
+            notes.approximate(
+                "[tiled-display]",
+                "no sink shows or writes the tiled frames, so the tile stage is left out",
+            );
+        } else {
+            stages.push((
+                "tile".into(),
+                "[tiled-display]: all sources in one grid (nvmultistreamtiler)".into(),
+                table,
+            ));
+            links.push((video_from.clone(), "tile".into()));
+            video_from = "tile".into();
+        }
+    }
     if let Some(table) = osd {
         if sink_stages.is_empty() {
             notes.approximate(
@@ -492,7 +510,7 @@ pub fn import_deepstream(config: &Path, output: Option<&Path>) -> Result<Importe
             );
         } else {
             stages.push(("osd".into(), "[osd]: drawing (nvdsosd)".into(), table));
-            links.push((last.clone(), "osd".into()));
+            links.push((video_from.clone(), "osd".into()));
             video_from = "osd".into();
         }
     }

@@ -37,6 +37,8 @@ pub struct SinkContext<'a> {
     pub msgconv_group: Option<&'a GroupReader<'a>>,
     /// Where a converted msgconv config is written (`None`: topology to standard output).
     pub msgconv_out: Option<&'a Path>,
+    /// A `tile` stage composes the sources before the video sinks: they see one stream.
+    pub tiled: bool,
 }
 
 /// `[sinkN]` → a stage, or `None` (reported) when vidmesh has nothing for it.
@@ -129,7 +131,7 @@ fn file_sink(
         );
         path = fixed;
     }
-    if ctx.source_ids.len() > 1 {
+    if ctx.source_ids.len() > 1 && !ctx.tiled {
         let templated = match path.strip_suffix(&format!(".{ext}")) {
             Some(stem) => format!("{stem}_{{source}}.{ext}"),
             None => path.clone(),
@@ -182,7 +184,7 @@ fn rtsp_sink(
     // The UDP port carries the encoded stream from deepstream-app's encoder to its own RTSP
     // server; vidmesh's server takes the frames directly.
     r.touch("udp-port");
-    if ctx.source_ids.len() > 1 {
+    if ctx.source_ids.len() > 1 && !ctx.tiled {
         notes.approximate(
             format!("[{name}] type=4 rtsp-port={port}"),
             format!(
@@ -311,24 +313,55 @@ pub fn osd(
     Ok(table)
 }
 
-/// `[tiled-display]`: reported; the importer does not place a `tile` stage yet.
-pub fn tiled_display(r: &GroupReader<'_>, notes: &mut Notes) -> Result<(), ConfigError> {
-    let enable = r.int("enable")?.unwrap_or(0);
-    if enable != 0 {
-        let (rows, cols) = (r.int("rows")?, r.int("columns")?);
-        notes.not_mapped(
-            format!(
-                "[tiled-display] enable={enable} rows={} columns={}",
-                rows.map_or("-".into(), |v| v.to_string()),
-                cols.map_or("-".into(), |v| v.to_string())
+/// `[tiled-display]` with `enable=1` → the `tile` stage (nvmultistreamtiler), or `None`.
+pub fn tiled_display(
+    r: &GroupReader<'_>,
+    sources: usize,
+    notes: &mut Notes,
+) -> Result<Option<Table>, ConfigError> {
+    if r.int("enable")?.unwrap_or(0) == 0 {
+        for e in r.entries() {
+            r.touch(&e.key);
+        }
+        return Ok(None);
+    }
+    let mut table = Table::default();
+    table.set("kind", "tile");
+    let mut cells = 1i64;
+    for key in ["rows", "columns"] {
+        match r.int(key)? {
+            Some(n @ 1..=1024) => {
+                table.set(key, n);
+                cells *= n;
+            }
+            Some(n) => notes.approximate(
+                format!("[tiled-display] {key}={n}"),
+                "not 1..=1024; left to the tile stage (the smallest square grid)",
             ),
-            "not converted yet: each source is drawn and written on its own (file sinks write \
-             one file per source); vidmesh's `tile` stage can be added by hand before the `osd` \
-             (docs/TOPOLOGY.md)",
+            None => cells = i64::MAX,
+        }
+    }
+    if cells < sources as i64 {
+        notes.approximate(
+            "[tiled-display] rows columns",
+            format!(
+                "{cells} cells for {sources} sources: the sources beyond the grid are left out"
+            ),
         );
     }
-    for e in r.entries() {
-        r.touch(&e.key);
+    for key in ["width", "height"] {
+        match r.int(key)? {
+            Some(v @ 16..=8192) => {
+                table.set(key, v - v % 2);
+            }
+            Some(v) => notes.approximate(
+                format!("[tiled-display] {key}={v}"),
+                "not 16..=8192; the tile stage's default (1280x720) written",
+            ),
+            None => {}
+        }
     }
-    Ok(())
+    r.touch("enable");
+    notes.unused(r, None);
+    Ok(Some(table))
 }

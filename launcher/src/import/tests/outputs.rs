@@ -50,17 +50,58 @@ fn several_sources_write_one_file_each_without_a_tiler() {
     let app = MINIMAL.replace(
         "type=2\nuri=file://clip.avi",
         "type=3\nuri=file://clip.avi\nnum-sources=2",
-    ) + "[tiled-display]\nenable=1\nrows=1\ncolumns=2\nwidth=1280\nheight=720\n";
+    ) + "[tiled-display]\nenable=0\nrows=1\ncolumns=2\n";
     let (c, _) = s.valid(&app);
+    assert!(!c.has_stage("tile"));
     assert_eq!(
         c.stage("sink0")["uri"].as_str(),
         Some("file://out_{source}.mp4")
     );
     c.note("[sink0] output-file=out.mp4");
+    c.no_note("[tiled-display]");
+}
+
+#[test]
+fn a_tiled_display_becomes_a_tile_stage_before_the_osd() {
+    let s = Scratch::new();
+    let app = MINIMAL.replace(
+        "type=2\nuri=file://clip.avi",
+        "type=3\nuri=file://clip.avi\nnum-sources=3",
+    )
+        + "[tiled-display]\nenable=1\nrows=1\ncolumns=2\nwidth=1281\nheight=720\ngpu-id=0\n\
+         [sink1]\nenable=1\ntype=4\nrtsp-port=8600\n";
+    let (c, _) = s.valid(&app);
+    let tile = c.stage("tile");
+    assert_eq!(tile["kind"].as_str(), Some("tile"));
+    assert_eq!(tile["rows"].as_integer(), Some(1));
+    assert_eq!(tile["columns"].as_integer(), Some(2));
+    assert_eq!(tile["width"].as_integer(), Some(1280), "even");
+    assert_eq!(tile["height"].as_integer(), Some(720));
+    let links = c.links();
+    for (a, b) in [
+        ("detect", "tile"),
+        ("tile", "osd"),
+        ("osd", "sink0"),
+        ("osd", "sink1"),
+    ] {
+        assert!(
+            links.contains(&(a.into(), b.into())),
+            "{a} -> {b}: {links:?}"
+        );
+    }
     assert_eq!(
-        c.note("[tiled-display] enable=1 rows=1 columns=2").verdict,
-        Verdict::NotMapped
+        c.stage("sink0")["uri"].as_str(),
+        Some("file://out.mp4"),
+        "one tiled stream, one file"
     );
+    c.no_note("[sink0] output-file");
+    c.no_note("[sink1]");
+    assert_eq!(
+        c.note("[tiled-display] rows columns").verdict,
+        Verdict::Approximate,
+        "2 cells for 3 sources"
+    );
+    assert_eq!(c.note("[tiled-display] gpu-id").verdict, Verdict::Ignored);
 }
 
 #[test]
@@ -370,6 +411,7 @@ fn the_sample_configs_convert() {
                 "track",
                 "sgie0",
                 "sgie1",
+                "tile",
                 "osd",
                 "sink1",
                 "sink2",
