@@ -634,18 +634,7 @@ fn preprocessing(
         pre.set("net_scale_factor", f);
     }
     if let Some(offsets) = p.float_list("offsets")? {
-        match offsets.as_slice() {
-            [v] => {
-                pre.set("offsets", vec![*v, *v, *v]);
-            }
-            [a, b, c] => {
-                pre.set("offsets", vec![*a, *b, *c]);
-            }
-            other => notes.not_mapped(
-                format!("{at} offsets"),
-                format!("{} values; vidmesh takes 1 or 3", other.len()),
-            ),
-        }
+        set_offsets(&offsets, &format!("{at} offsets"), &mut pre, notes);
     }
     if p.bool("maintain-aspect-ratio")?.unwrap_or(false) {
         pre.set("maintain_aspect_ratio", true);
@@ -655,19 +644,45 @@ fn preprocessing(
     } else {
         p.touch("symmetric-padding");
     }
-    let interpolation = match p.int("scaling-filter")? {
+    let filter = p.int("scaling-filter")?;
+    pre.set(
+        "interpolation",
+        interpolation(filter, &format!("{at} scaling-filter"), notes),
+    );
+    Ok(Some(pre))
+}
+
+/// Per-channel offsets (1 value for all three, or 3) into `pre`; other counts are reported.
+pub(super) fn set_offsets(offsets: &[f64], place: &str, pre: &mut Table, notes: &mut Notes) {
+    match offsets {
+        [] => {}
+        [v] => {
+            pre.set("offsets", vec![*v; 3]);
+        }
+        [a, b, c] => {
+            pre.set("offsets", vec![*a, *b, *c]);
+        }
+        other => notes.not_mapped(
+            place.to_string(),
+            format!("{} values; vidmesh takes 1 or 3", other.len()),
+        ),
+    }
+}
+
+/// nvinfer's scaling filter number (0 nearest, 1 bilinear) as a preprocess `interpolation`;
+/// other filters become bilinear, reported at `place`.
+pub(super) fn interpolation(filter: Option<i64>, place: &str, notes: &mut Notes) -> &'static str {
+    match filter {
         None | Some(0) => "nearest",
         Some(1) => "bilinear",
         Some(other) => {
             notes.approximate(
-                format!("{at} scaling-filter={other}"),
+                format!("{place}={other}"),
                 "vidmesh scales with nearest or bilinear; bilinear written",
             );
             "bilinear"
         }
-    };
-    pre.set("interpolation", interpolation);
-    Ok(Some(pre))
+    }
 }
 
 /// `[class-attrs-all]` → the stage's post-processing keys; `[class-attrs-N]` → its

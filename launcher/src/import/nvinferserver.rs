@@ -10,7 +10,10 @@
 use std::path::{Path, PathBuf};
 
 use super::ini::{ConfigError, GroupReader};
-use super::nvinfer::{config_file, operated_on, path_text, ssd_table, unique_id, Gie, Upstream};
+use super::nvinfer::{
+    config_file, interpolation, operated_on, path_text, set_offsets, ssd_table, unique_id, Gie,
+    Upstream,
+};
 use super::onnx::ModelInfo;
 use super::prototxt::{self, Message};
 use super::render::Table;
@@ -399,35 +402,16 @@ fn preprocessing(
     } else {
         pp.touch("symmetric_padding");
     }
-    let interpolation = match pp.int(p, "frame_scaling_filter")? {
-        None | Some(0) => "nearest",
-        Some(1) => "bilinear",
-        Some(other) => {
-            notes.approximate(
-                format!("{at} preprocess.frame_scaling_filter={other}"),
-                "vidmesh scales with nearest or bilinear; bilinear written",
-            );
-            "bilinear"
-        }
-    };
-    pre.set("interpolation", interpolation);
+    let filter = pp.int(p, "frame_scaling_filter")?;
+    let place = format!("{at} preprocess.frame_scaling_filter");
+    pre.set("interpolation", interpolation(filter, &place, notes));
     if let Some(n) = pp.message(p, "normalize")? {
         if let Some(f) = n.float(p, "scale_factor")? {
             pre.set("net_scale_factor", f);
         }
-        match n.floats(p, "channel_offsets")?.as_slice() {
-            [] => {}
-            [v] => {
-                pre.set("offsets", vec![*v; 3]);
-            }
-            [a, b, c] => {
-                pre.set("offsets", vec![*a, *b, *c]);
-            }
-            other => notes.not_mapped(
-                format!("{at} preprocess.normalize.channel_offsets"),
-                format!("{} values; vidmesh takes 1 or 3", other.len()),
-            ),
-        }
+        let offsets = n.floats(p, "channel_offsets")?;
+        let place = format!("{at} preprocess.normalize.channel_offsets");
+        set_offsets(&offsets, &place, pre, notes);
     }
     Ok(())
 }
