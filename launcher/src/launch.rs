@@ -24,7 +24,7 @@ use crate::gpu::GpuProbe;
 use crate::node::{metrics_address_path, source_instance, summary_path, NodeSummary};
 use crate::prometheus::{self, Exposition, Sample, RESTARTS_TOTAL};
 use crate::runner::{RunSummary, SourceSummary, StageSummary};
-use crate::topology::Topology;
+use crate::topology::{Topology, SOURCES};
 
 /// How to launch.
 #[derive(Debug, Clone)]
@@ -199,14 +199,34 @@ pub fn launch(
     // Segments of processes killed in an earlier run of this pipeline.
     let _ = remove_stale_segments(&options.shm_dir, &format!("vidmesh-{}-", topology.name));
 
+    // Every instance, and the host it is placed on (`None`: this one).
+    let mut planned: Vec<(String, u32, u32, Option<&str>)> = Vec::new();
+    for s in &topology.sources {
+        let host = topology.deployment.host_of(SOURCES);
+        planned.push((source_instance(&s.settings.id), 0, 5, host));
+    }
+    for st in &topology.stages {
+        let host = topology.deployment.host_of(&st.name);
+        for replica in 0..st.runtime.replicas {
+            planned.push((st.name.clone(), replica, st.runtime.max_restarts, host));
+        }
+    }
+    let mut other_hosts: Vec<String> = Vec::new();
+    for host in planned.iter().filter_map(|p| p.3) {
+        let Some(endpoint) = &topology.deployment.hosts[host].zenoh else {
+            return Err(LaunchError::Setup(format!(
+                "{}: [hosts.{host}] has no `zenoh` endpoint, so `vidmesh launch` cannot reach the \
+                 stages placed there (`vidmesh compose` runs a router per host itself)",
+                topology.path.display()
+            )));
+        };
+        if !other_hosts.contains(endpoint) {
+            other_hosts.push(endpoint.clone());
+        }
+    }
+
     let router = format!("tcp/127.0.0.1:{}", free_port()?);
     // The routers of the other hosts, so stages placed there join this pipeline.
-    let other_hosts: Vec<String> = topology
-        .deployment
-        .hosts
-        .values()
-        .map(|h| h.zenoh.clone())
-        .collect();
     let net = NetNode::open(
         &NetConfig {
             pipeline: topology.name.clone(),
@@ -220,44 +240,29 @@ pub fn launch(
     tracing::info!("zenoh router for `{}` listening on {router}", topology.name);
 
     let mut instances: Vec<Supervised> = Vec::new();
-    for s in &topology.sources {
+    for (name, replica, max_restarts, host) in planned {
+        if let Some(host) = host {
+            let endpoint = topology.deployment.hosts[host]
+                .zenoh
+                .as_deref()
+                .unwrap_or_default();
+            eprintln!(
+                "launch: `{name}` replica {replica} is placed on host `{host}`; start it there with: \
+                 vidmesh stage --topology {} --stage {name} --replica {replica} --listen {endpoint}",
+                topology.path.display(),
+            );
+            continue;
+        }
         instances.push(Supervised {
-            name: source_instance(&s.settings.id),
-            replica: 0,
-            max_restarts: 5,
+            name,
+            replica,
+            max_restarts,
             child: None,
             started: Instant::now(),
             restarts: 0,
             restart_at: None,
             state: InstanceState::Running,
         });
-    }
-    for st in &topology.stages {
-        if let Some(host) = topology.deployment.host_of(&st.name) {
-            let endpoint = &topology.deployment.hosts[host].zenoh;
-            for replica in 0..st.runtime.replicas {
-                eprintln!(
-                    "launch: `{}` replica {replica} is placed on host `{host}`; start it there with: \
-                     vidmesh stage --topology {} --stage {} --replica {replica} --listen {endpoint}",
-                    st.name,
-                    topology.path.display(),
-                    st.name,
-                );
-            }
-            continue;
-        }
-        for replica in 0..st.runtime.replicas {
-            instances.push(Supervised {
-                name: st.name.clone(),
-                replica,
-                max_restarts: st.runtime.max_restarts,
-                child: None,
-                started: Instant::now(),
-                restarts: 0,
-                restart_at: None,
-                state: InstanceState::Running,
-            });
-        }
     }
     // Consumers first, so that sources find someone to send to.
     for s in instances.iter_mut().rev() {

@@ -3,6 +3,7 @@
 //! The `vidmesh` binary is a thin CLI over this; tests and the Python bindings use it directly.
 
 pub mod dashboard;
+pub mod deploy;
 pub mod gpu;
 pub mod http;
 pub mod import;

@@ -73,8 +73,10 @@ enum Command {
         /// A stage name, or `source.<id>` for a source.
         #[arg(long)]
         stage: String,
-        #[arg(long, default_value_t = 0)]
-        replica: u32,
+        /// The replica number, or "auto" (load-balanced stages only): a number derived from
+        /// the host name, for containers that a scaler starts with one command line.
+        #[arg(long, default_value = "0")]
+        replica: String,
         /// zenoh endpoints to connect to (the launcher's router), e.g. tcp/127.0.0.1:7447.
         #[arg(long)]
         connect: Vec<String>,
@@ -85,6 +87,42 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long, default_value = "/dev/shm")]
         shm_dir: PathBuf,
+        /// zenoh mode: "peer" (default; also accepts connections) or "client" (only through
+        /// the router it connects to, as in containers).
+        #[arg(long, value_parser = ["peer", "client"])]
+        mode: Option<String>,
+        /// Serve /metrics and /healthz here (default: 127.0.0.1 on the placement's
+        /// metrics_port, or any free port).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+    /// Run a zenoh router for a pipeline's processes on this host (what `vidmesh launch` runs
+    /// inside itself, and what each host of a `vidmesh compose` deployment runs).
+    Router {
+        /// The pipeline's name (`[pipeline] name`).
+        #[arg(long)]
+        pipeline: String,
+        /// Endpoints to listen on, e.g. tcp/0.0.0.0:7447.
+        #[arg(long, required = true)]
+        listen: Vec<String>,
+        /// Routers of other hosts to connect to, e.g. tcp/10.0.0.7:7447.
+        #[arg(long)]
+        connect: Vec<String>,
+    },
+    /// Write the topology as a docker-compose file (or Docker Swarm stack, or Kubernetes
+    /// manifests): one container per source and stage replica, a zenoh router per host,
+    /// the brokers it names. Relative paths are from the working directory (the project).
+    Compose {
+        topology: PathBuf,
+        /// "compose", "swarm" (a `docker stack deploy` file) or "kubernetes".
+        #[arg(long, default_value = "compose", value_parser = ["compose", "swarm", "kubernetes"])]
+        format: String,
+        /// Write here instead of to standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The image the services run (overridable with VIDMESH_IMAGE in compose files).
+        #[arg(long, default_value = vidmesh::deploy::DEFAULT_IMAGE)]
+        image: String,
     },
     /// Check a topology without running it.
     Validate { topology: PathBuf },
@@ -284,6 +322,8 @@ fn main() -> ExitCode {
             listen,
             state_dir,
             shm_dir,
+            mode,
+            metrics_addr,
         } => {
             let topology = match load(&topology) {
                 Ok(t) => t,
@@ -297,6 +337,33 @@ fn main() -> ExitCode {
                     stop_flag_set();
                 }
             });
+            let elastic = topology
+                .stages
+                .iter()
+                .find(|s| s.name == stage)
+                .is_some_and(|s| vidmesh::node::is_elastic(s.kind));
+            let replica = match (replica.as_str(), elastic) {
+                ("auto", true) => auto_replica(),
+                ("auto", false) => {
+                    return fail(&format!(
+                        "--replica auto is for load-balanced stages (preprocess, infer); `{stage}` \
+                         keeps per-source state, so each replica needs its number in 0..replicas"
+                    ))
+                }
+                (n, _) => match n.parse() {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return fail(&format!(
+                            "--replica must be a number or \"auto\", got {n:?}"
+                        ))
+                    }
+                },
+            };
+            // A load-balanced replica told to stop (a scaler removing it) leaves at once and
+            // its work goes to the others; other instances keep SIGTERM's default.
+            if elastic {
+                on_terminate(stop_flag_set);
+            }
             let options = NodeOptions {
                 instance: stage,
                 replica,
@@ -304,16 +371,58 @@ fn main() -> ExitCode {
                     pipeline: topology.name.clone(),
                     connect,
                     listen,
-                    mode: None,
+                    mode,
                 },
                 state_dir: absolute(&state_dir),
                 shm_dir,
+                metrics_addr,
             };
             match run_node(&topology, &options, stop_flag()) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Command::Router {
+            pipeline,
+            listen,
+            connect,
+        } => {
+            let config = NetConfig {
+                pipeline,
+                connect,
+                listen,
+                mode: Some("router".into()),
+            };
+            let _session = match vidmesh_transport::net::open_session(&config) {
+                Ok(s) => s,
+                Err(e) => return fail(&e.to_string()),
+            };
+            eprintln!(
+                "router: pipeline `{}` listening on {}{}",
+                config.pipeline,
+                config.listen.join(", "),
+                if config.connect.is_empty() {
+                    String::new()
+                } else {
+                    format!(", linked to {}", config.connect.join(", "))
+                }
+            );
+            on_interrupt(stop_flag_set);
+            let stop = stop_flag();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Compose {
+            topology,
+            format,
+            output,
+            image,
+        } => match compose_command(&topology, &format, output.as_deref(), &image) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Command::Run {
             topology,
             progress,
@@ -362,6 +471,77 @@ fn finish(summary: &RunSummary, summary_json: Option<&std::path::Path>) -> ExitC
     }
 }
 
+/// `vidmesh compose`: plans the deployment and writes it.
+fn compose_command(
+    topology_path: &std::path::Path,
+    format: &str,
+    output: Option<&std::path::Path>,
+    image: &str,
+) -> Result<(), String> {
+    use vidmesh::deploy::{compose, relative_path, Plan};
+    let topology = Topology::load(topology_path).map_err(|e| e.to_string())?;
+    let project = std::env::current_dir().map_err(|e| format!("working directory: {e}"))?;
+    let file = absolute(topology_path);
+    let inside = file.strip_prefix(&project).map_err(|_| {
+        format!(
+            "{}: the topology must be inside the project directory {} (the working directory), \
+             which the containers mount",
+            topology_path.display(),
+            project.display()
+        )
+    })?;
+    let plan = Plan::new(&topology, &inside.to_string_lossy())
+        .map_err(|e| format!("{}: {e}", topology_path.display()))?;
+    let generated_by = format!(
+        "vidmesh compose {}{}",
+        inside.display(),
+        if format == "compose" {
+            String::new()
+        } else {
+            format!(" --format {format}")
+        }
+    );
+    let text = match format {
+        "kubernetes" => vidmesh::deploy::kubernetes::manifests(&plan, image, &generated_by),
+        flavor => {
+            let out_dir = output
+                .map(absolute)
+                .and_then(|o| o.parent().map(|p| p.to_path_buf()))
+                .unwrap_or_else(|| project.clone());
+            compose::compose_file(
+                &plan,
+                &compose::ComposeOptions {
+                    flavor: if flavor == "swarm" {
+                        compose::Flavor::Swarm
+                    } else {
+                        compose::Flavor::Compose
+                    },
+                    project: relative_path(&out_dir, &project)
+                        .to_string_lossy()
+                        .into_owned(),
+                    image: image.to_string(),
+                    generated_by,
+                },
+            )
+        }
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(path, &text)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            eprintln!(
+                "compose: wrote {} ({} hosts, {} instances, {} brokers)",
+                path.display(),
+                plan.hosts.len(),
+                plan.instances.len(),
+                plan.brokers.len()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
 fn absolute(path: &std::path::Path) -> PathBuf {
     std::env::current_dir()
         .map(|d| d.join(path))
@@ -394,6 +574,39 @@ fn on_interrupt(handler: impl Fn() + Send + 'static) {
             }
         });
     });
+}
+
+/// Calls `handler` on every SIGTERM instead of dying.
+fn on_terminate(handler: impl Fn() + Send + 'static) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut terms) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            while terms.recv().await.is_some() {
+                handler();
+            }
+        });
+    });
+}
+
+/// A replica number for `--replica auto`, stable for one host name (a container keeps its
+/// name across restarts, so a restarted replica is recognised) and far above the numbers
+/// topologies give (0..replicas).
+fn auto_replica() -> u32 {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    // FNV-1a: small, stable across builds and platforms.
+    let hash = name.trim().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    1000 + hash % 1_000_000_000
 }
 
 fn count_interrupts(counter: Arc<AtomicU32>) {

@@ -419,3 +419,20 @@ meta = {{ kind = "broker", uri = "file://{}/meta.jsonl", schema = "native" }}
     std::fs::write(&path, text).expect("scratch dir is writable");
     path
 }
+
+/// How to run Docker Compose here: `docker compose` (Compose 2) where installed, else
+/// `docker-compose` (Compose 1, Debian 12's package). Program and its first arguments.
+pub fn compose_cli() -> (&'static str, &'static [&'static str]) {
+    static V2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let v2 = *V2.get_or_init(|| {
+        Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if v2 {
+        ("docker", &["compose"])
+    } else {
+        ("docker-compose", &[])
+    }
+}

@@ -52,6 +52,9 @@ pub struct NodeOptions {
     pub net: NetConfig,
     pub state_dir: PathBuf,
     pub shm_dir: PathBuf,
+    /// Where to serve `/metrics` and `/healthz`; `None`: 127.0.0.1 on the placement's
+    /// `metrics_port` (+ replica), or any free port.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -172,7 +175,9 @@ fn serve_metrics(
         .get(&options.instance)
         .and_then(|p| p.metrics_port)
         .map_or(0, |base| base + options.replica as u16);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let addr = options
+        .metrics_addr
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let exposed = Arc::new(exposed);
     let render: prometheus::RenderFn = Arc::new(move || exposed.render());
     let handler = move |request: &Request| match request.path.as_str() {
@@ -237,11 +242,8 @@ fn open_outputs(
     shm_dir: &Path,
     events: &mpsc::Sender<LinkEvent>,
 ) -> Result<Vec<Arc<RemoteOutput>>, NodeError> {
-    let producer_host = if producer == SOURCES {
-        None
-    } else {
-        topology.deployment.host_of(producer)
-    };
+    // `sources` is also the placement key of every source.
+    let producer_host = topology.deployment.host_of(producer);
     let mut outputs = Vec::new();
     for (_, consumer) in topology.links.iter().filter(|(from, _)| from == producer) {
         let entry = topology
@@ -308,7 +310,7 @@ pub fn run_node(
     })?;
     let result = match options.instance.strip_prefix("source.") {
         Some(id) => run_source(topology, id, options, &stop),
-        None => run_stage(topology, options),
+        None => run_stage(topology, options, &stop),
     };
     let summary = match result {
         Ok(s) => s,
@@ -670,7 +672,18 @@ impl StageNode {
     }
 }
 
-fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, NodeError> {
+/// Whether a stage kind's replicas share work by credits, so that any number of them may
+/// run (numbered freely, joining and leaving while the pipeline runs).
+pub fn is_elastic(kind: &vidmesh_actors::StageKind) -> bool {
+    delivery_of(kind).0 == Routing::Balance
+}
+
+/// Runs a stage replica. `leave` (SIGTERM) makes a load-balanced replica retire at once.
+fn run_stage(
+    topology: &Topology,
+    options: &NodeOptions,
+    leave: &AtomicBool,
+) -> Result<NodeSummary, NodeError> {
     let entry = topology
         .stages
         .iter()
@@ -683,9 +696,11 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
                 names.join(", ")
             ))
         })?;
-    if options.replica >= entry.runtime.replicas {
+    let elastic = is_elastic(entry.kind);
+    if options.replica >= entry.runtime.replicas && !elastic {
         return Err(NodeError::Setup(format!(
-            "stage `{}` has {} replica(s); there is no replica {}",
+            "stage `{}` has {} replica(s); there is no replica {} (only load-balanced stages \
+             such as preprocess and infer take more replicas than the topology says)",
             entry.name, entry.runtime.replicas, options.replica
         )));
     }
@@ -710,7 +725,7 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
         error,
     })?;
 
-    let net = NetNode::open(&options.net, &entry.name, options.replica)?;
+    let mut net = NetNode::open(&options.net, &entry.name, options.replica)?;
     let (events_tx, events) = mpsc::channel();
     let outputs = open_outputs(topology, &entry.name, &net, &options.shm_dir, &events_tx)?;
     drop(events_tx);
@@ -734,6 +749,12 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
                 vec![(from.clone(), replicas)]
             }
         })
+        .collect();
+    let elastic_stages: Vec<&str> = topology
+        .stages
+        .iter()
+        .filter(|s| is_elastic(s.kind))
+        .map(|s| s.name.as_str())
         .collect();
     let mut inbox = RemoteInbox::new(
         &net,
@@ -771,7 +792,9 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
         ),
         stateful,
         ordered,
-        hold_end: routing == Routing::BySource || entry.runtime.replicas == 1,
+        // A load-balanced replica sees only some of a source's frames (and more replicas may
+        // join), so it forwards the end at once; the per-source stages after it hold it.
+        hold_end: routing == Routing::BySource,
         processed: frontier
             .iter()
             .map(|(s, n)| (*s, FrameSet::starting_at(*n)))
@@ -846,12 +869,40 @@ fn run_stage(topology: &Topology, options: &NodeOptions) -> Result<NodeSummary, 
         node.process_ready(false)?;
         node.settle(&inbox)?;
 
+        if leave.load(Ordering::Relaxed) && elastic {
+            tracing::warn!(
+                "stage `{}` replica {} leaves: what it has not finished goes to the other replicas",
+                entry.name,
+                options.replica
+            );
+            net.leave()?;
+            std::thread::sleep(LINGER);
+            let metrics = node.metrics.snapshot();
+            return Ok(NodeSummary {
+                instance: node.name.clone(),
+                replica: options.replica,
+                kind: node.kind.clone(),
+                facts: vec![("left".into(), "yes".into())],
+                frames: metrics.frames,
+                duplicates: node.ledger.duplicates,
+                resent: 0,
+                error: None,
+                metrics,
+            });
+        }
         let upstream_done = upstream.iter().all(|(stage, replicas)| {
-            (0..*replicas).all(|r| {
+            let done = |r: u32| {
                 net.peers()
                     .get(stage, r)
                     .is_some_and(|p| p.finished || p.retired)
-            })
+            };
+            if elastic_stages.contains(&stage.as_str()) {
+                // Any number of replicas may have run: every one heard of is done.
+                let heard = net.peers().replicas_of(stage);
+                !heard.is_empty() && heard.into_iter().all(done)
+            } else {
+                (0..*replicas).all(done)
+            }
         });
         if upstream_done {
             break;

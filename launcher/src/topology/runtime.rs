@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::SOURCES;
+
 /// How pixels travel on the links into a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -94,15 +96,16 @@ impl StageRuntime {
 }
 
 /// `[hosts.NAME]`: a machine stages can be placed on.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct HostEntry {
-    /// The zenoh endpoint of the router on that host, e.g. "tcp/10.0.0.7:7447".
-    pub zenoh: String,
+    /// The zenoh endpoint of the router on that host, e.g. "tcp/10.0.0.7:7447". `vidmesh
+    /// launch` needs it to reach the host; `vidmesh compose` runs a router per host itself.
+    pub zenoh: Option<String>,
 }
 
-/// `[placement.STAGE]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+/// `[placement.STAGE]` (or `[placement.sources]` for every source).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementEntry {
     /// A name from `[hosts]`; absent = the launching host.
@@ -111,10 +114,23 @@ pub struct PlacementEntry {
     pub gpu: Option<u32>,
     /// Port of this stage's Prometheus endpoint (replica K uses port + K); absent = any free port.
     pub metrics_port: Option<u16>,
+    /// Deployment files only: the CPUs each replica may use, e.g. 1.5.
+    pub cpus: Option<f64>,
+    /// Deployment files only: the memory each replica may use, e.g. "2g" or "512m".
+    pub memory: Option<String>,
+}
+
+/// A memory size as Docker and Kubernetes both read it: digits and one of b/k/m/g.
+fn valid_memory(m: &str) -> bool {
+    let digits = m.trim_end_matches(['b', 'k', 'm', 'g']);
+    !digits.is_empty()
+        && digits.len() + 1 == m.len()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits != "0"
 }
 
 /// Where everything runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Deployment {
     pub hosts: BTreeMap<String, HostEntry>,
     pub placement: BTreeMap<String, PlacementEntry>,
@@ -130,9 +146,21 @@ impl Deployment {
     pub fn check(&self, replicas_of: &dyn Fn(&str) -> Option<u32>) -> Result<(), String> {
         let mut ports: BTreeMap<u16, (String, u32)> = BTreeMap::new();
         for (stage, p) in &self.placement {
-            let Some(replicas) = replicas_of(stage) else {
-                return Err(format!("[placement.{stage}]: there is no stage `{stage}`"));
+            let Some(replicas) = replicas_of(stage).or((stage == SOURCES).then_some(1)) else {
+                return Err(format!(
+                    "[placement.{stage}]: there is no stage `{stage}` (`sources` places every source)"
+                ));
             };
+            if let Some(cpus) = p.cpus.filter(|c| !(c.is_finite() && *c > 0.0)) {
+                return Err(format!(
+                    "[placement.{stage}]: `cpus` must be above 0, got {cpus}"
+                ));
+            }
+            if let Some(memory) = p.memory.as_deref().filter(|m| !valid_memory(m)) {
+                return Err(format!(
+                    "[placement.{stage}]: `memory` must be a number with b, k, m or g, like \"2g\", got {memory:?}"
+                ));
+            }
             if let Some(host) = &p.host {
                 if !self.hosts.contains_key(host) {
                     let declared: Vec<&str> = self.hosts.keys().map(|s| s.as_str()).collect();
@@ -202,7 +230,7 @@ mod tests {
         d.hosts.insert(
             "gpu-a".into(),
             HostEntry {
-                zenoh: "tcp/10.0.0.2:7447".into(),
+                zenoh: Some("tcp/10.0.0.2:7447".into()),
             },
         );
         d.placement.insert(

@@ -293,10 +293,18 @@ impl FeedbackSender {
         }
     }
 
-    /// Re-grants credit to every live upstream instance.
+    /// Re-grants credit to every live upstream instance: replicas 0..N and any other heard
+    /// from (a load-balanced stage scaled up while it runs).
     fn regrant_all(&self, peers: &PeerTable, upstream: &[(String, u32)]) {
         for (stage, replicas) in upstream {
-            for replica in 0..*replicas {
+            let mut all: Vec<u32> = (0..*replicas).collect();
+            all.extend(
+                peers
+                    .replicas_of(stage)
+                    .into_iter()
+                    .filter(|r| r >= replicas),
+            );
+            for replica in all {
                 let Some(peer) = peers.get(stage, replica) else {
                     continue;
                 };

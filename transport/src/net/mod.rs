@@ -92,10 +92,12 @@ pub struct NetConfig {
 impl NetConfig {
     fn to_zenoh(&self) -> Result<zenoh::Config, NetError> {
         let mut c = zenoh::Config::default();
-        let listen = if self.listen.is_empty() {
-            vec!["tcp/127.0.0.1:0".to_string()]
-        } else {
+        let mode = self.mode.clone().unwrap_or_else(|| "peer".into());
+        // A client only connects (to its router); peers and routers also accept.
+        let listen = if !self.listen.is_empty() || mode == "client" {
             self.listen.clone()
+        } else {
+            vec!["tcp/127.0.0.1:0".to_string()]
         };
         let set = |c: &mut zenoh::Config, k: &str, v: String| {
             c.insert_json5(k, &v).map_err(|e| NetError::Open {
@@ -103,7 +105,6 @@ impl NetConfig {
                 reason: e.to_string(),
             })
         };
-        let mode = self.mode.clone().unwrap_or_else(|| "peer".into());
         set(&mut c, "mode", format!("{mode:?}"))?;
         set(&mut c, "listen/endpoints", json_list(&listen))?;
         set(&mut c, "connect/endpoints", json_list(&self.connect))?;
@@ -117,6 +118,18 @@ impl NetConfig {
 fn json_list(items: &[String]) -> String {
     let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
     format!("[{}]", quoted.join(","))
+}
+
+/// Opens a bare zenoh session, e.g. a router that only forwards between the processes and
+/// routers connected to it (`vidmesh router`).
+pub fn open_session(config: &NetConfig) -> Result<zenoh::Session, NetError> {
+    check_name(&config.pipeline)?;
+    zenoh::open(config.to_zenoh()?)
+        .wait()
+        .map_err(|e| NetError::Open {
+            endpoints: format!("listen {:?}, connect {:?}", config.listen, config.connect),
+            reason: e.to_string(),
+        })
 }
 
 /// A name usable as one chunk of a key expression.
@@ -190,6 +203,18 @@ impl PeerTable {
     pub fn get(&self, stage: &str, replica: u32) -> Option<PeerState> {
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers.get(&(stage.to_string(), replica)).cloned()
+    }
+
+    /// Every replica of `stage` heard from (or announced retired), in order.
+    pub fn replicas_of(&self, stage: &str) -> Vec<u32> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut replicas: Vec<u32> = peers
+            .keys()
+            .filter(|(s, _)| s == stage)
+            .map(|(_, r)| *r)
+            .collect();
+        replicas.sort_unstable();
+        replicas
     }
 
     /// Heard within `within`.
@@ -366,18 +391,44 @@ impl NetNode {
     }
 
     pub(crate) fn data_key(&self, consumer: &str, replica: u32) -> String {
-        format!(
-            "vidmesh/{}/data/{}/{}/{}/{}",
-            self.pipeline, consumer, replica, self.me.stage, self.me.replica
-        )
+        data_key(&self.pipeline, consumer, replica, &self.me)
+    }
+}
+
+/// Where `producer` puts deliveries for `consumer`/`replica`.
+pub(crate) fn data_key(
+    pipeline: &str,
+    consumer: &str,
+    replica: u32,
+    producer: &Instance,
+) -> String {
+    format!(
+        "vidmesh/{pipeline}/data/{consumer}/{replica}/{}/{}",
+        producer.stage, producer.replica
+    )
+}
+
+impl NetNode {
+    /// This instance leaves for good (a replica scaled away): its heartbeats stop, then it
+    /// announces itself retired, so producers give its unacknowledged deliveries to the other
+    /// replicas and consumers stop waiting for it. A heartbeat after the announcement would
+    /// undo it, hence the order.
+    pub fn leave(&mut self) -> Result<(), NetError> {
+        self.stop_heartbeat();
+        let (stage, replica) = (self.me.stage.clone(), self.me.replica);
+        self.announce_retired(&stage, replica)
+    }
+
+    fn stop_heartbeat(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.join();
+        }
     }
 }
 
 impl Drop for NetNode {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.heartbeat.take() {
-            let _ = h.join();
-        }
+        self.stop_heartbeat();
     }
 }

@@ -75,6 +75,8 @@ pub enum PayloadMode {
 #[derive(Debug, Clone)]
 pub struct OutputSettings {
     pub consumer: String,
+    /// The consumer's replicas 0..N. A load-balanced consumer may have more: any replica
+    /// that announces itself or grants credit joins (a stage scaled up while it runs).
     pub replicas: u32,
     /// Deliveries a replica may have outstanding before it grants more credit.
     pub window: u32,
@@ -117,13 +119,16 @@ struct ReplicaState {
     sent: u64,
     consumed: u64,
     window: u32,
+    /// It stopped announcing itself (partition, crash) and has not been reset since.
+    silent: bool,
 }
 
 struct State {
     next_seq: u64,
     pending: BTreeMap<u64, Pending>,
     queue: VecDeque<u64>,
-    replicas: Vec<ReplicaState>,
+    /// By replica number: 0..N from the start, later joiners of a load-balanced link.
+    replicas: BTreeMap<u32, ReplicaState>,
     round_robin: usize,
     /// Stage threads waiting in `send_blocking`; feedback wakes them rather than the pump,
     /// and they publish what the feedback allows themselves.
@@ -145,9 +150,12 @@ pub(super) struct Shared {
     stop: AtomicBool,
     pool: Option<SlotPool>,
     stats: OutputStats,
-    /// One per consumer replica. Whoever publishes (the pump or a sending stage thread) holds
-    /// this lock from picking a delivery to putting it, which keeps each replica's order.
-    publishers: Mutex<Vec<zenoh::pubsub::Publisher<'static>>>,
+    /// One per consumer replica, declared when first used. Whoever publishes (the pump or a
+    /// sending stage thread) holds this lock from picking a delivery to putting it, which
+    /// keeps each replica's order.
+    publishers: Mutex<BTreeMap<u32, zenoh::pubsub::Publisher<'static>>>,
+    session: zenoh::Session,
+    pipeline: String,
 }
 
 /// Sends one stage's output to all replicas of one downstream stage.
@@ -181,15 +189,37 @@ impl Shared {
         }
     }
 
+    /// The state of `replica`; a load-balanced link adds replicas it did not know.
+    fn replica<'s>(&self, state: &'s mut State, replica: u32) -> Option<&'s mut ReplicaState> {
+        if self.settings.routing == Routing::Balance {
+            let window = self.settings.window.max(1);
+            Some(
+                state
+                    .replicas
+                    .entry(replica)
+                    .or_insert_with(|| ReplicaState {
+                        window,
+                        ..Default::default()
+                    }),
+            )
+        } else {
+            state.replicas.get_mut(&replica)
+        }
+    }
+
     fn reset_replica(&self, state: &mut State, replica: u32, epoch: Option<u64>) {
-        let old = state.replicas[replica as usize].epoch;
+        let Some(old) = state.replicas.get(&replica).map(|r| r.epoch) else {
+            return;
+        };
         if let (Some(pool), Some(old)) = (&self.pool, old) {
             let lessee = self.lessee(replica, old);
             pool.reclaim(&lessee);
             state.held.lessee_gone(&lessee, pool);
         }
         self.requeue_from(state, replica);
-        let r = &mut state.replicas[replica as usize];
+        let Some(r) = state.replicas.get_mut(&replica) else {
+            return;
+        };
         r.epoch = epoch;
         r.sent = 0;
         r.consumed = 0;
@@ -215,7 +245,9 @@ impl Shared {
                 }
             }
         }
-        if producer_epoch != self.me.epoch || from.replica >= self.settings.replicas {
+        if producer_epoch != self.me.epoch
+            || (from.replica >= self.settings.replicas && self.settings.routing != Routing::Balance)
+        {
             return;
         }
         // A late report of an instance that has since restarted (its heartbeats name another
@@ -225,9 +257,14 @@ impl Shared {
             .get(&self.settings.consumer, from.replica)
             .is_some_and(|p| p.epoch != from.epoch);
         let mut state = self.lock();
-        if !stale {
-            if state.replicas[from.replica as usize].epoch != Some(from.epoch) {
-                if state.replicas[from.replica as usize].epoch.is_some() {
+        let retired = self
+            .peers
+            .get(&self.settings.consumer, from.replica)
+            .is_some_and(|p| p.retired);
+        if !stale && !retired {
+            let known = self.replica(&mut state, from.replica).and_then(|r| r.epoch);
+            if known != Some(from.epoch) {
+                if known.is_some() {
                     tracing::info!(
                         "{} restarted: re-sending what it had not acknowledged",
                         from
@@ -235,9 +272,10 @@ impl Shared {
                 }
                 self.reset_replica(&mut state, from.replica, Some(from.epoch));
             }
-            let r = &mut state.replicas[from.replica as usize];
-            r.consumed = r.consumed.max(consumed);
-            r.window = window.max(1);
+            if let Some(r) = state.replicas.get_mut(&from.replica) {
+                r.consumed = r.consumed.max(consumed);
+                r.window = window.max(1);
+            }
         }
         let mut any = false;
         for seq in acks {
@@ -275,15 +313,37 @@ impl Shared {
         self.lock().held.hold(key);
     }
 
-    /// Notices replicas that restarted or died from the announcements.
+    /// Notices replicas that restarted, died or joined from the announcements.
     fn check_liveness(&self, state: &mut State) {
         let consumer = &self.settings.consumer;
-        for replica in 0..self.settings.replicas {
-            let known = state.replicas[replica as usize].epoch;
+        if self.settings.routing == Routing::Balance {
+            // Replicas started after this link (a stage scaled up while it runs).
+            for replica in self.peers.replicas_of(consumer) {
+                if !state.replicas.contains_key(&replica)
+                    && self
+                        .peers
+                        .alive(consumer, replica, self.settings.dead_after)
+                {
+                    tracing::info!("{consumer}/{replica} joined: it gets deliveries too");
+                    self.replica(state, replica);
+                }
+            }
+        }
+        let replicas: Vec<u32> = state.replicas.keys().copied().collect();
+        for replica in replicas {
+            let Some(known) = state.replicas.get(&replica).map(|r| r.epoch) else {
+                continue;
+            };
+            let silent = state.replicas.get(&replica).is_some_and(|r| r.silent);
             let peer = self.peers.get(consumer, replica);
             let alive = self
                 .peers
                 .alive(consumer, replica, self.settings.dead_after);
+            let set_silent = |state: &mut State, value: bool| {
+                if let Some(r) = state.replicas.get_mut(&replica) {
+                    r.silent = value;
+                }
+            };
             match (known, peer) {
                 // Restarted: wait for its first credit, then re-send.
                 (Some(epoch), Some(p)) if p.epoch != epoch && alive => {
@@ -295,14 +355,30 @@ impl Shared {
                     );
                     self.reset_replica(state, replica, None);
                 }
+                // Its sources wait for it; what was in flight when it fell silent may be lost
+                // (a network partition), so everything it has not acknowledged goes again once
+                // it is back, and it drops what it already had.
+                (Some(_), _) if !alive => set_silent(state, true),
+                (None, Some(_)) if alive && silent => set_silent(state, false),
+                (Some(_), Some(_)) if alive && silent => {
+                    tracing::info!(
+                        "{consumer}/{replica} answers again: re-sending what it had not acknowledged"
+                    );
+                    set_silent(state, false);
+                    self.reset_replica(state, replica, None);
+                }
                 _ => {}
             }
             let retired = self.peers.get(consumer, replica).is_some_and(|p| p.retired);
-            if retired && self.settings.replicas > 1 {
+            if retired && state.replicas.len() > 1 {
                 match self.settings.routing {
                     Routing::Balance => self.drop_end_copies_for(state, replica),
                     Routing::BySource => {
-                        if state.replicas[replica as usize].epoch.is_some() {
+                        if state
+                            .replicas
+                            .get(&replica)
+                            .is_some_and(|r| r.epoch.is_some())
+                        {
                             self.reset_replica(state, replica, None);
                         }
                         self.retarget_from_retired(state, replica);
@@ -331,6 +407,26 @@ impl Shared {
             },
         );
         seq
+    }
+
+    /// The replicas of a load-balanced link not retired.
+    fn current_replicas(&self) -> Vec<u32> {
+        let state = self.lock();
+        state
+            .replicas
+            .keys()
+            .copied()
+            .filter(|r| {
+                !self
+                    .peers
+                    .get(&self.settings.consumer, *r)
+                    .is_some_and(|p| p.retired)
+            })
+            .collect()
+    }
+
+    fn data_key(&self, replica: u32) -> String {
+        super::data_key(&self.pipeline, &self.settings.consumer, replica, &self.me)
     }
 
     /// The replica that takes `source` on a per-source link: `source % replicas`, or the next
@@ -438,7 +534,7 @@ impl Shared {
     }
 
     fn can_take(&self, state: &State, replica: u32) -> Option<u64> {
-        let r = &state.replicas[replica as usize];
+        let r = state.replicas.get(&replica)?;
         let epoch = r.epoch?;
         let outstanding = r.sent.saturating_sub(r.consumed);
         (outstanding < r.window as u64
@@ -450,7 +546,8 @@ impl Shared {
 
     /// The next delivery that can go now and where, keeping each replica's order.
     fn pick(&self, state: &mut State) -> Option<(u64, u32, u64)> {
-        let n = self.settings.replicas;
+        let ids: Vec<u32> = state.replicas.keys().copied().collect();
+        let n = ids.len().max(1);
         let mut blocked_targets: Vec<Option<u32>> = Vec::new();
         for (index, seq) in state.queue.iter().enumerate().take(256) {
             let p = &state.pending[seq];
@@ -459,12 +556,11 @@ impl Shared {
             }
             let choice = match p.target {
                 Some(r) => self.can_take(state, r).map(|e| (r, e)),
-                None => (0..n)
-                    .map(|i| (state.round_robin + i as usize) % n as usize)
+                None => (0..ids.len())
+                    .map(|i| ids[(state.round_robin + i) % n])
                     .filter_map(|r| {
-                        let r = r as u32;
                         self.can_take(state, r).map(|e| {
-                            let rs = &state.replicas[r as usize];
+                            let rs = &state.replicas[&r];
                             let free = rs.window as u64 - rs.sent.saturating_sub(rs.consumed);
                             (free, r, e)
                         })
@@ -476,7 +572,8 @@ impl Shared {
                 Some((r, e)) => {
                     let seq = *seq;
                     state.queue.remove(index);
-                    state.round_robin = (r as usize + 1) % n as usize;
+                    let position = ids.iter().position(|id| *id == r).unwrap_or(0);
+                    state.round_robin = (position + 1) % n;
                     return Some((seq, r, e));
                 }
                 None => blocked_targets.push(p.target),
@@ -564,7 +661,7 @@ impl Shared {
     /// publishers' lock, so puts happen in the order deliveries were picked.
     fn publish<'a>(
         &'a self,
-        publishers: &[zenoh::pubsub::Publisher<'static>],
+        publishers: &mut BTreeMap<u32, zenoh::pubsub::Publisher<'static>>,
         mut state: MutexGuard<'a, State>,
         (seq, replica, epoch): (u64, u32, u64),
     ) -> MutexGuard<'a, State> {
@@ -575,7 +672,9 @@ impl Shared {
             self.stats.resent.fetch_add(1, Ordering::Relaxed);
         }
         let message = p.message.clone();
-        state.replicas[replica as usize].sent += 1;
+        if let Some(r) = state.replicas.get_mut(&replica) {
+            r.sent += 1;
+        }
         let lessee = self.lessee(replica, epoch);
         state.held.sent(&message, &lessee);
         drop(state);
@@ -588,7 +687,17 @@ impl Shared {
                 message,
             }))
             .map_err(zerr)?;
-            publishers[replica as usize].put(bytes).wait().map_err(zerr)
+            let publisher = match publishers.entry(replica) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                    self.session
+                        .declare_publisher(self.data_key(replica))
+                        .congestion_control(zenoh::qos::CongestionControl::Block)
+                        .wait()
+                        .map_err(zerr)?,
+                ),
+            };
+            publisher.put(bytes).wait().map_err(zerr)
         });
         if let Err(e) = sent {
             tracing::error!(
@@ -605,7 +714,7 @@ impl Shared {
     /// publishing; that one picks these up after its current put, and the pump is nudged in
     /// case it was just finishing.
     fn publish_ready<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let publishers = match self.publishers.try_lock() {
+        let mut publishers = match self.publishers.try_lock() {
             Ok(publishers) => publishers,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
@@ -614,13 +723,13 @@ impl Shared {
             }
         };
         while let Some(picked) = self.pick(&mut state) {
-            state = self.publish(&publishers, state, picked);
+            state = self.publish(&mut publishers, state, picked);
         }
         drop(publishers);
         state
     }
 
-    fn lock_publishers(&self) -> MutexGuard<'_, Vec<zenoh::pubsub::Publisher<'static>>> {
+    fn lock_publishers(&self) -> MutexGuard<'_, BTreeMap<u32, zenoh::pubsub::Publisher<'static>>> {
         self.publishers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -629,7 +738,7 @@ impl Shared {
     fn pump(&self) {
         let mut last_check = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
-            let publishers = self.lock_publishers();
+            let mut publishers = self.lock_publishers();
             let mut state = self.lock();
             if last_check.elapsed() >= Duration::from_millis(50) {
                 self.check_liveness(&mut state);
@@ -637,7 +746,7 @@ impl Shared {
             }
             match self.pick(&mut state) {
                 Some(picked) => {
-                    drop(self.publish(&publishers, state, picked));
+                    drop(self.publish(&mut publishers, state, picked));
                 }
                 None => {
                     drop(publishers);
@@ -681,9 +790,16 @@ impl RemoteOutput {
         };
         let replicas = settings.replicas.max(1);
         let session = node.session();
-        let mut publishers = Vec::new();
-        for replica in 0..replicas {
-            publishers.push(
+        // A per-source link knows its replicas 0..N from the start; a load-balanced one learns
+        // them as they announce themselves, whatever their numbers (`--replica auto`).
+        let known = match settings.routing {
+            Routing::BySource => 0..replicas,
+            Routing::Balance => 0..0,
+        };
+        let mut publishers = BTreeMap::new();
+        for replica in known.clone() {
+            publishers.insert(
+                replica,
                 session
                     .declare_publisher(node.data_key(&settings.consumer, replica))
                     .congestion_control(zenoh::qos::CongestionControl::Block)
@@ -698,10 +814,13 @@ impl RemoteOutput {
                 next_seq: 0,
                 pending: BTreeMap::new(),
                 queue: VecDeque::new(),
-                replicas: (0..replicas)
-                    .map(|_| ReplicaState {
-                        window: settings.window.max(1),
-                        ..Default::default()
+                replicas: known
+                    .map(|r| {
+                        let state = ReplicaState {
+                            window: settings.window.max(1),
+                            ..Default::default()
+                        };
+                        (r, state)
                     })
                     .collect(),
                 round_robin: 0,
@@ -719,6 +838,8 @@ impl RemoteOutput {
             pool,
             stats: OutputStats::default(),
             publishers: Mutex::new(publishers),
+            session: session.clone(),
+            pipeline: node.pipeline().to_string(),
         });
         let feedback = {
             let shared = shared.clone();
@@ -769,23 +890,32 @@ impl RemoteOutput {
     pub fn send_blocking(&self, message: DataMessage) -> Result<(), LinkClosed> {
         let s = &self.shared;
         let n = s.settings.replicas;
-        let parts: Vec<(DataMessage, Option<u32>)> = match message {
-            DataMessage::EndOfStream(end) => match s.settings.routing {
-                Routing::BySource => {
-                    let owner = s.owner(end.source_id);
-                    vec![(DataMessage::EndOfStream(end), Some(owner))]
+        let parts: Vec<(DataMessage, Option<u32>)> = match (message, s.settings.routing) {
+            (DataMessage::EndOfStream(end), Routing::BySource) => {
+                let owner = s.owner(end.source_id);
+                vec![(DataMessage::EndOfStream(end), Some(owner))]
+            }
+            // Every replica forwards its own copy of the end, after its frames of that source;
+            // before any replica is known, one copy goes to whichever comes first.
+            (DataMessage::EndOfStream(end), Routing::Balance) => {
+                let replicas = s.current_replicas();
+                if replicas.is_empty() {
+                    vec![(DataMessage::EndOfStream(end), None)]
+                } else {
+                    replicas
+                        .into_iter()
+                        .map(|r| (DataMessage::EndOfStream(end.clone()), Some(r)))
+                        .collect()
                 }
-                Routing::Balance => (0..n)
-                    .map(|r| (DataMessage::EndOfStream(end.clone()), Some(r)))
-                    .collect(),
-            },
-            DataMessage::Batch(batch) if s.settings.routing == Routing::BySource && n > 1 => {
+            }
+            (DataMessage::Batch(batch), Routing::BySource) if n > 1 => {
                 split_by(batch, |source| s.owner(source))
                     .into_iter()
                     .map(|(r, b)| (DataMessage::Batch(b), Some(r)))
                     .collect()
             }
-            m => vec![(m, if n == 1 { Some(0) } else { None })],
+            (m, Routing::BySource) => vec![(m, Some(0))],
+            (m, Routing::Balance) => vec![(m, None)],
         };
         // Bound what waits for acknowledgement: the consumer's windows plus as much again
         // in flight further downstream.
@@ -868,7 +998,7 @@ impl RemoteOutput {
         let state = self.shared.lock();
         state
             .replicas
-            .iter()
+            .values()
             .filter(|r| r.epoch.is_some())
             .map(|r| (r.window as u64).saturating_sub(r.sent.saturating_sub(r.consumed)))
             .sum()
