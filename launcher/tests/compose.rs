@@ -65,11 +65,11 @@ impl Deployment {
     /// Writes the compose demo's topology reading the 300-frame ground-truth clip, with native
     /// metadata, then its compose file, and starts it.
     fn start(project: &str) -> Self {
-        Self::start_on(project, "data/gt/people.mp4")
+        Self::start_with(project, "data/gt/people.mp4", &[])
     }
 
-    /// The same on another clip.
-    fn start_on(project: &str, clip: &str) -> Self {
+    /// The same on another clip, with `edits` to the topology's text.
+    fn start_with(project: &str, clip: &str, edits: &[(&str, &str)]) -> Self {
         ensure_onnxruntime();
         model();
         prepared(clip);
@@ -77,7 +77,11 @@ impl Deployment {
         let dir = repo_root().join("out").join(project);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let text = compose_topology(project).replace("data/gt/people.mp4", clip);
+        let mut text = compose_topology(project).replace("data/gt/people.mp4", clip);
+        for (from, to) in edits {
+            assert!(text.contains(from), "no `{from}` in the topology");
+            text = text.replace(from, to);
+        }
         std::fs::write(dir.join("topology.toml"), text).unwrap();
         let file = dir.join("docker-compose.yml");
         checked(
@@ -346,9 +350,9 @@ fn reference() -> &'static Vec<NativeFrame> {
                 "file://out/reference/",
                 &format!("file://{}/", dir.path().display()),
             );
+        // `vidmesh run` ignores [hosts] and [placement]; they go with the Kafka stage.
         let cut = text.find("[stage.publish]").unwrap();
-        let end = text.find("[hosts]").unwrap();
-        text.replace_range(cut..end, "");
+        text.truncate(cut);
         let path = dir.path().join("t.toml");
         std::fs::write(&path, &text).unwrap();
         let t = Topology::parse(&path, &text, &repo_root()).unwrap();
@@ -492,7 +496,8 @@ fn the_edge_host_cut_off_for_ten_seconds_resumes_without_a_crash() {
             .unwrap(),
         "docker network connect",
     );
-    // Nothing crossed while the edge was cut off (what was in flight may still land).
+    eprintln!("events when the edge was cut off: {during}, 10 s later: {after_cut}");
+    // The cut stopped the flow (what was in flight may still have landed).
     assert!(
         after_cut < FRAMES as usize,
         "the cut came too late to matter: {during} → {after_cut} events"
@@ -506,20 +511,28 @@ fn the_edge_host_cut_off_for_ten_seconds_resumes_without_a_crash() {
 
 #[test]
 fn the_detector_scaled_from_one_to_three_replicas_mid_run_shares_the_work_and_loses_nothing() {
-    let d = Deployment::start_on("vmcompose-scale", "data/vtest.avi");
+    // Each detector gets a quarter of a core, as replicas on machines of their own would each bring
+    // their own: on this 2-core machine one unbounded detector already takes every core.
+    let d = Deployment::start_with(
+        "vmcompose-scale",
+        "data/vtest.avi",
+        &[("cpus = 2.0", "cpus = 0.25")],
+    );
     d.wait_for_events(40);
     let (t0, n0) = (Instant::now(), lines(&d.events()));
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(5));
     let rate_one = (lines(&d.events()) - n0) as f64 / t0.elapsed().as_secs_f64();
     checked(
         d.compose(&["up", "-d", "--no-recreate", "--scale", "detect=3", "detect"]),
         "docker compose up --scale detect=3",
     );
+    // The new replicas start and load the model first.
+    std::thread::sleep(Duration::from_secs(10));
     let (t1, n1) = (Instant::now(), lines(&d.events()));
-    let finished = d.wait_finished(Duration::from_secs(600));
+    std::thread::sleep(Duration::from_secs(10));
     let rate_three = (lines(&d.events()) - n1) as f64 / t1.elapsed().as_secs_f64();
-    // Reported, not asserted: on a shared 2-core machine three detectors compete for the
-    // same cores (docs/BENCHMARKS.md has measured numbers).
+    let finished = d.wait_finished(Duration::from_secs(600));
+    // Reported, not asserted (machines here are shared and noisy); docs/BENCHMARKS.md.
     eprintln!("events/s with one detector {rate_one:.1}, after scaling to three {rate_three:.1}");
     let detectors: Vec<_> = finished.iter().filter(|(s, _, _)| s == "detect").collect();
     assert_eq!(detectors.len(), 3, "{finished:?}");
@@ -527,6 +540,7 @@ fn the_detector_scaled_from_one_to_three_replicas_mid_run_shares_the_work_and_lo
         assert_eq!(*code, 0, "{service}:\n{}", d.logs());
     }
     let summaries = d.summaries("core", "detect");
+    eprintln!("frames per detector replica: {summaries:?}");
     assert_eq!(summaries.len(), 3, "{summaries:?}");
     assert!(
         summaries.iter().all(|(_, frames)| *frames > 0),
