@@ -561,23 +561,15 @@ fn stop_flag_set() {
 
 /// Calls `handler` on every SIGINT instead of dying.
 fn on_interrupt(handler: impl Fn() + Send + 'static) {
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        rt.block_on(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                handler();
-            }
-        });
-    });
+    on_signal(tokio::signal::unix::SignalKind::interrupt(), handler);
 }
 
 /// Calls `handler` on every SIGTERM instead of dying.
 fn on_terminate(handler: impl Fn() + Send + 'static) {
+    on_signal(tokio::signal::unix::SignalKind::terminate(), handler);
+}
+
+fn on_signal(kind: tokio::signal::unix::SignalKind, handler: impl Fn() + Send + 'static) {
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -586,11 +578,10 @@ fn on_terminate(handler: impl Fn() + Send + 'static) {
             return;
         };
         rt.block_on(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut terms) = signal(SignalKind::terminate()) else {
+            let Ok(mut signals) = tokio::signal::unix::signal(kind) else {
                 return;
             };
-            while terms.recv().await.is_some() {
+            while signals.recv().await.is_some() {
                 handler();
             }
         });

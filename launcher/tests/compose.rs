@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use vidmesh::{run, RunOptions, Topology};
 use vidmesh_tests::{
     compose_cli, count_frames, ensure_onnxruntime, model, prepared, read_native, repo_root,
-    venv_python, NativeFrame,
+    stdout_of, venv_python, NativeFrame,
 };
 
 const FRAMES: u64 = 300;
@@ -41,16 +41,6 @@ fn image() -> &'static str {
             .expect("the image tag")
             .to_string()
     })
-}
-
-fn checked(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// One compose deployment of the compose demo, its files under `out/<project>/` of the repo
@@ -84,7 +74,7 @@ impl Deployment {
         }
         std::fs::write(dir.join("topology.toml"), text).unwrap();
         let file = dir.join("docker-compose.yml");
-        checked(
+        stdout_of(
             Command::new(env!("CARGO_BIN_EXE_vidmesh"))
                 .current_dir(repo_root())
                 .args(["compose", &format!("out/{project}/topology.toml"), "-o"])
@@ -98,7 +88,7 @@ impl Deployment {
             dir,
             file,
         };
-        checked(d.compose(&["up", "-d"]), "docker compose up");
+        stdout_of(d.compose(&["up", "-d"]), "docker compose up");
         d
     }
 
@@ -117,7 +107,7 @@ impl Deployment {
     /// The (first) container of `service`, by compose's labels (compose 1 and 2 name
     /// containers differently).
     fn container(&self, service: &str) -> String {
-        let out = checked(
+        let out = stdout_of(
             Command::new("docker")
                 .args(["ps", "-aq", "--filter"])
                 .arg(format!("label=com.docker.compose.project={}", self.project))
@@ -137,7 +127,7 @@ impl Deployment {
     /// Docker), so its restart policy applies; `docker kill` counts as an operator's stop.
     fn crash(&self, service: &str) {
         let init = self.inspect(service, "{{.State.Pid}}");
-        let children = checked(
+        let children = stdout_of(
             Command::new("pgrep").args(["-P", &init]).output().unwrap(),
             "pgrep",
         );
@@ -151,7 +141,7 @@ impl Deployment {
     }
 
     fn inspect(&self, service: &str, format: &str) -> String {
-        checked(
+        stdout_of(
             Command::new("docker")
                 .args(["inspect", "-f", format, &self.container(service)])
                 .output()
@@ -176,7 +166,7 @@ impl Deployment {
     fn wait_finished(&self, limit: Duration) -> Vec<(String, i64, i64)> {
         let started = Instant::now();
         loop {
-            let out = checked(
+            let out = stdout_of(
                 Command::new("docker")
                     .args(["ps", "-a", "--filter"])
                     .arg(format!("label=com.docker.compose.project={}", self.project))
@@ -187,7 +177,7 @@ impl Deployment {
             );
             let ids: Vec<&str> = out.split_whitespace().collect();
             assert!(!ids.is_empty(), "no instance containers:\n{}", self.logs());
-            let states = checked(
+            let states = stdout_of(
                 Command::new("docker")
                     .arg("inspect")
                     .arg("-f")
@@ -241,7 +231,7 @@ impl Deployment {
     /// container on the broker's network (its advertised address is the service name).
     fn kafka_messages(&self, topic: &str) -> usize {
         let python = venv_python();
-        let base = checked(
+        let base = stdout_of(
             Command::new(&python)
                 .args(["-c", "import sys; print(sys.base_prefix)"])
                 .output()
@@ -281,7 +271,7 @@ impl Deployment {
             .args(["-c", &script])
             .output()
             .unwrap();
-        checked(out, "the Kafka consumer")
+        stdout_of(out, "the Kafka consumer")
             .trim()
             .parse()
             .expect("a count")
@@ -290,9 +280,9 @@ impl Deployment {
 
 impl Deployment {
     /// The end-of-run summaries the replicas of `stage` on `host` left in the host's state
-    /// volume: (replica, frames processed).
-    fn summaries(&self, host: &str, stage: &str) -> Vec<(u64, u64)> {
-        let text = checked(
+    /// volume: (replica, frames processed, whether it left before the end).
+    fn summaries(&self, host: &str, stage: &str) -> Vec<(u64, u64, bool)> {
+        let text = stdout_of(
             Command::new("docker")
                 .args(["run", "--rm", "-v"])
                 .arg(format!("{}_{host}-state:/state:ro", self.project))
@@ -306,9 +296,11 @@ impl Deployment {
             .into_iter::<serde_json::Value>()
             .map(|v| {
                 let v = v.expect("a summary");
+                let left = v["facts"].to_string().contains("\"left\"");
                 (
                     v["replica"].as_u64().unwrap(),
                     v["frames"].as_u64().unwrap(),
+                    left,
                 )
             })
             .collect()
@@ -457,7 +449,7 @@ fn a_killed_detector_container_is_restarted_and_nothing_is_lost() {
     d.wait_for_events(150);
     let detect = d.container("detect");
     for verb in ["kill", "start"] {
-        checked(
+        stdout_of(
             Command::new("docker")
                 .args([verb, &detect])
                 .output()
@@ -479,7 +471,7 @@ fn the_edge_host_cut_off_for_ten_seconds_resumes_without_a_crash() {
     d.wait_for_events(40);
     let wan = format!("{}_wan", d.project);
     let router = d.container("zenoh-edge");
-    checked(
+    stdout_of(
         Command::new("docker")
             .args(["network", "disconnect", &wan, &router])
             .output()
@@ -489,7 +481,7 @@ fn the_edge_host_cut_off_for_ten_seconds_resumes_without_a_crash() {
     let during = lines(&d.events());
     std::thread::sleep(Duration::from_secs(10));
     let after_cut = lines(&d.events());
-    checked(
+    stdout_of(
         Command::new("docker")
             .args(["network", "connect", &wan, &router])
             .output()
@@ -522,7 +514,7 @@ fn the_detector_scaled_from_one_to_three_replicas_mid_run_shares_the_work_and_lo
     let (t0, n0) = (Instant::now(), lines(&d.events()));
     std::thread::sleep(Duration::from_secs(5));
     let rate_one = (lines(&d.events()) - n0) as f64 / t0.elapsed().as_secs_f64();
-    checked(
+    stdout_of(
         d.compose(&["up", "-d", "--no-recreate", "--scale", "detect=3", "detect"]),
         "docker compose up --scale detect=3",
     );
@@ -531,11 +523,16 @@ fn the_detector_scaled_from_one_to_three_replicas_mid_run_shares_the_work_and_lo
     let (t1, n1) = (Instant::now(), lines(&d.events()));
     std::thread::sleep(Duration::from_secs(10));
     let rate_three = (lines(&d.events()) - n1) as f64 / t1.elapsed().as_secs_f64();
+    // Scaling down: the removed replica (SIGTERM) leaves and hands its work back.
+    stdout_of(
+        d.compose(&["up", "-d", "--no-recreate", "--scale", "detect=2", "detect"]),
+        "docker compose up --scale detect=2",
+    );
     let finished = d.wait_finished(Duration::from_secs(600));
     // Reported, not asserted (machines here are shared and noisy); docs/BENCHMARKS.md.
     eprintln!("events/s with one detector {rate_one:.1}, after scaling to three {rate_three:.1}");
     let detectors: Vec<_> = finished.iter().filter(|(s, _, _)| s == "detect").collect();
-    assert_eq!(detectors.len(), 3, "{finished:?}");
+    assert_eq!(detectors.len(), 2, "{finished:?}");
     for (service, code, _) in &finished {
         assert_eq!(*code, 0, "{service}:\n{}", d.logs());
     }
@@ -543,8 +540,13 @@ fn the_detector_scaled_from_one_to_three_replicas_mid_run_shares_the_work_and_lo
     eprintln!("frames per detector replica: {summaries:?}");
     assert_eq!(summaries.len(), 3, "{summaries:?}");
     assert!(
-        summaries.iter().all(|(_, frames)| *frames > 0),
+        summaries.iter().all(|(_, frames, _)| *frames > 0),
         "every detector replica took batches: {summaries:?}"
+    );
+    assert_eq!(
+        summaries.iter().filter(|(_, _, left)| *left).count(),
+        1,
+        "the replica scaled away left: {summaries:?}"
     );
     // Every frame once after deduplication, and the video complete.
     let total = count_frames(&repo_root().join("data/vtest.avi")) as u64;

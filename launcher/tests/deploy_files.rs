@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use vidmesh_tests::{compose_cli, repo_root, venv_python};
+use vidmesh_tests::{compose_cli, repo_root, stdout_of, venv_python};
 
 fn compose(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vidmesh"))
@@ -19,16 +19,6 @@ fn compose(args: &[&str]) -> Output {
         .env("CAM_PASSWORD", "s3cret")
         .output()
         .expect("vidmesh runs")
-}
-
-fn stdout_of(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A topology with what the demo does not use: replicas, GPU placement, limits, secrets, an

@@ -436,3 +436,15 @@ pub fn compose_cli() -> (&'static str, &'static [&'static str]) {
         ("docker-compose", &[])
     }
 }
+
+/// The standard output of a command that must have succeeded; `what` names it, with both
+/// outputs, when it did not.
+pub fn stdout_of(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
