@@ -565,7 +565,9 @@ impl Shared {
                             (free, r, e)
                         })
                     })
-                    .max_by_key(|(free, _, _)| *free)
+                    // The most free credit; among equals the first in round-robin order
+                    // (`max_by_key` would take the last, the same replica every time).
+                    .min_by_key(|(free, _, _)| std::cmp::Reverse(*free))
                     .map(|(_, r, e)| (r, e)),
             };
             match choice {
