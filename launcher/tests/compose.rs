@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use vidmesh::{run, RunOptions, Topology};
 use vidmesh_tests::{
     compose_cli, count_frames, ensure_onnxruntime, model, prepared, read_native, repo_root,
-    stdout_of, venv_python, NativeFrame,
+    same_objects, stdout_of, venv_python, NativeFrame,
 };
 
 const FRAMES: u64 = 300;
@@ -374,18 +374,7 @@ fn assert_complete(d: &Deployment) {
         "every frame, once"
     );
     for (want, got) in reference().iter().zip(frames.values()) {
-        assert_eq!(
-            want.objects.len(),
-            got.objects.len(),
-            "frame {}: objects",
-            want.frame_num
-        );
-        for (x, y) in want.objects.iter().zip(&got.objects) {
-            assert_eq!(x.track_id, y.track_id, "frame {}", want.frame_num);
-            for (p, q) in x.bbox.corners().iter().zip(y.bbox.corners()) {
-                assert!((p - q).abs() < 1e-3, "frame {}: {p} vs {q}", want.frame_num);
-            }
-        }
+        same_objects(want, got, "the containers vs one process");
     }
     assert_eq!(
         count_frames(&d.dir.join("annotated.mp4")) as u64,

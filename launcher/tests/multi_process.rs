@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use vidmesh::{run, RunOptions, Topology};
 use vidmesh_tests::{
-    count_frames, ensure_onnxruntime, model, prepared, read_native, repo_root, topology_in,
-    NativeFrame,
+    count_frames, ensure_onnxruntime, model, prepared, read_native, repo_root, same_objects,
+    topology_in, NativeFrame,
 };
 
 const FRAMES: u64 = 300;
@@ -127,25 +127,6 @@ fn deduplicated(frames: Vec<NativeFrame>) -> BTreeMap<u64, NativeFrame> {
         }
     }
     by_number
-}
-
-fn same_objects(a: &NativeFrame, b: &NativeFrame, what: &str) {
-    assert_eq!(
-        a.objects.len(),
-        b.objects.len(),
-        "frame {}: {what} has another number of objects",
-        a.frame_num
-    );
-    for (x, y) in a.objects.iter().zip(&b.objects) {
-        assert_eq!(x.track_id, y.track_id, "frame {}: {what}", a.frame_num);
-        for (p, q) in x.bbox.corners().iter().zip(y.bbox.corners()) {
-            assert!(
-                (p - q).abs() < 1e-3,
-                "frame {}: {what}: box {p} vs {q}",
-                a.frame_num
-            );
-        }
-    }
 }
 
 /// Every frame exactly once after deduplication, equal to the one-process run, and the video

@@ -448,3 +448,24 @@ pub fn stdout_of(out: std::process::Output, what: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Asserts two frames of native metadata hold the same objects: count, track ids, and boxes
+/// within 1e-3 pixel; `what` names the comparison in a failure.
+pub fn same_objects(a: &NativeFrame, b: &NativeFrame, what: &str) {
+    assert_eq!(
+        a.objects.len(),
+        b.objects.len(),
+        "frame {}: {what} has another number of objects",
+        a.frame_num
+    );
+    for (x, y) in a.objects.iter().zip(&b.objects) {
+        assert_eq!(x.track_id, y.track_id, "frame {}: {what}", a.frame_num);
+        for (p, q) in x.bbox.corners().iter().zip(y.bbox.corners()) {
+            assert!(
+                (p - q).abs() < 1e-3,
+                "frame {}: {what}: box {p} vs {q}",
+                a.frame_num
+            );
+        }
+    }
+}
