@@ -337,11 +337,9 @@ fn main() -> ExitCode {
                     stop_flag_set();
                 }
             });
-            let elastic = topology
-                .stages
-                .iter()
-                .find(|s| s.name == stage)
-                .is_some_and(|s| vidmesh::node::is_elastic(s.kind));
+            let entry = topology.stages.iter().find(|s| s.name == stage);
+            let elastic = entry.is_some_and(|s| vidmesh::node::is_elastic(s.kind));
+            let sharded = entry.is_some_and(|s| !elastic && s.runtime.replicas > 1);
             let replica = match (replica.as_str(), elastic) {
                 ("auto", true) => auto_replica(),
                 ("auto", false) => {
@@ -359,9 +357,10 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            // A load-balanced replica told to stop (a scaler removing it) leaves at once and
-            // its work goes to the others; other instances keep SIGTERM's default.
-            if elastic {
+            // A replica of a load-balanced or sharded stage told to stop (a scaler removing
+            // it, a rolling update) leaves at once and its work goes to the others; other
+            // instances keep SIGTERM's default.
+            if elastic || sharded {
                 on_terminate(stop_flag_set);
             }
             let options = NodeOptions {

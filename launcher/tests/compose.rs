@@ -2,7 +2,9 @@
 //! Docker networks standing in for two hosts (source, mux and preprocess on `edge`; detector,
 //! tracker, OSD, sinks on `core`; Kafka on a network of its own) and gives the same metadata
 //! as one process; a detector container killed mid-run is restarted by its restart policy and
-//! nothing is lost; the edge host cut off from the others for 10 s resumes without a crash.
+//! nothing is lost; the edge host cut off from the others for 10 s resumes without a crash;
+//! the detector scaled from one to three containers mid-run shares the work; a tracker replica
+//! stopped mid-run hands its stream to the other and takes it back when started again.
 //!
 //! The images come from `scripts/images` (a debootstrap rootfs, no registry), built once per
 //! binary. Each test is its own compose project, removed with its volumes at the end.
@@ -333,25 +335,27 @@ fn compose_topology(project: &str) -> String {
 /// The same pipeline in this process, without the Kafka stage.
 fn reference() -> &'static Vec<NativeFrame> {
     static REFERENCE: OnceLock<Vec<NativeFrame>> = OnceLock::new();
-    REFERENCE.get_or_init(|| {
-        ensure_onnxruntime();
-        let dir = tempfile::tempdir().unwrap();
-        let mut text = compose_topology("reference")
-            .replace(", [\"track\", \"publish\"]", "")
-            .replace(
-                "file://out/reference/",
-                &format!("file://{}/", dir.path().display()),
-            );
-        // `vidmesh run` ignores [hosts] and [placement]; they go with the Kafka stage.
-        let cut = text.find("[stage.publish]").unwrap();
-        text.truncate(cut);
-        let path = dir.path().join("t.toml");
-        std::fs::write(&path, &text).unwrap();
-        let t = Topology::parse(&path, &text, &repo_root()).unwrap();
-        let summary = run(&t, &RunOptions::default(), Arc::new(AtomicBool::new(false))).unwrap();
-        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
-        read_native(&dir.path().join("events.jsonl"))
-    })
+    REFERENCE.get_or_init(|| run_in_one_process(&compose_topology("reference")))
+}
+
+/// The events of a compose test topology (written for project `reference`) run in this
+/// process, without the Kafka stage.
+fn run_in_one_process(topology: &str) -> Vec<NativeFrame> {
+    ensure_onnxruntime();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = topology.replace(", [\"track\", \"publish\"]", "").replace(
+        "file://out/reference/",
+        &format!("file://{}/", dir.path().display()),
+    );
+    // `vidmesh run` ignores [hosts] and [placement]; they go with the Kafka stage.
+    let cut = text.find("[stage.publish]").unwrap();
+    text.truncate(cut);
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, &text).unwrap();
+    let t = Topology::parse(&path, &text, &repo_root()).unwrap();
+    let summary = run(&t, &RunOptions::default(), Arc::new(AtomicBool::new(false))).unwrap();
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    read_native(&dir.path().join("events.jsonl"))
 }
 
 fn lines(path: &Path) -> usize {
@@ -545,4 +549,113 @@ fn the_detector_scaled_from_one_to_three_replicas_mid_run_shares_the_work_and_lo
         .collect();
     assert_eq!(numbers, (0..total).collect(), "every frame's metadata");
     assert_eq!(count_frames(&d.dir.join("annotated.mp4")) as u64, total);
+}
+
+/// The compose demo with a second stream of the clip (`street2`, source 1) and two tracker
+/// replicas, `track-0` and `track-1`, each taking one stream (`source_id % 2`); without the
+/// OSD and the video sink, which would need a tiler for two streams.
+fn two_streams_two_trackers(project: &str) -> Vec<(String, String)> {
+    let source = "[[source]]\nid = \"street\"\nuri = \"file://data/gt/people.mp4\"\n";
+    let out = format!(
+        "[stage.osd]\nkind = \"osd\"\n\n[stage.out]\nkind = \"sink\"\n\
+         uri = \"file://out/{project}/annotated.mp4\"\n\n"
+    );
+    [
+        (source.to_string(), format!("{source}\n[[source]]\nid = \"street2\"\nuri = \"file://data/gt/people.mp4\"\n")),
+        ("[\"track\", \"osd\"], [\"osd\", \"out\"], ".into(), String::new()),
+        (out, String::new()),
+        ("osd = { host = \"core\" }\nout = { host = \"core\" }\n".into(), String::new()),
+        ("[stage.track]\nkind = \"track\"\n".into(), "[stage.track]\nkind = \"track\"\nreplicas = 2\n".into()),
+    ]
+    .into_iter()
+    .collect()
+}
+
+#[test]
+fn a_tracker_replica_stopped_mid_run_hands_its_stream_over_and_takes_it_back_when_started() {
+    let project = "vmcompose-shard";
+    let edits = two_streams_two_trackers(project);
+    let borrowed: Vec<(&str, &str)> = edits.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let d = Deployment::start_with(project, "data/gt/people.mp4", &borrowed);
+    let of_street2 = || {
+        std::fs::read_to_string(d.events())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"street2\""))
+            .count()
+    };
+    d.wait_for_events(80);
+    // SIGTERM, as a scaler or a rolling update stops a replica: track-1 leaves at once.
+    stdout_of(
+        d.compose(&["stop", "-t", "30", "track-1"]),
+        "docker compose stop track-1",
+    );
+    assert_eq!(
+        d.inspect("track-1", "{{.State.ExitCode}}"),
+        "0",
+        "track-1 left cleanly:\n{}",
+        d.logs()
+    );
+    // Its stream goes on at track-0.
+    let stopped_at = of_street2();
+    let started = Instant::now();
+    while of_street2() < stopped_at + 30 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "street2 did not go on without track-1 ({} events):\n{}",
+            of_street2(),
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let handed_over = of_street2();
+    stdout_of(d.compose(&["start", "track-1"]), "docker compose start track-1");
+    let finished = d.wait_finished(Duration::from_secs(600));
+    for (service, code, _) in &finished {
+        assert_eq!(*code, 0, "{service}:\n{}", d.logs());
+    }
+    eprintln!(
+        "street2: {stopped_at} events when track-1 was stopped, {handed_over} when it was started again"
+    );
+    let log_of = |service: &str| {
+        let out = d.compose(&["logs", "--no-color", service]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (zero, one) = (log_of("track-0"), log_of("track-1"));
+    assert!(
+        zero.contains("took over source 1 from replica 1"),
+        "track-0 took street2 over:\n{zero}"
+    );
+    assert!(
+        one.contains("took over source 1 from replica 0"),
+        "track-1 took street2 back with track-0's state:\n{one}"
+    );
+    // Every frame of both streams once, with the objects and track ids of one process.
+    let mut text = compose_topology("reference");
+    for (from, to) in two_streams_two_trackers("reference") {
+        assert!(text.contains(&from), "no `{from}` in the topology");
+        text = text.replace(&from, &to);
+    }
+    let want: BTreeMap<(String, u64), NativeFrame> = run_in_one_process(&text)
+        .into_iter()
+        .map(|f| ((f.source_name.clone(), f.frame_num), f))
+        .collect();
+    let mut got: BTreeMap<(String, u64), NativeFrame> = BTreeMap::new();
+    for f in read_native(&d.events()) {
+        got.entry((f.source_name.clone(), f.frame_num)).or_insert(f);
+    }
+    assert_eq!(want.len(), 2 * FRAMES as usize);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "every frame of both streams"
+    );
+    for (key, w) in &want {
+        same_objects(w, &got[key], &format!("{key:?}: two tracker replicas vs one process"));
+    }
+    assert_eq!(
+        d.kafka_messages("people"),
+        2 * FRAMES as usize,
+        "one Kafka message per frame, none twice"
+    );
 }

@@ -24,7 +24,7 @@ use vidmesh_actors::{Outputs, Resume, Stage, StageError};
 use vidmesh_protocol::{Batch, DataMessage, StreamEnd};
 use vidmesh_transport::net::{
     keys_of, FrameKey, LinkEvent, NetConfig, NetError, NetNode, OutputSettings, PayloadMode,
-    RemoteInbox, RemoteOutput, Routing,
+    PeerTable, RemoteInbox, RemoteOutput, Routing,
 };
 use vidmesh_transport::LinkSender;
 
@@ -436,8 +436,9 @@ struct StageNode {
     state_file: PathBuf,
     metrics: Arc<StageMetrics>,
     duplicates: Arc<std::sync::atomic::AtomicU64>,
-    /// Sources taken over from retired replicas.
-    adopted: std::collections::HashSet<u32>,
+    /// Sources of a per-source stage this replica has checked for a newer state elsewhere
+    /// since it started or since the source last went to another replica.
+    held_sources: std::collections::HashSet<u32>,
 }
 
 impl StageNode {
@@ -567,47 +568,49 @@ impl StageNode {
         Ok(())
     }
 
-    /// A frame of a source another replica owned arrived: that replica was retired, so this
-    /// one continues the stream from the last state it committed (its frontier, and its
-    /// snapshot for stateful stages). Frames after that frontier were never acknowledged and
-    /// are being re-sent here.
-    fn adopt_if_foreign(
+    /// A frame of `source` arrived that this replica has not had since it started or since
+    /// the source last went elsewhere. Another replica may have run the stream meanwhile: its
+    /// owner was retired and this replica took over, or this replica is that owner, back
+    /// after being retired. Either way the stream continues from the most advanced state any
+    /// other replica committed for it (its frontier, and its snapshot for stateful stages),
+    /// when that is ahead of this replica's own. The producer sends the source here only
+    /// after the previous replica acknowledged everything it had, so that state is complete;
+    /// frames after it were never acknowledged and are being re-sent here.
+    fn take_over_if_moved(
         &mut self,
         source: u32,
         me: u32,
         replicas: u32,
         state_dir: &Path,
     ) -> Result<(), NodeError> {
-        if source % replicas == me || !self.adopted.insert(source) {
+        if !self.held_sources.insert(source) {
             return Ok(());
         }
-        // The owners before this one, in the order sources move along.
+        let progress_of = |saved: &SavedState| {
+            saved
+                .frontier
+                .iter()
+                .find(|(s, _)| *s == source)
+                .map_or(0, |(_, n)| *n)
+        };
+        let mine = self.processed.get(&source).map_or(0, FrameSet::contiguous);
         let mut best: Option<(u32, SavedState)> = None;
-        let mut r = source % replicas;
-        while r != me {
-            if let Some(saved) = load_state(&state_path(state_dir, &self.name, r))? {
-                let progress = saved
-                    .frontier
-                    .iter()
-                    .find(|(s, _)| *s == source)
-                    .map_or(0, |(_, n)| *n);
-                let best_progress = best.as_ref().map_or(0, |(_, b)| {
-                    b.frontier
-                        .iter()
-                        .find(|(s, _)| *s == source)
-                        .map_or(0, |(_, n)| *n)
-                });
-                if best.is_none() || progress > best_progress {
-                    best = Some((r, saved));
-                }
+        for r in (0..replicas).filter(|r| *r != me) {
+            let Some(saved) = load_state(&state_path(state_dir, &self.name, r))? else {
+                continue;
+            };
+            let progress = progress_of(&saved);
+            if progress > mine && best.as_ref().is_none_or(|(_, b)| progress > progress_of(b)) {
+                best = Some((r, saved));
             }
-            r = (r + 1) % replicas;
         }
         let Some((from, saved)) = best else {
-            tracing::warn!(
-                "stage `{}`: source {source} moved here with no state from its earlier replica",
-                self.name
-            );
+            if source % replicas != me && mine == 0 {
+                tracing::warn!(
+                    "stage `{}`: source {source} moved here with no state from its earlier replica",
+                    self.name
+                );
+            }
             return Ok(());
         };
         if let Some(snapshot) = &saved.snapshot {
@@ -615,19 +618,26 @@ impl StageNode {
                 .adopt(snapshot, &[source])
                 .map_err(|e| self.fail(e))?;
         }
-        if let Some((_, frontier)) = saved.frontier.iter().find(|(s, _)| *s == source) {
-            self.ledger.adopt_frontier(source, *frontier);
-            let processed = self.processed.entry(source).or_default();
-            if processed.contiguous() < *frontier {
-                *processed = FrameSet::starting_at(*frontier);
-            }
+        let frontier = progress_of(&saved);
+        self.ledger.adopt_frontier(source, frontier);
+        let processed = self.processed.entry(source).or_default();
+        if processed.contiguous() < frontier {
+            *processed = FrameSet::starting_at(frontier);
         }
         tracing::warn!(
-            "stage `{}`: took over source {source} from retired replica {from}",
+            "stage `{}`: took over source {source} from replica {from} at frame {frontier}",
             self.name
         );
         self.take_snapshot();
         Ok(())
+    }
+
+    /// Forgets the sources that went to another replica, so that taking one back checks for
+    /// the state that replica committed meanwhile.
+    fn release_moved_sources(&mut self, peers: &PeerTable, me: u32, replicas: u32) {
+        let name = &self.name;
+        self.held_sources
+            .retain(|s| peers.owner_of(name, replicas, *s) == me);
     }
 
     /// A stateful stage's state after everything processed so far (a commit candidate).
@@ -678,7 +688,9 @@ pub fn is_elastic(kind: &vidmesh_actors::StageKind) -> bool {
     delivery_of(kind).0 == Routing::Balance
 }
 
-/// Runs a stage replica. `leave` (SIGTERM) makes a load-balanced replica retire at once.
+/// Runs a stage replica. `leave` (SIGTERM) makes a replica of a load-balanced or sharded stage
+/// retire at once: the other replicas take over its work (and, when sharded, its sources
+/// with their last committed state).
 fn run_stage(
     topology: &Topology,
     options: &NodeOptions,
@@ -764,6 +776,8 @@ fn run_stage(
     )?;
 
     let (routing, ordered) = delivery_of(entry.kind);
+    // Several replicas splitting the sources between them.
+    let sharded = routing == Routing::BySource && entry.runtime.replicas > 1;
     let stateful = stage.snapshot().is_some();
     let frontier = saved
         .as_ref()
@@ -804,7 +818,7 @@ fn run_stage(
         state_file,
         metrics: Arc::new(StageMetrics::default()),
         duplicates: Arc::default(),
-        adopted: std::collections::HashSet::new(),
+        held_sources: std::collections::HashSet::new(),
     };
     let _server = serve_metrics(
         topology,
@@ -841,9 +855,9 @@ fn run_stage(
         match inbox.recv(Some(deadline))? {
             Some(delivery) => {
                 let keys = keys_of(&delivery.message);
-                if routing == Routing::BySource && entry.runtime.replicas > 1 {
+                if sharded {
                     for (source, _) in &keys {
-                        node.adopt_if_foreign(
+                        node.take_over_if_moved(
                             *source,
                             options.replica,
                             entry.runtime.replicas,
@@ -868,8 +882,11 @@ fn run_stage(
         }
         node.process_ready(false)?;
         node.settle(&inbox)?;
+        if sharded {
+            node.release_moved_sources(net.peers(), options.replica, entry.runtime.replicas);
+        }
 
-        if leave.load(Ordering::Relaxed) && elastic {
+        if leave.load(Ordering::Relaxed) && (elastic || sharded) {
             tracing::warn!(
                 "stage `{}` replica {} leaves: what it has not finished goes to the other replicas",
                 entry.name,

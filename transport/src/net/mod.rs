@@ -217,6 +217,18 @@ impl PeerTable {
         replicas
     }
 
+    /// The replica of a per-source `stage` with `replicas` replicas that takes `source`:
+    /// `source % replicas`, or the next one after it not retired. Producers route by it and
+    /// consumers use it to notice that a source they took over has gone back to its owner.
+    pub fn owner_of(&self, stage: &str, replicas: u32, source: u32) -> u32 {
+        let n = replicas.max(1);
+        let start = source % n;
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|r| !self.get(stage, *r).is_some_and(|p| p.retired))
+            .unwrap_or(start)
+    }
+
     /// Heard within `within`.
     pub fn alive(&self, stage: &str, replica: u32, within: Duration) -> bool {
         self.get(stage, replica)

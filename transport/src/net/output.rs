@@ -429,20 +429,10 @@ impl Shared {
         super::data_key(&self.pipeline, &self.settings.consumer, replica, &self.me)
     }
 
-    /// The replica that takes `source` on a per-source link: `source % replicas`, or the next
-    /// one after it that the launcher has not retired.
+    /// The replica that takes `source` on a per-source link (see [`PeerTable::owner_of`]).
     fn owner(&self, source: u32) -> u32 {
-        let n = self.settings.replicas;
-        let start = source % n;
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|r| {
-                !self
-                    .peers
-                    .get(&self.settings.consumer, *r)
-                    .is_some_and(|p| p.retired)
-            })
-            .unwrap_or(start)
+        self.peers
+            .owner_of(&self.settings.consumer, self.settings.replicas, source)
     }
 
     /// A retired replica of a per-source link hands its sources to their next owners: what
@@ -544,6 +534,24 @@ impl Shared {
         .then_some(epoch)
     }
 
+    /// A source moves to another replica of a per-source link (its owner came back after
+    /// being retired): its deliveries wait until everything sent to the previous replica is
+    /// acknowledged. That replica has then committed its state of the source, which the new
+    /// owner takes over on its first frame, so the stream continues from exactly that state.
+    fn waits_for_handover(&self, state: &State, seq: u64) -> bool {
+        if self.settings.routing != Routing::BySource || self.settings.replicas < 2 {
+            return false;
+        }
+        let p = &state.pending[&seq];
+        state.pending.range(..seq).any(|(_, earlier)| {
+            earlier.target != p.target
+                && earlier
+                    .keys
+                    .iter()
+                    .any(|(source, _)| p.keys.iter().any(|(s, _)| s == source))
+        })
+    }
+
     /// The next delivery that can go now and where, keeping each replica's order.
     fn pick(&self, state: &mut State) -> Option<(u64, u32, u64)> {
         let ids: Vec<u32> = state.replicas.keys().copied().collect();
@@ -552,6 +560,10 @@ impl Shared {
         for (index, seq) in state.queue.iter().enumerate().take(256) {
             let p = &state.pending[seq];
             if blocked_targets.contains(&p.target) {
+                continue;
+            }
+            if self.waits_for_handover(state, *seq) {
+                blocked_targets.push(p.target);
                 continue;
             }
             let choice = match p.target {
