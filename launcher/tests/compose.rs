@@ -561,11 +561,25 @@ fn two_streams_two_trackers(project: &str) -> Vec<(String, String)> {
          uri = \"file://out/{project}/annotated.mp4\"\n\n"
     );
     [
-        (source.to_string(), format!("{source}\n[[source]]\nid = \"street2\"\nuri = \"file://data/gt/people.mp4\"\n")),
-        ("[\"track\", \"osd\"], [\"osd\", \"out\"], ".into(), String::new()),
+        (
+            source.to_string(),
+            format!(
+                "{source}\n[[source]]\nid = \"street2\"\nuri = \"file://data/gt/people.mp4\"\n"
+            ),
+        ),
+        (
+            "[\"track\", \"osd\"], [\"osd\", \"out\"], ".into(),
+            String::new(),
+        ),
         (out, String::new()),
-        ("osd = { host = \"core\" }\nout = { host = \"core\" }\n".into(), String::new()),
-        ("[stage.track]\nkind = \"track\"\n".into(), "[stage.track]\nkind = \"track\"\nreplicas = 2\n".into()),
+        (
+            "osd = { host = \"core\" }\nout = { host = \"core\" }\n".into(),
+            String::new(),
+        ),
+        (
+            "[stage.track]\nkind = \"track\"\n".into(),
+            "[stage.track]\nkind = \"track\"\nreplicas = 2\n".into(),
+        ),
     ]
     .into_iter()
     .collect()
@@ -575,7 +589,10 @@ fn two_streams_two_trackers(project: &str) -> Vec<(String, String)> {
 fn a_tracker_replica_stopped_mid_run_hands_its_stream_over_and_takes_it_back_when_started() {
     let project = "vmcompose-shard";
     let edits = two_streams_two_trackers(project);
-    let borrowed: Vec<(&str, &str)> = edits.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let borrowed: Vec<(&str, &str)> = edits
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let d = Deployment::start_with(project, "data/gt/people.mp4", &borrowed);
     let of_street2 = || {
         std::fs::read_to_string(d.events())
@@ -609,7 +626,10 @@ fn a_tracker_replica_stopped_mid_run_hands_its_stream_over_and_takes_it_back_whe
         std::thread::sleep(Duration::from_millis(200));
     }
     let handed_over = of_street2();
-    stdout_of(d.compose(&["start", "track-1"]), "docker compose start track-1");
+    stdout_of(
+        d.compose(&["start", "track-1"]),
+        "docker compose start track-1",
+    );
     let finished = d.wait_finished(Duration::from_secs(600));
     for (service, code, _) in &finished {
         assert_eq!(*code, 0, "{service}:\n{}", d.logs());
@@ -651,7 +671,11 @@ fn a_tracker_replica_stopped_mid_run_hands_its_stream_over_and_takes_it_back_whe
         "every frame of both streams"
     );
     for (key, w) in &want {
-        same_objects(w, &got[key], &format!("{key:?}: two tracker replicas vs one process"));
+        same_objects(
+            w,
+            &got[key],
+            &format!("{key:?}: two tracker replicas vs one process"),
+        );
     }
     assert_eq!(
         d.kafka_messages("people"),

@@ -304,6 +304,8 @@ struct PoolState {
     segments: Vec<SegmentSlots>,
     mapped_bytes: u64,
     max_mapped_bytes: u64,
+    /// Slots one frame size may have in all (see [`SlotPool::set_max_slots`]).
+    max_slots: u32,
     next_segment: u64,
 }
 
@@ -345,25 +347,34 @@ impl PoolInner {
         if let Some(slots) = best {
             return Ok(take_slot(slots, lessee));
         }
-        if state
-            .segments
-            .iter()
-            .any(|s| s.segment.slot_size >= slot_size)
-        {
-            return Ok(Attempt::AllLeased);
-        }
         let needed = (data_offset(self.slots_per_segment) as u64)
             .saturating_add((slot_size as u64).saturating_mul(u64::from(self.slots_per_segment)));
-        if needed > state.max_mapped_bytes {
-            return Err(self.over_budget(state, needed));
-        }
-        // Retire idle segments that are too small for this frame until the new one fits.
-        while state.mapped_bytes.saturating_add(needed) > state.max_mapped_bytes {
-            let Some(i) = state.segments.iter().position(SegmentSlots::idle) else {
-                return Ok(Attempt::OverBudget(needed));
-            };
-            let retired = state.segments.swap_remove(i);
-            state.mapped_bytes -= retired.segment.mapped_len as u64;
+        let fitting: usize = state
+            .segments
+            .iter()
+            .filter(|s| s.segment.slot_size >= slot_size)
+            .map(|s| s.uses.len())
+            .sum();
+        if fitting > 0 {
+            // Every slot that fits is leased: grow by a segment while this size may have more
+            // slots and the byte budget allows, else wait for a release.
+            if fitting + self.slots_per_segment as usize > state.max_slots as usize
+                || state.mapped_bytes.saturating_add(needed) > state.max_mapped_bytes
+            {
+                return Ok(Attempt::AllLeased);
+            }
+        } else {
+            if needed > state.max_mapped_bytes {
+                return Err(self.over_budget(state, needed));
+            }
+            // Retire idle segments that are too small for this frame until the new one fits.
+            while state.mapped_bytes.saturating_add(needed) > state.max_mapped_bytes {
+                let Some(i) = state.segments.iter().position(SegmentSlots::idle) else {
+                    return Ok(Attempt::OverBudget(needed));
+                };
+                let retired = state.segments.swap_remove(i);
+                state.mapped_bytes -= retired.segment.mapped_len as u64;
+            }
         }
         let name = format!("{}-{}", self.prefix, state.next_segment);
         state.next_segment += 1;
@@ -531,6 +542,7 @@ impl SlotPool {
                     segments: Vec::new(),
                     mapped_bytes: 0,
                     max_mapped_bytes: DEFAULT_MAX_MAPPED_BYTES,
+                    max_slots: slots_per_segment,
                     next_segment: 0,
                 }),
                 slot_freed: Condvar::new(),
@@ -542,6 +554,15 @@ impl SlotPool {
     /// mapped stay; the bound applies to the next one created.
     pub fn set_max_mapped_bytes(&self, max: u64) {
         self.inner.lock().max_mapped_bytes = max;
+        self.inner.slot_freed.notify_all();
+    }
+
+    /// Lets frames of one size hold up to `max` slots, in segments of `slots_per_segment`
+    /// mapped as they are needed (default: one segment). A producer sets it to the frames it
+    /// may have in flight, so that its flow control, not the pool, bounds how many frames
+    /// wait downstream; the byte budget still bounds what is mapped.
+    pub fn set_max_slots(&self, max: u32) {
+        self.inner.lock().max_slots = max.max(self.inner.slots_per_segment);
         self.inner.slot_freed.notify_all();
     }
 
@@ -1138,6 +1159,23 @@ mod tests {
         let stats = pool.stats();
         assert_eq!((stats.segments, stats.slots, stats.leased), (1, 4, 1));
         assert_eq!(stats.mapped_bytes, fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn a_pool_allowed_more_slots_grows_by_segments_then_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 2);
+        pool.set_max_slots(4);
+        let leases: Vec<SlotLease> = (0..4)
+            .map(|i| pool.write(&[i; 100], "mux/0", Duration::ZERO).unwrap())
+            .collect();
+        let stats = pool.stats();
+        assert_eq!((stats.segments, stats.slots, stats.leased), (2, 4, 4));
+        let err = pool.alloc(100, "mux/0", Duration::ZERO).unwrap_err();
+        assert!(matches!(err, ShmError::Exhausted { slots: 4, .. }), "{err}");
+        assert!(pool.release(&leases[3].segment, leases[3].slot, leases[3].generation));
+        pool.write(&[9; 100], "mux/0", Duration::ZERO).unwrap();
+        assert_eq!(pool.stats().segments, 2);
     }
 
     #[test]

@@ -409,6 +409,20 @@ impl Shared {
         seq
     }
 
+    /// How many deliveries may wait for acknowledgement (sent or not): the consumer's windows
+    /// and three times as much in flight further downstream. Acknowledgements are end to
+    /// end, so a delivery stays here until the whole pipeline after the link is done with it:
+    /// this bound is what lets a slow stage far downstream slow the producer. Replicas of a
+    /// load-balanced consumer that joined while it runs count, so that scaling it up lets
+    /// more be in flight.
+    fn pending_limit(&self) -> usize {
+        let replicas = match self.settings.routing {
+            Routing::Balance => (self.current_replicas().len() as u32).max(self.settings.replicas),
+            Routing::BySource => self.settings.replicas,
+        };
+        in_flight(&self.settings, replicas)
+    }
+
     /// The replicas of a load-balanced link not retired.
     fn current_replicas(&self) -> Vec<u32> {
         let state = self.lock();
@@ -802,6 +816,13 @@ impl RemoteOutput {
             ),
             PayloadMode::Raw | PayloadMode::Jpeg { .. } => None,
         };
+        // A sent frame holds its slot until the consumers are done with it, about as long as
+        // it waits for acknowledgement: the pool may hold as many as may be in flight (one
+        // segment of 8 would let no more than 8 frames be anywhere downstream).
+        if let Some(pool) = &pool {
+            let slots = in_flight(&settings, settings.replicas);
+            pool.set_max_slots(u32::try_from(slots).unwrap_or(u32::MAX));
+        }
         let replicas = settings.replicas.max(1);
         let session = node.session();
         // A per-source link knows its replicas 0..N from the start; a load-balanced one learns
@@ -931,9 +952,7 @@ impl RemoteOutput {
             (m, Routing::BySource) => vec![(m, Some(0))],
             (m, Routing::Balance) => vec![(m, None)],
         };
-        // Bound what waits for acknowledgement: the consumer's windows plus as much again
-        // in flight further downstream.
-        let limit = (s.settings.window as usize * n as usize * 4).max(8);
+        let limit = s.pending_limit();
         let mut state = s.lock();
         for (message, target) in parts {
             while state.pending.len() >= limit {
@@ -1036,6 +1055,11 @@ impl Drop for RemoteOutput {
 
 /// Splits a batch into one per owner replica, keeping frame order; batch tensors are per
 /// whole batch and do not survive a split.
+/// See [`Shared::pending_limit`].
+fn in_flight(settings: &OutputSettings, replicas: u32) -> usize {
+    (settings.window as usize * replicas.max(1) as usize * 4).max(8)
+}
+
 fn split_by(batch: Batch, owner: impl Fn(u32) -> u32) -> Vec<(u32, Batch)> {
     let owners: Vec<u32> = batch.frames.iter().map(|f| owner(f.source_id)).collect();
     if let Some(&first) = owners.first() {
