@@ -1053,13 +1053,13 @@ impl Drop for RemoteOutput {
     }
 }
 
-/// Splits a batch into one per owner replica, keeping frame order; batch tensors are per
-/// whole batch and do not survive a split.
-/// See [`Shared::pending_limit`].
+/// Deliveries a link may have waiting for acknowledgement; see [`Shared::pending_limit`].
 fn in_flight(settings: &OutputSettings, replicas: u32) -> usize {
     (settings.window as usize * replicas.max(1) as usize * 4).max(8)
 }
 
+/// Splits a batch into one per owner replica, keeping frame order; batch tensors are per
+/// whole batch and do not survive a split.
 fn split_by(batch: Batch, owner: impl Fn(u32) -> u32) -> Vec<(u32, Batch)> {
     let owners: Vec<u32> = batch.frames.iter().map(|f| owner(f.source_id)).collect();
     if let Some(&first) = owners.first() {
