@@ -442,7 +442,7 @@ fn a_tracker_replica_retired_mid_stream_hands_its_source_over_with_its_snapshot(
     let (ok, log) = wait(child, Duration::from_secs(300));
     assert!(!ok, "the retired replica is reported");
     assert!(
-        log.contains("took over source 1 from retired replica 1"),
+        log.contains("took over source 1 from replica 1 at frame"),
         "{log}"
     );
     let got = by_source_and_frame(&events(dir.path()));
