@@ -706,6 +706,8 @@ impl Shared {
         let lessee = self.lessee(replica, epoch);
         state.held.sent(&message, &lessee);
         drop(state);
+        // Counted before the put, so that the count is never behind what consumers received.
+        self.stats.sent.fetch_add(1, Ordering::Relaxed);
 
         let sent = self.to_wire(&message, &lessee).and_then(|message| {
             let bytes = encode(&Envelope::Delivery(Delivery {
@@ -734,7 +736,6 @@ impl Shared {
                 self.settings.consumer
             );
         }
-        self.stats.sent.fetch_add(1, Ordering::Relaxed);
         self.lock()
     }
 
