@@ -5,15 +5,23 @@
 //! 0       4     magic  b"VMSH"
 //! 4       2     protocol version, little endian
 //! 6       1     message kind
-//! 7       1     flags (reserved, must be 0)
+//! 7       1     flags: bit 0 = detached buffers follow the body; the other bits must be 0
 //! 8       4     body length in bytes, little endian
 //! 12      n     body: postcard encoding of the kind's message type
+//! 12+n    ...   detached buffers, back to back (only with flag bit 0)
 //! ```
+//!
+//! Detached buffers ([`encode_detached`]) keep frame pixels, tensors and encoded frames out of
+//! the body: the body carries each of them empty, followed by the postcard list of their
+//! lengths, and the buffers themselves follow untouched. A transport can then hand the
+//! producer's buffers to the wire and the receiver's buffers to the stage without copying a
+//! frame through a serialiser (issue 8: three 6 MB copies per 1080p frame before).
 //!
 //! The body format is postcard (see docs/DECISIONS.md): compact, stable, serde-based, and its
 //! decoder reads lengths against the remaining input, so a forged length cannot make it allocate
 //! more than the input holds. The envelope adds its own body limit on top of that.
 
+use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 use thiserror::Error;
 
@@ -25,6 +33,8 @@ use crate::PROTOCOL_VERSION;
 pub const MAGIC: [u8; 4] = *b"VMSH";
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 12;
+/// Header flag: the message's large buffers follow the body (see [`encode_detached`]).
+pub const FLAG_DETACHED: u8 = 0x01;
 
 /// Message kinds; the numeric value is part of the wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +72,15 @@ pub enum Envelope {
 }
 
 impl Envelope {
+    /// The data message inside, for kinds that carry one.
+    fn data_mut(&mut self) -> Option<&mut DataMessage> {
+        match self {
+            Envelope::Data(m) => Some(m),
+            Envelope::Delivery(d) => Some(&mut d.message),
+            Envelope::Feedback(_) | Envelope::Announce(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> MessageKind {
         match self {
             Envelope::Data(_) => MessageKind::Data,
@@ -103,7 +122,7 @@ pub enum DecodeError {
     OlderVersion { found: u16, supported: u16 },
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
-    #[error("reserved flags must be 0, found {0:#04x}")]
+    #[error("reserved flag bits must be 0, found flags {0:#04x}")]
     BadFlags(u8),
     #[error("body length {len} exceeds the limit of {limit} bytes")]
     BodyTooLarge { len: usize, limit: usize },
@@ -111,6 +130,12 @@ pub enum DecodeError {
     TrailingBytes { extra: usize },
     #[error("malformed {kind:?} body: {reason}")]
     MalformedBody { kind: MessageKind, reason: String },
+    #[error("the body lists {listed} detached buffers of {bytes} bytes in all, but {available} bytes follow it")]
+    DetachedMismatch {
+        listed: usize,
+        bytes: u64,
+        available: u64,
+    },
 }
 
 /// Why a message could not be encoded.
@@ -122,24 +147,79 @@ pub enum EncodeError {
     Serialize(#[from] postcard::Error),
 }
 
-/// Encodes a message into a fresh buffer.
+/// Encodes a message into a fresh buffer, every byte inside the body.
 pub fn encode(message: &Envelope) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![0u8; HEADER_LEN];
-    match message {
-        Envelope::Data(m) => append_body(&mut out, m)?,
-        Envelope::Delivery(m) => append_body(&mut out, m)?,
-        Envelope::Feedback(m) => append_body(&mut out, m)?,
-        Envelope::Announce(m) => append_body(&mut out, m)?,
+    append_message(&mut out, message)?;
+    write_header(&mut out, message.kind(), 0)?;
+    Ok(out)
+}
+
+/// A message encoded with its large buffers detached: send `head`, then every buffer of
+/// `buffers` in order, as one message.
+#[derive(Debug, Clone)]
+pub struct Detached {
+    /// Header and body.
+    pub head: Vec<u8>,
+    /// The buffers the body lists, shared with the message they were taken from.
+    pub buffers: Vec<Bytes>,
+}
+
+impl Detached {
+    /// Length of the whole message on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.head.len() + self.buffers.iter().map(Bytes::len).sum::<usize>()
     }
+}
+
+/// Encodes a message with its frame pixels, tensors and encoded frames detached from the
+/// body. Messages without such buffers (feedback, announcements, end-of-stream notices)
+/// encode exactly as [`encode`] does.
+pub fn encode_detached(mut message: Envelope) -> Result<Detached, EncodeError> {
+    let Some(data) = message.data_mut() else {
+        return Ok(Detached {
+            head: encode(&message)?,
+            buffers: Vec::new(),
+        });
+    };
+    let buffers: Vec<Bytes> = data
+        .large_buffers_mut()
+        .into_iter()
+        .map(std::mem::take)
+        .collect();
+    if buffers.is_empty() {
+        return Ok(Detached {
+            head: encode(&message)?,
+            buffers,
+        });
+    }
+    let lengths: Vec<u64> = buffers.iter().map(|b| b.len() as u64).collect();
+    let mut head = vec![0u8; HEADER_LEN];
+    append_message(&mut head, &message)?;
+    append_body(&mut head, &lengths)?;
+    write_header(&mut head, message.kind(), FLAG_DETACHED)?;
+    Ok(Detached { head, buffers })
+}
+
+fn write_header(out: &mut [u8], kind: MessageKind, flags: u8) -> Result<(), EncodeError> {
     let body_len = out.len() - HEADER_LEN;
     let body_len_u32 =
         u32::try_from(body_len).map_err(|_| EncodeError::TooLarge { len: body_len })?;
     out[0..4].copy_from_slice(&MAGIC);
     out[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    out[6] = message.kind() as u8;
-    out[7] = 0;
+    out[6] = kind as u8;
+    out[7] = flags;
     out[8..12].copy_from_slice(&body_len_u32.to_le_bytes());
-    Ok(out)
+    Ok(())
+}
+
+fn append_message(out: &mut Vec<u8>, message: &Envelope) -> Result<(), EncodeError> {
+    match message {
+        Envelope::Data(m) => append_body(out, m),
+        Envelope::Delivery(m) => append_body(out, m),
+        Envelope::Feedback(m) => append_body(out, m),
+        Envelope::Announce(m) => append_body(out, m),
+    }
 }
 
 fn append_body<T: Serialize>(out: &mut Vec<u8>, body: &T) -> Result<(), EncodeError> {
@@ -148,8 +228,17 @@ fn append_body<T: Serialize>(out: &mut Vec<u8>, body: &T) -> Result<(), EncodeEr
     Ok(())
 }
 
-/// Decodes one complete message. `bytes` must hold exactly one envelope.
-pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
+/// What the fixed header of a message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: MessageKind,
+    /// Detached buffers follow the body.
+    pub detached: bool,
+    pub body_len: usize,
+}
+
+/// Checks the fixed header at the start of `bytes` (at least [`HEADER_LEN`] of them).
+pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, DecodeError> {
     if bytes.len() < HEADER_LEN {
         return Err(DecodeError::Truncated {
             needed: HEADER_LEN,
@@ -174,7 +263,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
         });
     }
     let kind = MessageKind::from_u8(bytes[6]).ok_or(DecodeError::UnknownKind(bytes[6]))?;
-    if bytes[7] != 0 {
+    if bytes[7] & !FLAG_DETACHED != 0 {
         return Err(DecodeError::BadFlags(bytes[7]));
     }
     let body_len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
@@ -184,40 +273,119 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
             limit: limits.max_body_len,
         });
     }
-    let available = bytes.len() - HEADER_LEN;
-    if available < body_len {
-        return Err(DecodeError::Truncated {
-            needed: HEADER_LEN + body_len,
-            got: bytes.len(),
-        });
-    }
-    if available > body_len {
-        return Err(DecodeError::TrailingBytes {
-            extra: available - body_len,
-        });
-    }
-    let body = &bytes[HEADER_LEN..];
-    match kind {
-        MessageKind::Data => decode_body(kind, body).map(Envelope::Data),
-        MessageKind::Delivery => decode_body(kind, body).map(Envelope::Delivery),
-        MessageKind::Feedback => decode_body(kind, body).map(Envelope::Feedback),
-        MessageKind::Announce => decode_body(kind, body).map(Envelope::Announce),
-    }
+    Ok(Header {
+        kind,
+        detached: bytes[7] & FLAG_DETACHED != 0,
+        body_len,
+    })
 }
 
-fn decode_body<T: DeserializeOwned>(kind: MessageKind, body: &[u8]) -> Result<T, DecodeError> {
-    let (value, rest) =
-        postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::MalformedBody {
-            kind,
-            reason: e.to_string(),
-        })?;
+/// Decodes the body that followed `header`. The message comes back with its detached
+/// buffers empty, and their lengths in order: give the buffers to [`attach_buffers`].
+pub fn decode_body(header: &Header, body: &[u8]) -> Result<(Envelope, Vec<u64>), DecodeError> {
+    let kind = header.kind;
+    let (envelope, rest) = match kind {
+        MessageKind::Data => take_body(kind, body).map(|(m, r)| (Envelope::Data(m), r))?,
+        MessageKind::Delivery => take_body(kind, body).map(|(m, r)| (Envelope::Delivery(m), r))?,
+        MessageKind::Feedback => take_body(kind, body).map(|(m, r)| (Envelope::Feedback(m), r))?,
+        MessageKind::Announce => take_body(kind, body).map(|(m, r)| (Envelope::Announce(m), r))?,
+    };
+    let (lengths, rest) = if header.detached {
+        take_body::<Vec<u64>>(kind, rest)?
+    } else {
+        (Vec::new(), rest)
+    };
     if !rest.is_empty() {
         return Err(DecodeError::MalformedBody {
             kind,
             reason: format!("{} bytes left over after the message", rest.len()),
         });
     }
-    Ok(value)
+    Ok((envelope, lengths))
+}
+
+/// Puts the detached buffers back into a message from [`decode_body`] whose header said
+/// they were detached, in the order their lengths were listed.
+pub fn attach_buffers(envelope: &mut Envelope, buffers: Vec<Bytes>) -> Result<(), DecodeError> {
+    let kind = envelope.kind();
+    let slots = envelope
+        .data_mut()
+        .map(DataMessage::large_buffers_mut)
+        .unwrap_or_default();
+    if slots.len() != buffers.len() {
+        return Err(DecodeError::MalformedBody {
+            kind,
+            reason: format!(
+                "the message has {} buffers but {} were detached",
+                slots.len(),
+                buffers.len()
+            ),
+        });
+    }
+    for (slot, buffer) in slots.into_iter().zip(buffers) {
+        *slot = buffer;
+    }
+    Ok(())
+}
+
+/// Decodes one complete message held in one slice: `bytes` must hold exactly one envelope
+/// and, when its buffers are detached, exactly those buffers after it (copied out).
+pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
+    let header = decode_header(bytes, limits)?;
+    let available = bytes.len() - HEADER_LEN;
+    if available < header.body_len {
+        return Err(DecodeError::Truncated {
+            needed: HEADER_LEN + header.body_len,
+            got: bytes.len(),
+        });
+    }
+    if available > header.body_len && !header.detached {
+        return Err(DecodeError::TrailingBytes {
+            extra: available - header.body_len,
+        });
+    }
+    let (body, mut rest) = bytes[HEADER_LEN..].split_at(header.body_len);
+    let (mut envelope, lengths) = decode_body(&header, body)?;
+    if !header.detached {
+        return Ok(envelope);
+    }
+    check_detached_len(&lengths, rest.len() as u64)?;
+    let mut buffers = Vec::with_capacity(lengths.len());
+    for len in lengths {
+        // Within `rest`: check_detached_len summed them against it.
+        let (buffer, tail) = rest.split_at(len as usize);
+        buffers.push(Bytes::copy_from_slice(buffer));
+        rest = tail;
+    }
+    attach_buffers(&mut envelope, buffers)?;
+    Ok(envelope)
+}
+
+/// Checks that the listed buffer lengths add up to exactly the `available` bytes after the
+/// body, so that cutting them never reads past the input nor leaves bytes over.
+pub fn check_detached_len(lengths: &[u64], available: u64) -> Result<(), DecodeError> {
+    let total = lengths
+        .iter()
+        .try_fold(0u64, |sum, len| sum.checked_add(*len))
+        .unwrap_or(u64::MAX);
+    if total != available {
+        return Err(DecodeError::DetachedMismatch {
+            listed: lengths.len(),
+            bytes: total,
+            available,
+        });
+    }
+    Ok(())
+}
+
+fn take_body<T: DeserializeOwned>(
+    kind: MessageKind,
+    body: &[u8],
+) -> Result<(T, &[u8]), DecodeError> {
+    postcard::take_from_bytes::<T>(body).map_err(|e| DecodeError::MalformedBody {
+        kind,
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -420,16 +588,80 @@ mod tests {
             DecodeError::UnknownKind(200)
         );
         let mut b = good.clone();
-        b[7] = 1;
+        b[7] = 2;
         assert_eq!(
             decode(&b, &Limits::default()).unwrap_err(),
-            DecodeError::BadFlags(1)
+            DecodeError::BadFlags(2)
         );
         let mut b = good.clone();
         b.push(0);
         assert_eq!(
             decode(&b, &Limits::default()).unwrap_err(),
             DecodeError::TrailingBytes { extra: 1 }
+        );
+    }
+
+    fn detached_wire(message: Envelope) -> Vec<u8> {
+        let detached = encode_detached(message).unwrap();
+        let mut wire = detached.head.clone();
+        for buffer in &detached.buffers {
+            wire.extend_from_slice(buffer);
+        }
+        assert_eq!(wire.len(), detached.wire_len());
+        wire
+    }
+
+    #[test]
+    fn detached_buffers_travel_after_the_body_and_come_back_in_place() {
+        let msg = Envelope::Data(DataMessage::Batch(sample_batch()));
+        let detached = encode_detached(msg.clone()).unwrap();
+        // The frame's pixels and the tensor, shared with the message rather than copied.
+        assert_eq!(detached.buffers.len(), 2);
+        assert_eq!(detached.buffers[0], Bytes::from(vec![9u8; 24]));
+        assert_eq!(detached.head[7], FLAG_DETACHED);
+        assert!(detached.head.len() < encode(&msg).unwrap().len() - 24);
+        assert_eq!(
+            decode(&detached_wire(msg.clone()), &Limits::default()).unwrap(),
+            msg
+        );
+    }
+
+    #[test]
+    fn a_message_without_buffers_encodes_detached_as_it_does_inline() {
+        let end = Envelope::Data(DataMessage::EndOfStream(crate::StreamEnd {
+            source_id: 1,
+            source_name: "a".into(),
+            frames: 7,
+        }));
+        let detached = encode_detached(end.clone()).unwrap();
+        assert!(detached.buffers.is_empty());
+        assert_eq!(detached.head, encode(&end).unwrap());
+    }
+
+    #[test]
+    fn detached_buffers_that_do_not_add_up_are_a_clean_error() {
+        let wire = detached_wire(Envelope::Data(DataMessage::Batch(sample_batch())));
+        for cut in 0..wire.len() {
+            assert!(
+                decode(&wire[..cut], &Limits::default()).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = wire.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode(&longer, &Limits::default()).unwrap_err(),
+            DecodeError::DetachedMismatch { listed: 2, .. }
+        ));
+        // A detached message whose body lists fewer buffers than it has places for.
+        let header = decode_header(&wire, &Limits::default()).unwrap();
+        let (mut envelope, lengths) =
+            decode_body(&header, &wire[HEADER_LEN..HEADER_LEN + header.body_len]).unwrap();
+        assert_eq!(lengths, vec![24, 4]);
+        let err = attach_buffers(&mut envelope, vec![Bytes::new()]).unwrap_err();
+        assert!(
+            err.to_string().contains("2 buffers but 1 were detached"),
+            "{err}"
         );
     }
 
@@ -443,6 +675,16 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let mut b = good.clone();
+            let pos = HEADER_LEN + (state as usize % (b.len() - HEADER_LEN));
+            b[pos] = (state >> 32) as u8;
+            let _ = decode(&b, &Limits::default());
+        }
+        let detached = detached_wire(Envelope::Data(DataMessage::Batch(sample_batch())));
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut b = detached.clone();
             let pos = HEADER_LEN + (state as usize % (b.len() - HEADER_LEN));
             b[pos] = (state >> 32) as u8;
             let _ = decode(&b, &Limits::default());

@@ -18,7 +18,10 @@ pub mod meta;
 pub mod payload;
 pub mod stage_to_stage;
 
-pub use envelope::{decode, encode, DecodeError, EncodeError, Envelope, Limits, MessageKind};
+pub use envelope::{
+    attach_buffers, decode, decode_body, decode_header, encode, encode_detached, DecodeError,
+    Detached, EncodeError, Envelope, Header, Limits, MessageKind,
+};
 pub use link::{Announce, Delivery, Feedback, Instance, SlotRelease};
 pub use meta::*;
 pub use payload::{ImageLayout, PayloadRef, PixelFormat};
@@ -29,4 +32,7 @@ pub use stage_to_stage::{DataMessage, StreamEnd};
 ///
 /// 4: [`Feedback`] became one coalesced report (credit, acks and releases together) instead of
 /// an enum of three separate messages.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: header flag bit 0, detached buffers after the body ([`encode_detached`]); a
+/// [`Feedback`]'s `consumed` counts credit units (a metadata-only delivery costs less than a
+/// frame), no longer deliveries.
+pub const PROTOCOL_VERSION: u16 = 5;

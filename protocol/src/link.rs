@@ -51,8 +51,11 @@ pub struct Feedback {
     /// The producer epoch the credit and the acks are about; a report for another epoch is
     /// ignored except for its releases.
     pub producer_epoch: u64,
-    /// Credit: the consumer has taken `consumed` deliveries of `producer_epoch` out of its
-    /// inbox in total; the producer may have `window` more than that outstanding.
+    /// Credit: the consumer has taken deliveries of `producer_epoch` worth `consumed` credit
+    /// units out of its inbox in total; the producer may have `window` full deliveries' worth
+    /// more than that outstanding. A delivery of a frame costs a full delivery's units, one of
+    /// metadata alone a fraction (the transport's `credit_cost`), so that a window of small
+    /// messages holds about as many bytes as a window of frames.
     pub consumed: u64,
     pub window: u32,
     /// These deliveries are fully done: everything that followed from them downstream was

@@ -1,6 +1,7 @@
 //! The consumer end of process links: everything upstream stages send to this replica.
 //!
-//! The inbox grants credits (how many deliveries of each producer epoch it has taken out),
+//! The inbox grants credits (how many credit units of deliveries of each producer epoch it
+//! has taken out, see [`credit_cost`]),
 //! maps shared-memory frames without copying them, releases a slot when the last reference
 //! to its frame is dropped, and acknowledges deliveries when the stage says they are done.
 //!
@@ -23,7 +24,9 @@ use vidmesh_protocol::{
 };
 use zenoh::Wait;
 
-use super::{decode_from, zerr, NetError, NetNode, PeerTable, HEARTBEAT_INTERVAL};
+use super::{
+    credit_cost, decode_from, zerr, NetError, NetNode, PeerTable, CREDIT_UNITS, HEARTBEAT_INTERVAL,
+};
 use crate::shm::SlotMapper;
 
 /// The longest a credit, ack or release waits to be coalesced with others.
@@ -57,7 +60,7 @@ pub struct InboxStats {
 /// What this replica owes one producer instance.
 #[derive(Debug, Default)]
 struct Owed {
-    /// Deliveries of this producer epoch taken out in total.
+    /// Credit units of this producer epoch's deliveries taken out in total.
     consumed: u64,
     /// `consumed` as last reported.
     reported: u64,
@@ -74,8 +77,8 @@ impl Owed {
 #[derive(Default)]
 struct Ledger {
     owed: HashMap<Instance, Owed>,
-    /// Credits and releases not yet reported, over all producers.
-    waiting: u32,
+    /// Credit units and releases (a full credit each) not yet reported, over all producers.
+    waiting: u64,
     /// When the oldest of them arrived; `None` when nothing waits.
     since: Option<Instant>,
     /// The flusher thread waits without a deadline (nothing was waiting when it looked).
@@ -86,8 +89,8 @@ struct Ledger {
 struct FeedbackSender {
     me: Instance,
     window: u32,
-    /// Reports go out once this many credits and releases wait (half a window).
-    threshold: u32,
+    /// Reports go out once this many credit units wait (half a window).
+    threshold: u64,
     session: zenoh::Session,
     pipeline: String,
     /// One publisher per producer replica, declared once (feedback keys do not name epochs).
@@ -139,9 +142,9 @@ impl FeedbackSender {
         }
     }
 
-    /// Records that `count` credits or releases (more) wait; sends everything once enough
-    /// wait, else makes sure the flusher's timer runs.
-    fn note(&self, mut ledger: MutexGuard<'_, Ledger>, count: u32) {
+    /// Records that `count` credit units (more) wait; sends everything once enough wait, else
+    /// makes sure the flusher's timer runs.
+    fn note(&self, mut ledger: MutexGuard<'_, Ledger>, count: u64) {
         ledger.waiting += count;
         if ledger.waiting >= self.threshold {
             self.send(ledger);
@@ -156,11 +159,11 @@ impl FeedbackSender {
         }
     }
 
-    /// A delivery of `producer` was taken out of the inbox.
-    fn took(&self, producer: &Instance) {
+    /// A delivery of `producer` costing `cost` credit units was taken out of the inbox.
+    fn took(&self, producer: &Instance, cost: u64) {
         let mut ledger = self.lock();
-        ledger.owed.entry(producer.clone()).or_default().consumed += 1;
-        self.note(ledger, 1);
+        ledger.owed.entry(producer.clone()).or_default().consumed += cost;
+        self.note(ledger, cost);
     }
 
     fn acked(&self, producer: &Instance, seqs: impl Iterator<Item = u64>) {
@@ -185,7 +188,7 @@ impl FeedbackSender {
             .or_default()
             .releases
             .push(release);
-        self.note(ledger, 1);
+        self.note(ledger, CREDIT_UNITS);
     }
 
     /// Sends everything waiting, one report per producer instance.
@@ -348,7 +351,7 @@ impl RemoteInbox {
         let feedback = Arc::new(FeedbackSender {
             me: me.clone(),
             window,
-            threshold: (window / 2).max(1),
+            threshold: (window as u64 * CREDIT_UNITS / 2).max(1),
             session: node.session().clone(),
             pipeline: node.pipeline().to_string(),
             publishers: Mutex::default(),
@@ -377,8 +380,7 @@ impl RemoteInbox {
                     let key = sample.key_expr().as_str();
                     let peer: Vec<&str> = key.rsplitn(3, '/').take(2).collect();
                     let peer = format!("{}/{}", peer.get(1).unwrap_or(&"?"), peer[0]);
-                    let item = match decode_from(&sample.payload().to_bytes(), &peer, &me, &limits)
-                    {
+                    let item = match decode_from(sample.payload(), &peer, &me, &limits) {
                         Ok(Envelope::Delivery(d)) if expected.contains(&d.from.stage) => Ok(d),
                         Ok(Envelope::Delivery(d)) => {
                             tracing::warn!(
@@ -463,7 +465,7 @@ impl RemoteInbox {
         };
         let from = delivery.from.clone();
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        self.feedback.took(&from);
+        self.feedback.took(&from, credit_cost(&delivery.message));
         let message = self.map_payloads(&from, delivery.message)?;
         Ok(Some(InboxDelivery {
             tag: DeliveryTag {

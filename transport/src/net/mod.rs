@@ -8,7 +8,10 @@
 //! Delivery contract (see docs/ARCHITECTURE.md, "Across processes"):
 //! * deliveries are numbered per producer epoch; the consumer grants credits (how many it has
 //!   taken out of its inbox) and the producer keeps at most `window` deliveries outstanding per
-//!   consumer replica, so memory stays bounded whatever the speed difference;
+//!   consumer replica, so memory stays bounded whatever the speed difference; a delivery
+//!   that carries no pixels, tensors or masks costs 1/[`CREDIT_UNITS`] of a credit
+//!   ([`credit_cost`]), so metadata-only links keep a round trip's worth of messages in
+//!   flight while the bytes they hold stay as bounded as a frame link's;
 //! * a producer keeps every delivery until the consumer acknowledges it as *done* (everything
 //!   that followed from it downstream was acknowledged too), and re-sends what a restarted or
 //!   dead consumer never acknowledged — to the same replica when the link is sharded, to any
@@ -31,6 +34,7 @@ pub mod jpeg;
 mod output;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +42,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
-use vidmesh_protocol::{decode, encode, Announce, DecodeError, Envelope, Instance, Limits};
+use vidmesh_protocol::{
+    encode, Announce, DataMessage, DecodeError, Envelope, Instance, Limits, PayloadRef,
+};
+use zenoh::bytes::ZBytes;
 use zenoh::Wait;
 
 pub use frame_buffer::FrameBuffer;
@@ -47,6 +54,30 @@ pub use output::{
     keys_of, FrameKey, LinkEvent, OutputSettings, OutputStats, PayloadMode, RemoteOutput, Routing,
     END_OF_STREAM,
 };
+
+/// Credit units one delivery of a frame costs; see [`credit_cost`].
+pub const CREDIT_UNITS: u64 = 64;
+
+/// What a delivery costs in credit units, the same on both ends of a link: a full credit
+/// ([`CREDIT_UNITS`]) for anything that carries pixels (in any form), tensors or masks, one
+/// unit for metadata alone (a few hundred bytes per frame). Counting small messages as whole
+/// deliveries capped a metadata link at `window` messages per credit round trip, about
+/// 25,000/s with 8 credits on a loaded 2-core host (docs/BENCHMARKS.md, "Transport"); a
+/// window of light deliveries holds no more memory than one frame.
+pub fn credit_cost(message: &DataMessage) -> u64 {
+    let DataMessage::Batch(batch) = message else {
+        return 1;
+    };
+    let heavy = !batch.tensors.is_empty()
+        || batch.frames.iter().any(|f| {
+            !matches!(f.payload, PayloadRef::None) || f.objects.iter().any(|o| o.mask.is_some())
+        });
+    if heavy {
+        CREDIT_UNITS
+    } else {
+        1
+    }
+}
 
 /// How often every instance announces itself.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
@@ -252,12 +283,12 @@ impl PeerTable {
 
 /// Decodes a message from a peer, turning version mismatches into an error naming both sides.
 pub(crate) fn decode_from(
-    bytes: &[u8],
+    payload: &ZBytes,
     peer: &str,
     me: &Instance,
     limits: &Limits,
 ) -> Result<Envelope, NetError> {
-    decode(bytes, limits).map_err(|e| match e {
+    wire::from_zbytes(payload, limits).map_err(|e| match e {
         DecodeError::NewerVersion { found, supported }
         | DecodeError::OlderVersion { found, supported } => NetError::VersionMismatch {
             peer: peer.to_string(),
@@ -311,7 +342,7 @@ impl NetNode {
                     let key = sample.key_expr().as_str().to_string();
                     let peer = key.rsplitn(3, '/').take(2).collect::<Vec<_>>();
                     let peer = format!("{}/{}", peer.get(1).unwrap_or(&"?"), peer[0]);
-                    match decode_from(&sample.payload().to_bytes(), &peer, &me, &limits) {
+                    match decode_from(sample.payload(), &peer, &me, &limits) {
                         Ok(Envelope::Announce(Announce::Heartbeat { instance, finished })) => {
                             peers.heard(&instance, finished)
                         }

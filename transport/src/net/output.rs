@@ -14,12 +14,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use vidmesh_protocol::{
-    encode, Batch, DataMessage, Delivery, Envelope, Feedback, Instance, Limits, PayloadRef,
+    encode_detached, Batch, DataMessage, Delivery, Envelope, Feedback, Instance, Limits, PayloadRef,
 };
 use zenoh::Wait;
 
 use super::frame_buffer::{FrameBuffer, HeldSlots, HELD_BY_LINK};
-use super::{decode_from, zerr, NetError, NetNode, PeerTable};
+use super::{credit_cost, decode_from, wire, zerr, NetError, NetNode, PeerTable, CREDIT_UNITS};
 use crate::shm::SlotPool;
 use crate::LinkClosed;
 
@@ -105,6 +105,8 @@ pub struct OutputStats {
 struct Pending {
     message: DataMessage,
     keys: Vec<FrameKey>,
+    /// What it costs in credit units ([`credit_cost`]).
+    cost: u64,
     /// A fixed replica (sharded links, end-of-stream copies), or any.
     target: Option<u32>,
     /// Where it went last: (replica, that replica's epoch).
@@ -116,16 +118,28 @@ struct Pending {
 struct ReplicaState {
     /// Learnt from its credits; `None` until the first one.
     epoch: Option<u64>,
+    /// Credit units sent to this epoch, and taken out by it (as it reported).
     sent: u64,
     consumed: u64,
+    /// Its window in full deliveries ([`CREDIT_UNITS`] units each).
     window: u32,
     /// It stopped announcing itself (partition, crash) and has not been reset since.
     silent: bool,
 }
 
+impl ReplicaState {
+    /// Credit units it has room for now.
+    fn free(&self) -> u64 {
+        (self.window as u64 * CREDIT_UNITS).saturating_sub(self.sent.saturating_sub(self.consumed))
+    }
+}
+
 struct State {
     next_seq: u64,
+    /// Change only through `insert_pending`/`remove_pending`, which keep `pending_cost`.
     pending: BTreeMap<u64, Pending>,
+    /// Credit units of everything in `pending`.
+    pending_cost: u64,
     queue: VecDeque<u64>,
     /// By replica number: 0..N from the start, later joiners of a load-balanced link.
     replicas: BTreeMap<u32, ReplicaState>,
@@ -135,6 +149,21 @@ struct State {
     senders_waiting: u32,
     /// Slots of frame buffers the stage filled (sent by reference).
     held: HeldSlots,
+}
+
+impl State {
+    fn insert_pending(&mut self, seq: u64, p: Pending) {
+        self.pending_cost += p.cost;
+        if let Some(old) = self.pending.insert(seq, p) {
+            self.pending_cost -= old.cost;
+        }
+    }
+
+    fn remove_pending(&mut self, seq: u64) -> Option<Pending> {
+        let p = self.pending.remove(&seq)?;
+        self.pending_cost -= p.cost;
+        Some(p)
+    }
 }
 
 pub(super) struct Shared {
@@ -279,7 +308,7 @@ impl Shared {
         }
         let mut any = false;
         for seq in acks {
-            if let Some(p) = state.pending.remove(&seq) {
+            if let Some(p) = state.remove_pending(seq) {
                 self.settle_held(&mut state, &p.message);
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
                 let _ = self.events.send(LinkEvent::Acked(p.keys));
@@ -396,9 +425,10 @@ impl Shared {
         let keys = keys_of(&message);
         state.held.queued(&message);
         let _ = self.events.send(LinkEvent::Emitted(keys.clone()));
-        state.pending.insert(
+        state.insert_pending(
             seq,
             Pending {
+                cost: credit_cost(&message),
                 message,
                 keys,
                 target,
@@ -467,7 +497,7 @@ impl Shared {
         );
         let mut front = Vec::new();
         for seq in seqs {
-            let Some(p) = state.pending.remove(&seq) else {
+            let Some(p) = state.remove_pending(seq) else {
                 continue;
             };
             let parts: Vec<(DataMessage, u32)> = match p.message {
@@ -482,9 +512,10 @@ impl Shared {
             };
             if parts.len() == 1 {
                 let (message, target) = parts.into_iter().next().expect("one part");
-                state.pending.insert(
+                state.insert_pending(
                     seq,
                     Pending {
+                        cost: p.cost,
                         message,
                         keys: p.keys,
                         target: Some(target),
@@ -528,7 +559,7 @@ impl Shared {
             return;
         }
         for seq in dead {
-            if let Some(p) = state.pending.remove(&seq) {
+            if let Some(p) = state.remove_pending(seq) {
                 self.settle_held(state, &p.message);
                 let _ = self.events.send(LinkEvent::Acked(p.keys));
             }
@@ -537,11 +568,11 @@ impl Shared {
         queue.retain(|s| pending.contains_key(s));
     }
 
-    fn can_take(&self, state: &State, replica: u32) -> Option<u64> {
+    /// The epoch of `replica` if a delivery of `cost` units may go to it now.
+    fn can_take(&self, state: &State, replica: u32, cost: u64) -> Option<u64> {
         let r = state.replicas.get(&replica)?;
         let epoch = r.epoch?;
-        let outstanding = r.sent.saturating_sub(r.consumed);
-        (outstanding < r.window as u64
+        (r.free() >= cost
             && self
                 .peers
                 .alive(&self.settings.consumer, replica, self.settings.dead_after))
@@ -581,15 +612,12 @@ impl Shared {
                 continue;
             }
             let choice = match p.target {
-                Some(r) => self.can_take(state, r).map(|e| (r, e)),
+                Some(r) => self.can_take(state, r, p.cost).map(|e| (r, e)),
                 None => (0..ids.len())
                     .map(|i| ids[(state.round_robin + i) % n])
                     .filter_map(|r| {
-                        self.can_take(state, r).map(|e| {
-                            let rs = &state.replicas[&r];
-                            let free = rs.window as u64 - rs.sent.saturating_sub(rs.consumed);
-                            (free, r, e)
-                        })
+                        self.can_take(state, r, p.cost)
+                            .map(|e| (state.replicas[&r].free(), r, e))
                     })
                     // The most free credit; among equals the first in round-robin order
                     // (`max_by_key` would take the last, the same replica every time).
@@ -622,7 +650,7 @@ impl Shared {
         let Some(seq) = state.queue.remove(index) else {
             return false;
         };
-        if let Some(p) = state.pending.remove(&seq) {
+        if let Some(p) = state.remove_pending(seq) {
             self.settle_held(state, &p.message);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             // Done as far as this stage's bookkeeping goes: nothing waits for it.
@@ -699,9 +727,9 @@ impl Shared {
         if p.sends > 1 {
             self.stats.resent.fetch_add(1, Ordering::Relaxed);
         }
-        let message = p.message.clone();
+        let (message, cost) = (p.message.clone(), p.cost);
         if let Some(r) = state.replicas.get_mut(&replica) {
-            r.sent += 1;
+            r.sent += cost;
         }
         let lessee = self.lessee(replica, epoch);
         state.held.sent(&message, &lessee);
@@ -710,13 +738,15 @@ impl Shared {
         self.stats.sent.fetch_add(1, Ordering::Relaxed);
 
         let sent = self.to_wire(&message, &lessee).and_then(|message| {
-            let bytes = encode(&Envelope::Delivery(Delivery {
-                from: self.me.clone(),
-                to_epoch: epoch,
-                seq,
-                message,
-            }))
-            .map_err(zerr)?;
+            let payload = wire::to_zbytes(
+                encode_detached(Envelope::Delivery(Delivery {
+                    from: self.me.clone(),
+                    to_epoch: epoch,
+                    seq,
+                    message,
+                }))
+                .map_err(zerr)?,
+            );
             let publisher = match publishers.entry(replica) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => e.insert(
@@ -727,7 +757,7 @@ impl Shared {
                         .map_err(zerr)?,
                 ),
             };
-            publisher.put(bytes).wait().map_err(zerr)
+            publisher.put(payload).wait().map_err(zerr)
         });
         if let Err(e) = sent {
             tracing::error!(
@@ -849,6 +879,7 @@ impl RemoteOutput {
             state: Mutex::new(State {
                 next_seq: 0,
                 pending: BTreeMap::new(),
+                pending_cost: 0,
                 queue: VecDeque::new(),
                 replicas: known
                     .map(|r| {
@@ -890,7 +921,7 @@ impl RemoteOutput {
                 ))
                 .callback(move |sample| {
                     let peer = sample.key_expr().as_str().to_string();
-                    match decode_from(&sample.payload().to_bytes(), &peer, &shared.me, &limits) {
+                    match decode_from(sample.payload(), &peer, &shared.me, &limits) {
                         Ok(Envelope::Feedback(f)) => shared.on_feedback(f),
                         Ok(_) => {}
                         Err(e @ NetError::VersionMismatch { .. }) => {
@@ -953,10 +984,13 @@ impl RemoteOutput {
             (m, Routing::BySource) => vec![(m, Some(0))],
             (m, Routing::Balance) => vec![(m, None)],
         };
-        let limit = s.pending_limit();
+        let limit = s.pending_limit() as u64 * CREDIT_UNITS;
         let mut state = s.lock();
         for (message, target) in parts {
-            while state.pending.len() >= limit {
+            let cost = credit_cost(&message);
+            let full =
+                |state: &State| !state.pending.is_empty() && state.pending_cost + cost > limit;
+            while full(&state) {
                 if s.settings.drop_oldest && s.drop_oldest_unsent(&mut state) {
                     continue;
                 }
@@ -968,7 +1002,7 @@ impl RemoteOutput {
                 // Publish what credit allows (feedback wakes this thread, not the pump, while
                 // it waits), then wait for acknowledgements.
                 state = s.publish_ready(state);
-                if state.pending.len() < limit {
+                if !full(&state) {
                     break;
                 }
                 state.senders_waiting += 1;
@@ -1027,15 +1061,16 @@ impl RemoteOutput {
         self.shared.lock().pending.len()
     }
 
-    /// Credits left over all replicas.
+    /// Credits left over all replicas, in full deliveries.
     pub fn credits(&self) -> u64 {
         let state = self.shared.lock();
-        state
+        let units: u64 = state
             .replicas
             .values()
             .filter(|r| r.epoch.is_some())
-            .map(|r| (r.window as u64).saturating_sub(r.sent.saturating_sub(r.consumed)))
-            .sum()
+            .map(ReplicaState::free)
+            .sum();
+        units / CREDIT_UNITS
     }
 
     pub fn stats(&self) -> &OutputStats {

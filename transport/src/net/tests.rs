@@ -438,6 +438,62 @@ fn coalesced_credits_never_let_a_producer_exceed_the_window() {
     assert_eq!(ahead_max, WINDOW, "the producer used its whole window");
 }
 
+/// A frame's metadata without its pixels (what a broker stage receives).
+fn metadata(n: u64) -> DataMessage {
+    DataMessage::Batch(Batch {
+        batch_id: n,
+        frames: vec![FrameMeta {
+            frame_num: n,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+#[test]
+fn metadata_only_deliveries_cost_a_fraction_of_a_credit() {
+    use std::sync::atomic::Ordering::Relaxed;
+    const WINDOW: u64 = 2;
+    let shm = tempfile::tempdir().unwrap();
+    let (_router, peer) = network("t-light");
+    let producer = NetNode::open(&peer, "producer", 0).unwrap();
+    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+    let mut inbox = RemoteInbox::new(
+        &consumer,
+        vec![("producer".into(), 1)],
+        WINDOW as u32,
+        shm.path(),
+    )
+    .unwrap();
+    let (out, _events) = output_with(
+        &producer,
+        WINDOW as u32,
+        shm.path(),
+        PayloadMode::Raw,
+        false,
+    );
+    wait_until("the consumer grants credit", || out.credits() > 0);
+    let light = WINDOW * super::CREDIT_UNITS;
+    for n in 0..light + 10 {
+        out.send_blocking(metadata(n)).unwrap();
+    }
+    // The consumer takes nothing: the producer stops at its window of light deliveries.
+    wait_until("a window of light deliveries is out", || {
+        out.stats().sent.load(Relaxed) == light
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(out.stats().sent.load(Relaxed), light);
+    // A frame costs a whole credit and waits behind them.
+    out.send_blocking(frame(light + 10)).unwrap();
+    for n in 0..light + 11 {
+        let d = recv(&mut inbox);
+        assert_eq!(d.tag.seq, n);
+        inbox.ack(&[d.tag]);
+    }
+    inbox.flush_feedback();
+    wait_until("everything is acknowledged", || out.unacked() == 0);
+}
+
 #[test]
 fn acks_made_after_the_last_recv_still_reach_the_producer() {
     let shm = tempfile::tempdir().unwrap();
