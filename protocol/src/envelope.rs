@@ -73,7 +73,7 @@ pub enum Envelope {
 
 impl Envelope {
     /// The data message inside, for kinds that carry one.
-    fn data_mut(&mut self) -> Option<&mut DataMessage> {
+    pub fn data_mut(&mut self) -> Option<&mut DataMessage> {
         match self {
             Envelope::Data(m) => Some(m),
             Envelope::Delivery(d) => Some(&mut d.message),
@@ -130,6 +130,8 @@ pub enum DecodeError {
     TrailingBytes { extra: usize },
     #[error("malformed {kind:?} body: {reason}")]
     MalformedBody { kind: MessageKind, reason: String },
+    #[error("the message has {places} places for buffers but {buffers} were detached")]
+    DetachedCount { places: usize, buffers: usize },
     #[error("the body lists {listed} detached buffers of {bytes} bytes in all, but {available} bytes follow it")]
     DetachedMismatch {
         listed: usize,
@@ -284,7 +286,7 @@ pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, DecodeErro
 /// buffers empty, and their lengths in order: give the buffers to [`attach_buffers`].
 pub fn decode_body(header: &Header, body: &[u8]) -> Result<(Envelope, Vec<u64>), DecodeError> {
     let kind = header.kind;
-    let (envelope, rest) = match kind {
+    let (mut envelope, rest) = match kind {
         MessageKind::Data => take_body(kind, body).map(|(m, r)| (Envelope::Data(m), r))?,
         MessageKind::Delivery => take_body(kind, body).map(|(m, r)| (Envelope::Delivery(m), r))?,
         MessageKind::Feedback => take_body(kind, body).map(|(m, r)| (Envelope::Feedback(m), r))?,
@@ -295,6 +297,15 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<(Envelope, Vec<u64>),
     } else {
         (Vec::new(), rest)
     };
+    let places = envelope
+        .data_mut()
+        .map_or(0, |m| m.large_buffers_mut().len());
+    if header.detached && places != lengths.len() {
+        return Err(DecodeError::DetachedCount {
+            places,
+            buffers: lengths.len(),
+        });
+    }
     if !rest.is_empty() {
         return Err(DecodeError::MalformedBody {
             kind,
@@ -304,26 +315,18 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<(Envelope, Vec<u64>),
     Ok((envelope, lengths))
 }
 
-/// Puts the detached buffers back into a message from [`decode_body`] whose header said
-/// they were detached, in the order their lengths were listed.
-pub fn attach_buffers(envelope: &mut Envelope, buffers: Vec<Bytes>) -> Result<(), DecodeError> {
-    let kind = envelope.kind();
-    let slots = envelope
-        .data_mut()
-        .map(DataMessage::large_buffers_mut)
-        .unwrap_or_default();
-    if slots.len() != buffers.len() {
-        return Err(DecodeError::MalformedBody {
-            kind,
-            reason: format!(
-                "the message has {} buffers but {} were detached",
-                slots.len(),
-                buffers.len()
-            ),
+/// Puts the detached buffers back into the data message of an envelope from
+/// [`decode_body`], in the order their lengths were listed.
+pub fn attach_buffers(message: &mut DataMessage, buffers: Vec<Bytes>) -> Result<(), DecodeError> {
+    let places = message.large_buffers_mut();
+    if places.len() != buffers.len() {
+        return Err(DecodeError::DetachedCount {
+            places: places.len(),
+            buffers: buffers.len(),
         });
     }
-    for (slot, buffer) in slots.into_iter().zip(buffers) {
-        *slot = buffer;
+    for (place, buffer) in places.into_iter().zip(buffers) {
+        *place = buffer;
     }
     Ok(())
 }
@@ -350,6 +353,10 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
         return Ok(envelope);
     }
     check_detached_len(&lengths, rest.len() as u64)?;
+    let Some(data) = envelope.data_mut() else {
+        // decode_body let a message without buffers list none.
+        return Ok(envelope);
+    };
     let mut buffers = Vec::with_capacity(lengths.len());
     for len in lengths {
         // Within `rest`: check_detached_len summed them against it.
@@ -357,7 +364,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
         buffers.push(Bytes::copy_from_slice(buffer));
         rest = tail;
     }
-    attach_buffers(&mut envelope, buffers)?;
+    attach_buffers(data, buffers)?;
     Ok(envelope)
 }
 
@@ -658,10 +665,14 @@ mod tests {
         let (mut envelope, lengths) =
             decode_body(&header, &wire[HEADER_LEN..HEADER_LEN + header.body_len]).unwrap();
         assert_eq!(lengths, vec![24, 4]);
-        let err = attach_buffers(&mut envelope, vec![Bytes::new()]).unwrap_err();
-        assert!(
-            err.to_string().contains("2 buffers but 1 were detached"),
-            "{err}"
+        let data = envelope.data_mut().unwrap();
+        let err = attach_buffers(data, vec![Bytes::new()]).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::DetachedCount {
+                places: 2,
+                buffers: 1
+            }
         );
     }
 

@@ -24,8 +24,10 @@ use vidmesh_protocol::{
 };
 use zenoh::Wait;
 
+use super::wire::Tail;
 use super::{
-    credit_cost, decode_from, zerr, NetError, NetNode, PeerTable, CREDIT_UNITS, HEARTBEAT_INTERVAL,
+    credit_cost, decode_head_from, zerr, NetError, NetNode, PeerTable, CREDIT_UNITS,
+    HEARTBEAT_INTERVAL,
 };
 use crate::shm::SlotMapper;
 
@@ -327,7 +329,7 @@ impl FeedbackSender {
 /// Everything sent to this stage replica.
 pub struct RemoteInbox {
     feedback: Arc<FeedbackSender>,
-    rx: Receiver<Result<Delivery, NetError>>,
+    rx: Receiver<Result<(Delivery, Option<Tail>), NetError>>,
     mapper: SlotMapper,
     /// Which producer instance owns each mapped segment (where its releases go).
     owners: Arc<Mutex<HashMap<String, Instance>>>,
@@ -380,9 +382,12 @@ impl RemoteInbox {
                     let key = sample.key_expr().as_str();
                     let peer: Vec<&str> = key.rsplitn(3, '/').take(2).collect();
                     let peer = format!("{}/{}", peer.get(1).unwrap_or(&"?"), peer[0]);
-                    let item = match decode_from(sample.payload(), &peer, &me, &limits) {
-                        Ok(Envelope::Delivery(d)) if expected.contains(&d.from.stage) => Ok(d),
-                        Ok(Envelope::Delivery(d)) => {
+                    // The head only: the frame's bytes are gathered by the stage's thread.
+                    let item = match decode_head_from(sample.payload(), &peer, &me, &limits) {
+                        Ok((Envelope::Delivery(d), tail)) if expected.contains(&d.from.stage) => {
+                            Ok((d, tail))
+                        }
+                        Ok((Envelope::Delivery(d), _)) => {
                             tracing::warn!(
                                 "ignoring data from {}: it is not linked to {}",
                                 d.from,
@@ -456,7 +461,7 @@ impl RemoteInbox {
                 }
             }
         };
-        let delivery = match item {
+        let (mut delivery, tail) = match item {
             Ok(d) => d?,
             Err(RecvTimeoutError::Timeout) => return Ok(None),
             Err(RecvTimeoutError::Disconnected) => {
@@ -466,6 +471,13 @@ impl RemoteInbox {
         let from = delivery.from.clone();
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         self.feedback.took(&from, credit_cost(&delivery.message));
+        if let Some(tail) = tail {
+            tail.attach_to(&mut delivery.message)
+                .map_err(|e| NetError::Malformed {
+                    peer: from.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
         let message = self.map_payloads(&from, delivery.message)?;
         Ok(Some(InboxDelivery {
             tag: DeliveryTag {

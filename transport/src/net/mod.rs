@@ -288,7 +288,21 @@ pub(crate) fn decode_from(
     me: &Instance,
     limits: &Limits,
 ) -> Result<Envelope, NetError> {
-    wire::from_zbytes(payload, limits).map_err(|e| match e {
+    wire::from_zbytes(payload, limits).map_err(|e| from_peer(e, peer, me))
+}
+
+/// [`decode_from`] for a receiver that attaches the detached buffers later ([`wire::Tail`]).
+pub(crate) fn decode_head_from(
+    payload: &ZBytes,
+    peer: &str,
+    me: &Instance,
+    limits: &Limits,
+) -> Result<(Envelope, Option<wire::Tail>), NetError> {
+    wire::head_from_zbytes(payload, limits).map_err(|e| from_peer(e, peer, me))
+}
+
+fn from_peer(e: DecodeError, peer: &str, me: &Instance) -> NetError {
+    match e {
         DecodeError::NewerVersion { found, supported }
         | DecodeError::OlderVersion { found, supported } => NetError::VersionMismatch {
             peer: peer.to_string(),
@@ -300,7 +314,7 @@ pub(crate) fn decode_from(
             peer: peer.to_string(),
             reason: other.to_string(),
         },
-    })
+    }
 }
 
 /// One process's presence on the network.

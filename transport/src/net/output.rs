@@ -306,16 +306,18 @@ impl Shared {
                 r.window = window.max(1);
             }
         }
-        let mut any = false;
+        // Acked deliveries normally left the queue when they were sent; one acked while
+        // queued (a re-send the consumer had already done) must leave it too.
+        let mut any_queued = false;
         for seq in acks {
             if let Some(p) = state.remove_pending(seq) {
                 self.settle_held(&mut state, &p.message);
                 self.stats.acked.fetch_add(1, Ordering::Relaxed);
                 let _ = self.events.send(LinkEvent::Acked(p.keys));
-                any = true;
+                any_queued |= p.sent_to.is_none();
             }
         }
-        if any {
+        if any_queued {
             let State { pending, queue, .. } = &mut *state;
             queue.retain(|s| pending.contains_key(s));
         }
@@ -599,12 +601,28 @@ impl Shared {
 
     /// The next delivery that can go now and where, keeping each replica's order.
     fn pick(&self, state: &mut State) -> Option<(u64, u32, u64)> {
+        // Nothing can go while no replica has room for even the lightest delivery: the
+        // common case of a producer ahead of its consumer, which must not cost a walk over
+        // the queue for every send.
+        let most_free = state
+            .replicas
+            .values()
+            .filter(|r| r.epoch.is_some())
+            .map(ReplicaState::free)
+            .max()?;
+        if most_free == 0 {
+            return None;
+        }
         let ids: Vec<u32> = state.replicas.keys().copied().collect();
         let n = ids.len().max(1);
         let mut blocked_targets: Vec<Option<u32>> = Vec::new();
         for (index, seq) in state.queue.iter().enumerate().take(256) {
             let p = &state.pending[seq];
-            if blocked_targets.contains(&p.target) {
+            if p.cost > most_free || blocked_targets.contains(&p.target) {
+                // Keeps its target's order: nothing after it may overtake it.
+                if !blocked_targets.contains(&p.target) {
+                    blocked_targets.push(p.target);
+                }
                 continue;
             }
             if self.waits_for_handover(state, *seq) {

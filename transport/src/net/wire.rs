@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use vidmesh_protocol::envelope::{check_detached_len, HEADER_LEN};
 use vidmesh_protocol::{
-    attach_buffers, decode_body, decode_header, DecodeError, Detached, Envelope, Limits,
+    attach_buffers, decode_body, decode_header, DataMessage, DecodeError, Detached, Envelope,
+    Limits,
 };
 use zenoh::bytes::ZBytes;
 
@@ -35,6 +36,42 @@ pub(crate) fn to_zbytes(message: Detached) -> ZBytes {
 
 /// Decodes one message from a zenoh payload; see the module comment for what is copied.
 pub(crate) fn from_zbytes(payload: &ZBytes, limits: &Limits) -> Result<Envelope, DecodeError> {
+    let (mut envelope, tail) = head_from_zbytes(payload, limits)?;
+    if let (Some(tail), Some(data)) = (tail, envelope.data_mut()) {
+        tail.attach_to(data)?;
+    }
+    Ok(envelope)
+}
+
+/// The detached buffers of a received message, not yet cut out of its payload: a receiver
+/// checks and sorts messages on zenoh's thread and leaves gathering a frame to the thread
+/// that takes it, so that the network thread is never busy copying frames.
+pub(crate) struct Tail {
+    payload: ZBytes,
+    offset: usize,
+    lengths: Vec<u64>,
+}
+
+impl Tail {
+    /// Puts the buffers into the data message they were detached from.
+    pub(crate) fn attach_to(self, message: &mut DataMessage) -> Result<(), DecodeError> {
+        let mut pieces = Pieces::after(&self.payload, self.offset);
+        // Each length is within the payload: head_from_zbytes summed them against it.
+        let buffers = self
+            .lengths
+            .iter()
+            .map(|len| pieces.take(*len as usize))
+            .collect();
+        attach_buffers(message, buffers)
+    }
+}
+
+/// Decodes the head of a message (everything but its detached buffers) and checks that the
+/// buffers it lists are exactly what follows.
+pub(crate) fn head_from_zbytes(
+    payload: &ZBytes,
+    limits: &Limits,
+) -> Result<(Envelope, Option<Tail>), DecodeError> {
     let total = payload.len();
     let mut reader = payload.reader();
     let mut fixed = [0u8; HEADER_LEN];
@@ -64,19 +101,17 @@ pub(crate) fn from_zbytes(payload: &ZBytes, limits: &Limits) -> Result<Envelope,
             needed: head_len,
             got: total,
         })?;
-    let (mut envelope, lengths) = decode_body(&header, &body)?;
+    let (envelope, lengths) = decode_body(&header, &body)?;
     if !header.detached {
-        return Ok(envelope);
+        return Ok((envelope, None));
     }
     check_detached_len(&lengths, (total - head_len) as u64)?;
-    let mut pieces = Pieces::after(payload, head_len);
-    // Each length is within the payload: check_detached_len summed them against it.
-    let buffers = lengths
-        .iter()
-        .map(|len| pieces.take(*len as usize))
-        .collect();
-    attach_buffers(&mut envelope, buffers)?;
-    Ok(envelope)
+    let tail = Tail {
+        payload: payload.clone(),
+        offset: head_len,
+        lengths,
+    };
+    Ok((envelope, Some(tail)))
 }
 
 /// Walks the pieces of a payload, cutting buffers out of it in order.
@@ -244,8 +279,7 @@ impl Drop for Gathered {
 mod tests {
     use super::*;
     use vidmesh_protocol::{
-        encode, encode_detached, Batch, DataMessage, FrameMeta, ImageLayout, PayloadRef,
-        PixelFormat,
+        encode, encode_detached, Batch, FrameMeta, ImageLayout, PayloadRef, PixelFormat,
     };
 
     fn frame_batch(bytes: usize) -> Envelope {
