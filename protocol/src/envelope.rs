@@ -679,26 +679,19 @@ mod tests {
     #[test]
     fn random_bytes_never_panic() {
         // A small deterministic xorshift sweep complements the cargo-fuzz target in CI.
-        let good = encode(&Envelope::Data(DataMessage::Batch(sample_batch()))).unwrap();
-        let mut state = 0x9e3779b97f4a7c15u64;
-        for _ in 0..20_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let mut b = good.clone();
-            let pos = HEADER_LEN + (state as usize % (b.len() - HEADER_LEN));
-            b[pos] = (state >> 32) as u8;
-            let _ = decode(&b, &Limits::default());
-        }
+        let inline = encode(&Envelope::Data(DataMessage::Batch(sample_batch()))).unwrap();
         let detached = detached_wire(Envelope::Data(DataMessage::Batch(sample_batch())));
-        for _ in 0..20_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let mut b = detached.clone();
-            let pos = HEADER_LEN + (state as usize % (b.len() - HEADER_LEN));
-            b[pos] = (state >> 32) as u8;
-            let _ = decode(&b, &Limits::default());
+        let mut state = 0x9e3779b97f4a7c15u64;
+        for good in [inline, detached] {
+            for _ in 0..20_000 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let mut b = good.clone();
+                let pos = HEADER_LEN + (state as usize % (b.len() - HEADER_LEN));
+                b[pos] = (state >> 32) as u8;
+                let _ = decode(&b, &Limits::default());
+            }
         }
     }
 }

@@ -383,28 +383,47 @@ fn a_burst_of_deliveries_is_answered_by_a_few_coalesced_feedback_reports() {
     assert_eq!(inbox.stats().acked.load(Relaxed), N);
 }
 
+/// A producer and a consumer on one pipeline, joined by a raw-payload link of `window`
+/// credits. The fields drop in order: the link's ends before their nodes and the router.
+struct RawLink {
+    inbox: RemoteInbox,
+    out: RemoteOutput,
+    _events: mpsc::Receiver<LinkEvent>,
+    _nodes: (NetNode, NetNode, NetNode),
+    _shm: tempfile::TempDir,
+}
+
+impl RawLink {
+    fn new(pipeline: &str, window: u32) -> Self {
+        let shm = tempfile::tempdir().unwrap();
+        let (router, peer) = network(pipeline);
+        let producer = NetNode::open(&peer, "producer", 0).unwrap();
+        let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
+        let inbox =
+            RemoteInbox::new(&consumer, vec![("producer".into(), 1)], window, shm.path()).unwrap();
+        let (out, events) = output_with(&producer, window, shm.path(), PayloadMode::Raw, false);
+        Self {
+            inbox,
+            out,
+            _events: events,
+            _nodes: (producer, consumer, router),
+            _shm: shm,
+        }
+    }
+}
+
 #[test]
 fn coalesced_credits_never_let_a_producer_exceed_the_window() {
     use std::sync::atomic::Ordering::Relaxed;
     const WINDOW: u64 = 4;
-    let shm = tempfile::tempdir().unwrap();
-    let (_router, peer) = network("t-window");
-    let producer = NetNode::open(&peer, "producer", 0).unwrap();
-    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
-    let mut inbox = RemoteInbox::new(
-        &consumer,
-        vec![("producer".into(), 1)],
-        WINDOW as u32,
-        shm.path(),
-    )
-    .unwrap();
-    let (out, _events) = output_with(
-        &producer,
-        WINDOW as u32,
-        shm.path(),
-        PayloadMode::Raw,
-        false,
-    );
+    // Every field bound: what `..` left out would be dropped here, and the nodes with it.
+    let RawLink {
+        mut inbox,
+        out,
+        _events,
+        _nodes,
+        _shm,
+    } = RawLink::new("t-window", WINDOW as u32);
     let out = std::sync::Arc::new(out);
     let sender = {
         let out = out.clone();
@@ -454,44 +473,27 @@ fn metadata(n: u64) -> DataMessage {
 fn metadata_only_deliveries_cost_a_fraction_of_a_credit() {
     use std::sync::atomic::Ordering::Relaxed;
     const WINDOW: u64 = 2;
-    let shm = tempfile::tempdir().unwrap();
-    let (_router, peer) = network("t-light");
-    let producer = NetNode::open(&peer, "producer", 0).unwrap();
-    let consumer = NetNode::open(&peer, "consumer", 0).unwrap();
-    let mut inbox = RemoteInbox::new(
-        &consumer,
-        vec![("producer".into(), 1)],
-        WINDOW as u32,
-        shm.path(),
-    )
-    .unwrap();
-    let (out, _events) = output_with(
-        &producer,
-        WINDOW as u32,
-        shm.path(),
-        PayloadMode::Raw,
-        false,
-    );
-    wait_until("the consumer grants credit", || out.credits() > 0);
+    let mut link = RawLink::new("t-light", WINDOW as u32);
+    wait_until("the consumer grants credit", || link.out.credits() > 0);
     let light = WINDOW * super::CREDIT_UNITS;
     for n in 0..light + 10 {
-        out.send_blocking(metadata(n)).unwrap();
+        link.out.send_blocking(metadata(n)).unwrap();
     }
     // The consumer takes nothing: the producer stops at its window of light deliveries.
     wait_until("a window of light deliveries is out", || {
-        out.stats().sent.load(Relaxed) == light
+        link.out.stats().sent.load(Relaxed) == light
     });
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(out.stats().sent.load(Relaxed), light);
+    assert_eq!(link.out.stats().sent.load(Relaxed), light);
     // A frame costs a whole credit and waits behind them.
-    out.send_blocking(frame(light + 10)).unwrap();
+    link.out.send_blocking(frame(light + 10)).unwrap();
     for n in 0..light + 11 {
-        let d = recv(&mut inbox);
+        let d = recv(&mut link.inbox);
         assert_eq!(d.tag.seq, n);
-        inbox.ack(&[d.tag]);
+        link.inbox.ack(&[d.tag]);
     }
-    inbox.flush_feedback();
-    wait_until("everything is acknowledged", || out.unacked() == 0);
+    link.inbox.flush_feedback();
+    wait_until("everything is acknowledged", || link.out.unacked() == 0);
 }
 
 #[test]
