@@ -18,7 +18,9 @@ use zenoh::bytes::ZBytes;
 const USAGE: &str = "\
 usage: transport-bench [run] [options]      run the benchmark, print the table
   --transports a,b,..   vidmesh-inproc, vidmesh-shm, vidmesh-shm-prefilled, vidmesh-tcp,
-                        zenoh-shm, zenoh-shm-prefilled, zenoh-tcp (default: all)
+                        zenoh-shm, zenoh-shm-prefilled, zenoh-tcp, dora, dora-prefilled
+                        (default: all; dora's are skipped when dora-peer or the dora
+                        command line is not found: see bench/transport/README.md)
   --payloads a,b,..     rgb (1080p RGB, 6,220,800 B), nv12 (3,110,400 B), meta (256 B)
   --mode M              flat, paced or both (default both)
   --frames N            1080p frames measured flat out (default 600)

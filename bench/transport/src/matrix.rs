@@ -461,6 +461,18 @@ fn print_targets(plan: &Plan, rows: &[Row]) -> Value {
 
 /// Runs the whole plan; returns whether every cell succeeded.
 pub fn run(plan: &Plan, command_line: &str) -> Result<bool, String> {
+    // Transports whose peer is not built here (dora) are skipped, with the reason.
+    let mut skipped = Vec::new();
+    let mut plan = plan.clone();
+    plan.transports.retain(|&t| match peers::unavailable(t) {
+        Some(why) => {
+            println!("skipping {}: {why}", t.name());
+            skipped.push(json!({"transport": t.name(), "reason": why}));
+            false
+        }
+        None => true,
+    });
+    let plan = &plan;
     let started = crate::common::now_ns();
     let load_before = load_average();
     let copy_cost: Vec<Value> = [Payload::Rgb, Payload::Nv12]
@@ -572,6 +584,7 @@ pub fn run(plan: &Plan, command_line: &str) -> Result<bool, String> {
             "copy_into_slot": copy_cost,
             "results": results,
             "targets": targets,
+            "skipped": skipped,
         });
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -22,6 +22,11 @@ pub enum Transport {
     ZenohShmPrefilled,
     /// Bare zenoh over TCP loopback.
     ZenohTcp,
+    /// dora-rs: a producer and a consumer node in one dataflow (`dora run`), the frame copied
+    /// into each sample `send_output_raw` hands out (dora's shared-memory pool).
+    Dora,
+    /// The same, writing only a 16-byte header into each sample.
+    DoraPrefilled,
 }
 
 /// (vidmesh, its peer): the comparisons the report makes.
@@ -29,10 +34,12 @@ pub const PAIRS: &[(Transport, Transport)] = &[
     (Transport::VidmeshShm, Transport::ZenohShm),
     (Transport::VidmeshShmPrefilled, Transport::ZenohShmPrefilled),
     (Transport::VidmeshTcp, Transport::ZenohTcp),
+    (Transport::VidmeshShm, Transport::Dora),
+    (Transport::VidmeshShmPrefilled, Transport::DoraPrefilled),
 ];
 
 impl Transport {
-    pub const ALL: [Transport; 7] = [
+    pub const ALL: [Transport; 9] = [
         Transport::InProcess,
         Transport::VidmeshShm,
         Transport::VidmeshShmPrefilled,
@@ -40,6 +47,8 @@ impl Transport {
         Transport::ZenohShm,
         Transport::ZenohShmPrefilled,
         Transport::ZenohTcp,
+        Transport::Dora,
+        Transport::DoraPrefilled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +60,8 @@ impl Transport {
             Transport::ZenohShm => "zenoh-shm",
             Transport::ZenohShmPrefilled => "zenoh-shm-prefilled",
             Transport::ZenohTcp => "zenoh-tcp",
+            Transport::Dora => "dora",
+            Transport::DoraPrefilled => "dora-prefilled",
         }
     }
 
@@ -68,7 +79,9 @@ impl Transport {
     pub fn prefilled(self) -> bool {
         matches!(
             self,
-            Transport::VidmeshShmPrefilled | Transport::ZenohShmPrefilled
+            Transport::VidmeshShmPrefilled
+                | Transport::ZenohShmPrefilled
+                | Transport::DoraPrefilled
         )
     }
 
@@ -108,6 +121,42 @@ fn zenoh_shm_peer() -> Result<PathBuf, String> {
     }
 }
 
+/// dora's peer (`dora-peer/`, built apart) and dora's command line, each next to this binary
+/// or where `DORA_PEER` and `DORA_CLI` say.
+fn dora_tools() -> Result<(PathBuf, PathBuf), String> {
+    let find = |var: &str, name: &str, how: &str| -> Result<PathBuf, String> {
+        let path = match std::env::var_os(var) {
+            Some(p) => PathBuf::from(p),
+            None => exe()?.with_file_name(name),
+        };
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{} not found (nor ${var}): {how}", path.display()))
+        }
+    };
+    let cli = find(
+        "DORA_CLI",
+        "dora",
+        "install dora's command line with `bench/transport/run.sh --with-dora` (slow)",
+    )?;
+    let peer = find(
+        "DORA_PEER",
+        "dora-peer",
+        "build it with `cargo build --release --manifest-path \
+         bench/transport/dora-peer/Cargo.toml --target-dir bench/transport/target`",
+    )?;
+    Ok((peer, cli))
+}
+
+/// Why `transport` cannot run here, if it cannot: its cells are then skipped, not failed.
+pub fn unavailable(transport: Transport) -> Option<String> {
+    match transport {
+        Transport::Dora | Transport::DoraPrefilled => dora_tools().err(),
+        _ => None,
+    }
+}
+
 fn role(program: PathBuf, role: &str, args: &RoleArgs) -> Command {
     let mut c = Command::new(program);
     c.arg(role).args(args.to_args());
@@ -140,5 +189,16 @@ pub fn commands(transport: Transport, args: &RoleArgs) -> Result<Roles, String> 
             consumer: role(me.clone(), "zenoh-consume", args),
             producer: Some(role(me, "zenoh-produce", args)),
         },
+        // One child runs the whole dataflow (`dora run` starts both nodes) and prints the
+        // consumer node's result.
+        Transport::Dora | Transport::DoraPrefilled => {
+            let (peer, cli) = dora_tools()?;
+            let mut cell = role(peer, "cell", args);
+            cell.env("DORA_CLI", cli);
+            Roles {
+                consumer: cell,
+                producer: None,
+            }
+        }
     })
 }
