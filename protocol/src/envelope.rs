@@ -178,17 +178,13 @@ impl Detached {
 /// body. Messages without such buffers (feedback, announcements, end-of-stream notices)
 /// encode exactly as [`encode`] does.
 pub fn encode_detached(mut message: Envelope) -> Result<Detached, EncodeError> {
-    let Some(data) = message.data_mut() else {
-        return Ok(Detached {
-            head: encode(&message)?,
-            buffers: Vec::new(),
-        });
-    };
-    let buffers: Vec<Bytes> = data
-        .large_buffers_mut()
-        .into_iter()
-        .map(std::mem::take)
-        .collect();
+    let buffers: Vec<Bytes> = message
+        .data_mut()
+        .map(|data| {
+            let places = data.large_buffers_mut().into_iter();
+            places.map(std::mem::take).collect()
+        })
+        .unwrap_or_default();
     if buffers.is_empty() {
         return Ok(Detached {
             head: encode(&message)?,
@@ -239,6 +235,26 @@ pub struct Header {
     pub body_len: usize,
 }
 
+impl Header {
+    /// Checks that a message of `total` bytes holds the body this header announces, followed
+    /// by nothing unless its buffers are detached.
+    pub fn check_total(&self, total: usize) -> Result<(), DecodeError> {
+        let head_len = HEADER_LEN + self.body_len;
+        if total < head_len {
+            return Err(DecodeError::Truncated {
+                needed: head_len,
+                got: total,
+            });
+        }
+        if total > head_len && !self.detached {
+            return Err(DecodeError::TrailingBytes {
+                extra: total - head_len,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Checks the fixed header at the start of `bytes` (at least [`HEADER_LEN`] of them).
 pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, DecodeError> {
     if bytes.len() < HEADER_LEN {
@@ -282,9 +298,14 @@ pub fn decode_header(bytes: &[u8], limits: &Limits) -> Result<Header, DecodeErro
     })
 }
 
-/// Decodes the body that followed `header`. The message comes back with its detached
-/// buffers empty, and their lengths in order: give the buffers to [`attach_buffers`].
-pub fn decode_body(header: &Header, body: &[u8]) -> Result<(Envelope, Vec<u64>), DecodeError> {
+/// Decodes the body that followed `header`, `after` being the number of bytes that follow
+/// the body. The message comes back with its detached buffers empty, and their lengths in
+/// order, checked to fill exactly those bytes: give the buffers to [`attach_buffers`].
+pub fn decode_body(
+    header: &Header,
+    body: &[u8],
+    after: usize,
+) -> Result<(Envelope, Vec<u64>), DecodeError> {
     let kind = header.kind;
     let (mut envelope, rest) = match kind {
         MessageKind::Data => take_body(kind, body).map(|(m, r)| (Envelope::Data(m), r))?,
@@ -297,20 +318,23 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<(Envelope, Vec<u64>),
     } else {
         (Vec::new(), rest)
     };
-    let places = envelope
-        .data_mut()
-        .map_or(0, |m| m.large_buffers_mut().len());
-    if header.detached && places != lengths.len() {
-        return Err(DecodeError::DetachedCount {
-            places,
-            buffers: lengths.len(),
-        });
-    }
     if !rest.is_empty() {
         return Err(DecodeError::MalformedBody {
             kind,
             reason: format!("{} bytes left over after the message", rest.len()),
         });
+    }
+    if header.detached {
+        let places = envelope
+            .data_mut()
+            .map_or(0, |m| m.large_buffers_mut().len());
+        if places != lengths.len() {
+            return Err(DecodeError::DetachedCount {
+                places,
+                buffers: lengths.len(),
+            });
+        }
+        check_detached_len(&lengths, after as u64)?;
     }
     Ok((envelope, lengths))
 }
@@ -335,31 +359,16 @@ pub fn attach_buffers(message: &mut DataMessage, buffers: Vec<Bytes>) -> Result<
 /// and, when its buffers are detached, exactly those buffers after it (copied out).
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
     let header = decode_header(bytes, limits)?;
-    let available = bytes.len() - HEADER_LEN;
-    if available < header.body_len {
-        return Err(DecodeError::Truncated {
-            needed: HEADER_LEN + header.body_len,
-            got: bytes.len(),
-        });
-    }
-    if available > header.body_len && !header.detached {
-        return Err(DecodeError::TrailingBytes {
-            extra: available - header.body_len,
-        });
-    }
+    header.check_total(bytes.len())?;
     let (body, mut rest) = bytes[HEADER_LEN..].split_at(header.body_len);
-    let (mut envelope, lengths) = decode_body(&header, body)?;
-    if !header.detached {
-        return Ok(envelope);
-    }
-    check_detached_len(&lengths, rest.len() as u64)?;
-    let Some(data) = envelope.data_mut() else {
-        // decode_body let a message without buffers list none.
+    let (mut envelope, lengths) = decode_body(&header, body, rest.len())?;
+    // decode_body lets only a detached data message list buffers.
+    let Some(data) = envelope.data_mut().filter(|_| header.detached) else {
         return Ok(envelope);
     };
     let mut buffers = Vec::with_capacity(lengths.len());
     for len in lengths {
-        // Within `rest`: check_detached_len summed them against it.
+        // Within `rest`: decode_body summed them against it.
         let (buffer, tail) = rest.split_at(len as usize);
         buffers.push(Bytes::copy_from_slice(buffer));
         rest = tail;
@@ -370,7 +379,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Envelope, DecodeError> {
 
 /// Checks that the listed buffer lengths add up to exactly the `available` bytes after the
 /// body, so that cutting them never reads past the input nor leaves bytes over.
-pub fn check_detached_len(lengths: &[u64], available: u64) -> Result<(), DecodeError> {
+fn check_detached_len(lengths: &[u64], available: u64) -> Result<(), DecodeError> {
     let total = lengths
         .iter()
         .try_fold(0u64, |sum, len| sum.checked_add(*len))
@@ -663,7 +672,7 @@ mod tests {
         // A detached message whose body lists fewer buffers than it has places for.
         let header = decode_header(&wire, &Limits::default()).unwrap();
         let (mut envelope, lengths) =
-            decode_body(&header, &wire[HEADER_LEN..HEADER_LEN + header.body_len]).unwrap();
+            decode_body(&header, &wire[HEADER_LEN..HEADER_LEN + header.body_len], 28).unwrap();
         assert_eq!(lengths, vec![24, 4]);
         let data = envelope.data_mut().unwrap();
         let err = attach_buffers(data, vec![Bytes::new()]).unwrap_err();

@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use vidmesh_protocol::envelope::{check_detached_len, HEADER_LEN};
+use vidmesh_protocol::envelope::HEADER_LEN;
 use vidmesh_protocol::{
     attach_buffers, decode_body, decode_header, DataMessage, DecodeError, Detached, Envelope,
     Limits,
@@ -56,7 +56,7 @@ impl Tail {
     /// Puts the buffers into the data message they were detached from.
     pub(crate) fn attach_to(self, message: &mut DataMessage) -> Result<(), DecodeError> {
         let mut pieces = Pieces::after(&self.payload, self.offset);
-        // Each length is within the payload: head_from_zbytes summed them against it.
+        // Each length is within the payload: decode_body summed them against it.
         let buffers = self
             .lengths
             .iter()
@@ -82,18 +82,8 @@ pub(crate) fn head_from_zbytes(
             got: total,
         })?;
     let header = decode_header(&fixed, limits)?;
+    header.check_total(total)?;
     let head_len = HEADER_LEN + header.body_len;
-    if total < head_len {
-        return Err(DecodeError::Truncated {
-            needed: head_len,
-            got: total,
-        });
-    }
-    if total > head_len && !header.detached {
-        return Err(DecodeError::TrailingBytes {
-            extra: total - head_len,
-        });
-    }
     let mut body = vec![0u8; header.body_len];
     reader
         .read_exact(&mut body)
@@ -101,17 +91,13 @@ pub(crate) fn head_from_zbytes(
             needed: head_len,
             got: total,
         })?;
-    let (envelope, lengths) = decode_body(&header, &body)?;
-    if !header.detached {
-        return Ok((envelope, None));
-    }
-    check_detached_len(&lengths, (total - head_len) as u64)?;
-    let tail = Tail {
+    let (envelope, lengths) = decode_body(&header, &body, total - head_len)?;
+    let tail = header.detached.then(|| Tail {
         payload: payload.clone(),
         offset: head_len,
         lengths,
-    };
-    Ok((envelope, Some(tail)))
+    });
+    Ok((envelope, tail))
 }
 
 /// Walks the pieces of a payload, cutting buffers out of it in order.
@@ -151,14 +137,14 @@ impl<'a> Pieces<'a> {
 
     /// The next `len` bytes: a view of the payload when one piece holds them, else gathered.
     fn take(&mut self, len: usize) -> Bytes {
+        if len == 0 {
+            return Bytes::new();
+        }
         let start = (self.index, self.offset);
         let within = self
             .slices
             .get(self.index)
             .is_some_and(|slice| slice.len() - self.offset >= len);
-        if len == 0 {
-            return Bytes::new();
-        }
         if within {
             self.advance(len);
             return Bytes::from_owner(PieceOf {
